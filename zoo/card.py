@@ -1,0 +1,136 @@
+"""Hugging Face Hub model cards for zoo members and for a whole run (an ensemble repo)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+LIMITATIONS = """## Intended use and limitations
+- **A research tool, not a medical device.** It has not been validated clinically and must not be used for diagnosis
+  or treatment decisions.
+- Trained on the data named above only; performance on other hospitals, scanners, body parts or populations is unknown.
+- Radiograph classifiers learn shortcuts: metal hardware, casts, side markers and text burnt into the image correlate
+  with labels. Check the Grad-CAM maps (`python -m demo`) before trusting a prediction.
+- Probabilities are uncalibrated; the stored threshold was chosen on the validation split (Youden's J).
+"""
+
+
+def _dataset_names(cfg: dict[str, Any]) -> list[str]:
+    name = (cfg.get("training") or {}).get("dataset_name")
+    return [name] if name else []
+
+
+def _eval_results(cfg: dict[str, Any]) -> list[EvalResult]:
+    metrics = cfg.get("metrics") or {}
+    dataset = (cfg.get("training") or {}).get("dataset_name") or "unknown"
+    out = []
+    for key, metric_type, metric_name in (("val_auc", "roc_auc", "Validation AUC (study level)"),
+                                           ("val_kappa", "cohen_kappa", "Validation Cohen's kappa")):
+        value = metrics.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out.append(
+            EvalResult(
+                task_type="image-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="validation",
+                metric_type=metric_type, metric_value=round(float(value), 4), metric_name=metric_name,
+            )
+        )
+    return out
+
+
+def _card(data: ModelCardData, body: str) -> ModelCard:
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str | None = None) -> ModelCard:
+    """The README.md of one member folder: YAML metadata with a model-index, recipe, data, usage, limitations."""
+    from zoo.registry import get_backbone
+
+    name = cfg["backbone"]
+    spec = get_backbone(name)
+    train = cfg.get("training") or {}
+    metrics = cfg.get("metrics") or {}
+    results = _eval_results(cfg)
+    data = ModelCardData(
+        library_name="bone-zoo",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "image-classification", name],
+        datasets=_dataset_names(cfg) or None,
+        model_name=f"bone-zoo-{name}",
+        eval_results=results or None,
+    )
+    where = repo_id or "ORG/NAME"
+    load = (
+        f'model = BoneClassifier.from_pretrained("{where}")' if not subfolder else
+        f'path = snapshot_download("{where}", allow_patterns="{subfolder}/*")\n'
+        f'model = BoneClassifier.from_pretrained(f"{{path}}/{subfolder}")'
+    )
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    body = f"""# bone-zoo member: `{name}`
+
+Normal/abnormal classifier for musculoskeletal radiographs (MURA-style), one member of a
+[bone-zoo](https://github.com/bone-zoo/bone-zoo) ensemble.
+
+## Model
+- Backbone: **{name}** ({spec.description}; source `{spec.source}`), 1-channel input, stem adapted by summing RGB kernels.
+- Head: MLP {cfg.get("head_hidden")} with BatchNorm, dropout {cfg.get("dropout")}, ReLU; one logit (sigmoid = P(abnormal)).
+- Input: grayscale, aspect-preserving resize to {cfg.get("img_size")} px with zero padding, normalised with
+  mean {cfg.get("mean")} / std {cfg.get("std")}. Decision threshold: {cfg.get("threshold", 0.5):.4f}.
+
+## Training recipe
+- Data: `{train.get("dataset_name", "unknown")}` ({train.get("n_train_images", "?")} training images,
+  {train.get("n_val_studies", "?")} validation studies, split by study).
+- Weighted BCE (pos_weight {train.get("pos_weight", "?")}), Adam lr {train.get("lr")}, StepLR({train.get("step_size")},
+  {train.get("gamma")}), {train.get("epochs")} epochs (best epoch {metrics.get("best_epoch", "?")} by validation AUC),
+  batch {train.get("batch_size")}, seed {train.get("seed")}, pretrained: {train.get("pretrained")}.
+- Augmentation: rotation ±{train.get("rotation")}°, horizontal flip {train.get("hflip")}, translation {train.get("translate")}.
+
+## Validation metrics (study level, mean of image probabilities)
+| metric | value |
+|---|---|
+{rows}
+
+## How to use
+```python
+from huggingface_hub import snapshot_download
+from zoo import BoneClassifier
+{load}
+```
+Or the whole ensemble: `python predict.py --models hf://{where} --data DIR -output preds.csv`.
+
+{LIMITATIONS}"""
+    return _card(data, body)
+
+
+def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None) -> ModelCard:
+    """README.md at the root of a run repo: the ensemble as one name, with its leaderboard."""
+    data = ModelCardData(
+        library_name="bone-zoo",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "ensemble"],
+        datasets=[dataset] if dataset else None,
+        model_name=repo_id.split("/")[-1],
+    )
+    listing = "\n".join(f"- [`{m}`](./{m}/README.md)" for m in members)
+    body = f"""# {repo_id}: a bone-zoo ensemble
+
+{len(members)} members, one folder each (`model.safetensors`, `config.json`, `README.md`):
+{listing}
+
+## Leaderboard (validation split, study level)
+{leaderboard_md}
+
+## How to use
+```bash
+pip install bone-zoo
+python predict.py --models hf://{repo_id} --data DIR -output preds.csv     # the whole ensemble
+hf download {repo_id} --local-dir weights/ && python predict.py --models weights/ --data DIR -output preds.csv
+python -m demo --hub {repo_id}                                              # Gradio demo with Grad-CAM
+```
+
+{LIMITATIONS}"""
+    return _card(data, body)

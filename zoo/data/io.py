@@ -1,0 +1,109 @@
+"""Reading radiographs as grayscale: 8/16-bit PNG, JPEG (truncated too), TIFF, EXIF rotation, DICOM."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"} | DICOM_SUFFIXES
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be decoded as an image at all."""
+
+
+class TruncatedImageWarning(UserWarning):
+    """A truncated file was read with Pillow's truncated-image mode: its missing part is grey/black."""
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install 'bone-zoo[dicom]')") from exc
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable DICOM ({exc})") from exc
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare for radiographs)
+        arr = arr[..., :3].mean(-1)
+    elif arr.ndim == 3:  # multi-frame: first frame
+        arr = arr[0]
+    arr = apply_modality_lut(arr, ds)
+    if "WindowCenter" in ds:
+        arr = apply_voi_lut(arr, ds)
+    img = _minmax(np.asarray(arr))
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        img = 1.0 - img  # MONOCHROME1: high values are dark
+    return img
+
+
+def _pil_to_gray(img: Image.Image) -> np.ndarray:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _minmax(np.asarray(img))  # 12/16-bit data rarely fills the range: stretch it
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """Float32 array in [0, 1], shape (H, W). Truncated files are read with a warning; undecodable ones raise
+    :class:`ImageReadError`."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return _read_dicom(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _pil_to_gray(img)
+    except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError) as exc:
+        raise ImageReadError(f"{path}: not an image ({type(exc).__name__})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if "truncated" not in str(exc).lower() and "premature end" not in str(exc).lower():
+            raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
+    # truncated: read what is there
+    old = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with Image.open(path) as img:
+            img.load()
+            out = _pil_to_gray(img)
+    except Exception as exc:
+        raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
+    warnings.warn(f"{path}: truncated image, read what was there", TruncatedImageWarning, stacklevel=2)
+    return out
+
+
+def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
+    """Aspect-preserving resize so the long side is ``size``, centred on a black square: uint8 (size, size)."""
+    h, w = img.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    pil = Image.fromarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    pil = pil.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
+    out = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = np.asarray(pil)
+    return out
+
+
+def load_resized(path: str | Path, size: int) -> np.ndarray:
+    """``resize_pad(read_grayscale(path), size)``."""
+    return resize_pad(read_grayscale(path), size)

@@ -1,0 +1,213 @@
+"""Dataset layouts: the class competition's (``train/``, ``test/``, ``train.csv``) and MURA-v1.1's.
+
+Both give image tables with one row per image: ``path, id, part, label`` (label 0/1, NaN = unlabelled).
+A study is all the images with one ``id``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoo.data.io import IMAGE_SUFFIXES
+
+COLUMNS = ["path", "id", "part", "label"]
+# HAND_7c61ce2000_image3.png -> part HAND, study 7c61ce2000, image 3
+NAME_RE = re.compile(r"^(?P<part>[A-Za-z]+)_(?P<study>[0-9A-Za-z]+)_image(?P<n>\d+)$", re.IGNORECASE)
+MURA_RE = re.compile(r"XR_(?P<part>[A-Z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_(?P<tag>positive|negative)")
+
+
+class LayoutError(ValueError):
+    """A folder that is not a dataset this tool can read; the message says what is missing."""
+
+
+@dataclass
+class Dataset:
+    """A dataset on disk: its layout name and image tables for the training and test splits."""
+
+    root: Path
+    layout: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def summary(self) -> str:
+        lines = [f"{self.root} ({self.layout} layout)"]
+        for split, df in (("train", self.train), ("test", self.test)):
+            st = studies(df)
+            n_lab = int(st["label"].notna().sum())
+            n_pos = int((st["label"] == 1).sum())
+            parts = ", ".join(f"{p} {n}" for p, n in st["part"].value_counts().sort_index().items())
+            lines.append(
+                f"  {split}: {len(df)} images, {len(st)} studies ({n_lab} labelled, {n_pos} abnormal, "
+                f"{len(st) - n_lab} unlabelled) [{parts}]"
+            )
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def studies(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per study: ``id, part, label, n_images`` (label NaN when unlabelled), sorted by id."""
+    if images.empty:
+        return pd.DataFrame({"id": [], "part": [], "label": [], "n_images": []})
+    return (
+        images.groupby("id", sort=True)
+        .agg(part=("part", "first"), label=("label", "first"), n_images=("path", "size"))
+        .reset_index()
+    )
+
+
+def read_label_csv(path: str | Path) -> pd.Series:
+    """``id,label`` csv -> Series id -> float label (0/1; NaN for ``NA`` or empty). Bad rows are one clear error."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise LayoutError(f"{path}: not a readable csv ({exc})") from exc
+    missing = {"id", "label"} - set(df.columns)
+    if missing:
+        raise LayoutError(f"{path}: needs columns id,label; missing {sorted(missing)} (has {list(df.columns)})")
+    raw = df["label"].str.strip()
+    unlabelled = raw.str.upper().isin(["", "NA", "NAN", "NULL", "NONE"])
+    labels = pd.to_numeric(raw.where(~unlabelled), errors="coerce")
+    bad = ~unlabelled & ~labels.isin([0, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LayoutError(
+            f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} for {df['id'].iloc[i]!r} is not 0, 1, NA or empty"
+        )
+    dup = df["id"].duplicated()
+    if dup.any():
+        raise LayoutError(f"{path}: id {df['id'][dup].iloc[0]!r} appears more than once")
+    return pd.Series(labels.to_numpy(dtype=float), index=df["id"].str.strip(), name="label")
+
+
+def parse_image_name(path: Path) -> tuple[str, str] | None:
+    """``(study id, PART)`` from ``PART_<study>_image<N>.ext``, or None if the name does not follow it."""
+    m = NAME_RE.match(path.stem)
+    if not m:
+        return None
+    part = m["part"].upper()
+    return f"{part}_{m['study']}", part
+
+
+def scan_competition_folder(folder: Path, notes: list[str] | None = None) -> pd.DataFrame:
+    """Image table of one competition folder (``train/`` or ``test/``), labels NaN. Files whose names do not
+    follow ``PART_<study>_image<N>`` become single-image studies named after the file (noted)."""
+    rows, odd = [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        parsed = parse_image_name(p)
+        if parsed is None:
+            odd.append(p.name)
+            parsed = (p.stem, p.stem.split("_")[0].upper() if "_" in p.stem else "UNKNOWN")
+        rows.append((str(p), parsed[0], parsed[1], np.nan))
+    if odd and notes is not None:
+        notes.append(f"{folder}: {len(odd)} file(s) not named PART_<study>_image<N> (each kept as its own study): "
+                     + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _attach_labels(images: pd.DataFrame, labels: pd.Series, csv: Path, notes: list[str]) -> pd.DataFrame:
+    images = images.copy()
+    images["label"] = images["id"].map(labels).astype(float)
+    no_image = sorted(set(labels.index) - set(images["id"]))
+    if no_image:
+        notes.append(f"{csv.name}: {len(no_image)} id(s) have no image (e.g. {no_image[0]}); ignored")
+    not_in_csv = sorted(set(images["id"]) - set(labels.index))
+    if not_in_csv:
+        notes.append(f"{csv.name}: {len(not_in_csv)} studies with images are not in it (e.g. {not_in_csv[0]}); "
+                     "treated as unlabelled")
+    return images
+
+
+def load_competition(root: Path) -> Dataset:
+    notes: list[str] = []
+    splits = {}
+    for split, csv_names in (("train", ("train.csv",)), ("test", ("test_labels.csv", "test.csv"))):
+        folder = root / split
+        images = scan_competition_folder(folder, notes) if folder.is_dir() else pd.DataFrame(columns=COLUMNS)
+        csv = next((root / c for c in csv_names if (root / c).is_file()), None)
+        if csv is not None and not images.empty:
+            images = _attach_labels(images, read_label_csv(csv), csv, notes)
+        splits[split] = images
+    return Dataset(root, "competition", splits["train"], splits["test"], notes)
+
+
+def _mura_root(root: Path) -> Path | None:
+    for cand in (root, root / "MURA-v1.1"):
+        if (cand / "train_image_paths.csv").is_file() or (cand / "valid_image_paths.csv").is_file():
+            return cand
+    return None
+
+
+def _load_mura_split(mura: Path, split: str, notes: list[str]) -> pd.DataFrame:
+    paths_csv = mura / f"{split}_image_paths.csv"
+    if not paths_csv.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    base = mura.parent  # paths in MURA's csv files start with "MURA-v1.1/"
+    rel = pd.read_csv(paths_csv, header=None, names=["path"], dtype=str)["path"].str.strip()
+    rows, bad = [], 0
+    for r in rel:
+        m = MURA_RE.search(r)
+        if not m:
+            bad += 1
+            continue
+        study_id = f"XR_{m['part']}/{m['patient']}/{m['study']}_{m['tag']}"
+        path = base / r if r.startswith(mura.name + "/") else mura / r
+        rows.append((str(path), study_id, m["part"], np.nan))
+    if bad:
+        notes.append(f"{paths_csv.name}: {bad} path(s) not like XR_PART/patientN/studyN_positive/imageN.png; ignored")
+    images = pd.DataFrame(rows, columns=COLUMNS)
+    studies_csv = mura / f"{split}_labeled_studies.csv"
+    if studies_csv.is_file():
+        st = pd.read_csv(studies_csv, header=None, names=["study", "label"], dtype={"study": str})
+        ids = st["study"].str.extract(MURA_RE.pattern).apply(
+            lambda r: f"XR_{r['part']}/{r['patient']}/{r['study']}_{r['tag']}", axis=1)
+        images["label"] = images["id"].map(pd.Series(st["label"].astype(float).to_numpy(), index=ids)).astype(float)
+    else:  # the folder name says it
+        images["label"] = images["id"].str.endswith("_positive").astype(float)
+        notes.append(f"{studies_csv.name} missing: labels taken from the study folder names")
+    return images
+
+
+def load_mura(root: Path) -> Dataset:
+    mura = _mura_root(root)
+    assert mura is not None
+    notes: list[str] = []
+    train = _load_mura_split(mura, "train", notes)
+    test = _load_mura_split(mura, "valid", notes)  # MURA's public evaluation split
+    return Dataset(mura, "mura", train, test, notes)
+
+
+def detect_layout(root: str | Path) -> str:
+    """``"mura"`` or ``"competition"``; a folder that is neither is a :class:`LayoutError` saying what to provide."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: no such folder")
+    if _mura_root(root) is not None:
+        return "mura"
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return "competition"
+    raise LayoutError(
+        f"{root}: expected the competition layout (train/, test/ and train.csv) or MURA-v1.1 "
+        "(train_image_paths.csv, train_labeled_studies.csv, ...); found neither"
+    )
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Read a dataset folder in either layout (auto-detected)."""
+    root = Path(root).expanduser()
+    ds = load_mura(root) if detect_layout(root) == "mura" else load_competition(root)
+    for note in ds.notes:
+        warnings.warn(note, stacklevel=2)
+    return ds

@@ -1,0 +1,106 @@
+"""Study-level aggregation and metrics: one implementation for training validation, predict.py and reports."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
+
+AGGREGATES = ("mean", "max")
+
+
+def aggregate_studies(images: pd.DataFrame, columns: list[str] | str, how: str = "mean") -> pd.DataFrame:
+    """Image rows (``id, part, label`` + probability ``columns``) -> one row per study, sorted by id.
+
+    A study's probability is the mean (default) or max of its images' probabilities.
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, not {how!r}")
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    meta = {c: "first" for c in ("part", "label") if c in images.columns}
+    agg = images.groupby("id", sort=True).agg({**meta, **{c: how for c in columns}})
+    return agg.reset_index()
+
+
+def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Youden's J optimum on a ROC curve; 0.5 when only one class is present."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y, p)
+    i = int(np.argmax(tpr - fpr))
+    return float(min(max(thr[i], 0.0), 1.0))
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, Cohen's kappa, accuracy, sensitivity, specificity (NaN where undefined) and counts."""
+    y = np.asarray(y, float)
+    p = np.asarray(p, float)
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    y, p = y[keep].astype(int), p[keep]
+    nan = float("nan")
+    if len(y) == 0:
+        return {"auc": nan, "kappa": nan, "accuracy": nan, "sensitivity": nan, "specificity": nan, "n": 0, "n_pos": 0}
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    two = len(np.unique(y)) == 2
+    return {
+        "auc": float(roc_auc_score(y, p)) if two else nan,
+        "kappa": float(cohen_kappa_score(y, pred)) if two or len(np.unique(pred)) == 2 else nan,
+        "accuracy": float(accuracy_score(y, pred)),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else nan,
+        "specificity": float(tn / (tn + fp)) if tn + fp else nan,
+        "n": int(len(y)),
+        "n_pos": int(y.sum()),
+    }
+
+
+def metrics_table(
+    studies: pd.DataFrame, columns: list[str], thresholds: Mapping[str, float] | None = None, by_part: bool = True
+) -> pd.DataFrame:
+    """One row per (model column, body part or "ALL") with :func:`binary_metrics`."""
+    thresholds = thresholds or {}
+    rows = []
+    groups = [("ALL", studies)]
+    if by_part and "part" in studies.columns:
+        groups += list(studies.groupby("part", sort=True))
+    for col in columns:
+        for part, df in groups:
+            m = binary_metrics(df["label"].to_numpy(), df[col].to_numpy(), thresholds.get(col, 0.5))
+            rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m})
+    return pd.DataFrame(rows)
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
+    """One ROC curve per entry (``name -> (labels, probabilities)``), AUC in the legend; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    for name, (y, p) in curves.items():
+        y, p = np.asarray(y, float), np.asarray(p, float)
+        keep = ~np.isnan(y) & ~np.isnan(p)
+        if len(np.unique(y[keep])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y[keep], p[keep])
+        auc = roc_auc_score(y[keep], p[keep])
+        bold = name.lower().startswith("ensemble")
+        ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color="black" if bold else None, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def fmt(x: float) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -1,0 +1,128 @@
+"""BoneClassifier: a registered backbone + the shared head; its config.json rebuilds it exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from torch import nn
+
+from zoo.head import MLPHead
+from zoo.registry import create_backbone, get_backbone
+
+MEMBER_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+class BoneClassifier(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="bone-zoo",
+    repo_url="https://github.com/bone-zoo/bone-zoo",
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+    tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "image-classification"],
+):
+    """Backbone (1-channel, pooled features) -> MLP head -> one abnormality logit.
+
+    Every constructor argument is JSON-safe and is what config.json holds, so ``from_pretrained`` rebuilds the model
+    exactly. ``threshold``, ``training`` and ``metrics`` are metadata that travel with the weights.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        img_size: int = 512,
+        head_hidden: Sequence[int] = (1024, 512),
+        dropout: float = 0.3,
+        mean: float = 0.449,
+        std: float = 0.226,
+        labels: Sequence[str] = ("normal", "abnormal"),
+        threshold: float = 0.5,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.spec = get_backbone(backbone)
+        self.backbone_name = backbone
+        self.img_size = int(img_size)
+        self.head_hidden = [int(h) for h in head_hidden]
+        self.dropout = float(dropout)
+        self.mean = float(mean)
+        self.std = float(std)
+        self.labels = list(labels)
+        self.threshold = float(threshold)
+        self.training_config = dict(training or {})
+        self.metrics = dict(metrics or {})
+        self.backbone = create_backbone(backbone, pretrained=False, img_size=self.img_size)
+        self.head = MLPHead(self.backbone.num_features, self.head_hidden, self.dropout)
+
+    @classmethod
+    def new(cls, backbone: str, *, pretrained: bool = False, weights: str | None = None, **kwargs) -> BoneClassifier:
+        """A fresh model for training; ``pretrained``/``weights`` load ImageNet weights into the backbone."""
+        model = cls(backbone, **kwargs)
+        if pretrained or weights:
+            model.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=model.img_size)
+        return model
+
+    def get_config(self) -> dict[str, Any]:
+        """Exactly the constructor's arguments, from the current state (so metrics set after training are kept)."""
+        return {
+            "backbone": self.backbone_name,
+            "img_size": self.img_size,
+            "head_hidden": self.head_hidden,
+            "dropout": self.dropout,
+            "mean": self.mean,
+            "std": self.std,
+            "labels": self.labels,
+            "threshold": self.threshold,
+            "training": self.training_config,
+            "metrics": self.metrics,
+        }
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, 1, H, W) normalised images -> (B,) logits."""
+        return self.head(self.backbone(x)).squeeze(-1)
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        from zoo.card import member_card
+
+        return member_card(self.get_config())
+
+    def save_member(self, folder: str | Path) -> Path:
+        """Write model.safetensors, config.json and README.md into ``folder``, each file replaced atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
+        try:
+            self.save_pretrained(tmp, config=self.get_config())
+            for name in MEMBER_FILES:
+                os.replace(tmp / name, folder / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **hub_kwargs) -> BoneClassifier:
+        """Load a member from a folder (or a Hub id) in eval mode; weights must match the config exactly."""
+        model = cls.from_pretrained(str(path), map_location=str(device), strict=True, **hub_kwargs)
+        return model.eval()
+
+
+def read_member_config(folder: str | Path) -> dict[str, Any]:
+    """config.json of a member folder, without building the model."""
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def is_member_dir(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
