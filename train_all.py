@@ -71,6 +71,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones")
     a("--synthetic-studies", type=int, default=SyntheticSpec.n_train, help="training studies in the synthetic set "
       "(default %(default)s)")
+    a("--push-to-hub", default=None, metavar="ORG/NAME", help="upload the run when it finishes: one model repo, "
+      "a sub-folder per member, one commit (token from HF_TOKEN or `hf auth login`)")
+    a("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    a("--revision", default=None, help="with --push-to-hub: branch to push to (created if missing)")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return p
 
@@ -140,6 +144,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"\nLeaderboard ({out}/leaderboard.md, {time.perf_counter() - t0:.0f}s"
           f"{', SYNTHETIC data' if synthetic else ''}):")
     print(leaderboard.to_markdown(board) if not board.empty else "(no finished members)")
+    if args.push_to_hub and not board.empty:
+        from zoo.hub import push_run
+
+        url = push_run(out, args.push_to_hub, private=args.private or None, revision=args.revision)
+        print(f"pushed {out} to {args.push_to_hub}: {url}")
     if failed:
         print("\nFailed members:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()), file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from safetensors.torch import load_model
 from torch import nn
 
 from zoo.head import MLPHead
@@ -110,6 +111,22 @@ class BoneClassifier(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs) -> BoneClassifier:
+        """Safetensors only (never a pickle), strict by default, no chatter."""
+        if os.path.isdir(model_id):
+            file = os.path.join(model_id, "model.safetensors")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            file = hf_hub_download(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
+                                   force_download=force_download, local_files_only=local_files_only, token=token)
+        model = cls(**model_kwargs)
+        load_model(model, file, strict=strict, device=str(map_location))
+        return model.eval()
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", **hub_kwargs) -> BoneClassifier:

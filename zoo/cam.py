@@ -1,0 +1,105 @@
+"""Class activation maps for any registered backbone through pytorch-grad-cam, per member and fused."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+from tqdm.auto import tqdm
+
+from zoo.data import load_images
+from zoo.data.transforms import to_input
+from zoo.model import BoneClassifier
+
+METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM,
+           "xgradcam": XGradCAM}
+LABELS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "EigenCAM": "eigencam", "LayerCAM": "layercam",
+          "XGrad-CAM": "xgradcam"}
+
+
+def resolve_layer(module: nn.Module, path: str) -> nn.Module:
+    """``get_submodule`` that also takes negative indices (``blocks.-1.norm1``)."""
+    for part in path.split("."):
+        module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)  # type: ignore[index]
+    return module
+
+
+def _vit_reshape(backbone: nn.Module):
+    gh, gw = backbone.patch_embed.grid_size
+    prefix = getattr(backbone, "num_prefix_tokens", 1)
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens[:, prefix:, :].reshape(tokens.size(0), gh, gw, tokens.size(2))
+        return x.permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def compute_cam(model: BoneClassifier, image_u8: np.ndarray, method: str = "gradcam") -> np.ndarray:
+    """CAM (float32 in [0, 1], no NaN) of the abnormality logit for one preprocessed image (uint8, model's size).
+
+    The target layer comes from the backbone's spec; transformers get their token-to-grid reshape.
+    """
+    key = LABELS.get(method, method).lower()
+    if key not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; one of {', '.join(LABELS)}")
+    spec = model.spec
+    layer = resolve_layer(model.backbone, spec.cam_layer)
+    reshape = _vit_reshape(model.backbone) if spec.reshape == "vit" else None
+    device = next(model.parameters()).device
+    x = to_input(torch.from_numpy(np.array(image_u8))[None, None].to(device), model.mean, model.std)
+    model.eval()
+    with METHODS[key](model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        out = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
+    out = np.nan_to_num(np.asarray(out, dtype=np.float32), nan=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def overlay(image_u8: np.ndarray, cam: np.ndarray, weight: float = 0.45) -> np.ndarray:
+    """RGB uint8 heatmap over the grayscale image (stacked to RGB, float in [0, 1] as show_cam_on_image wants)."""
+    if cam.shape != image_u8.shape:
+        cam = resize_cam(cam, image_u8.shape[0])
+    rgb = np.repeat((image_u8.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+    return show_cam_on_image(rgb, cam, use_rgb=True, image_weight=1.0 - weight)
+
+
+def resize_cam(cam: np.ndarray, size: int) -> np.ndarray:
+    if cam.shape == (size, size):
+        return cam
+    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((size, size),
+                                                                                 Image.Resampling.BILINEAR))
+
+
+def fuse_cams(cams: Sequence[np.ndarray], probs: Sequence[float], size: int | None = None) -> np.ndarray:
+    """The ensemble heatmap: members' CAMs (each normalised to [0, 1]) averaged with weights = their probabilities,
+    ``sum_m p_m * cam_m / sum_m p_m`` (plain mean when every p_m is 0), at ``size`` (default: the largest)."""
+    size = size or max(c.shape[0] for c in cams)
+    stack = np.stack([resize_cam(c, size) for c in cams])
+    w = np.asarray(probs, dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+    return np.clip(np.tensordot(w, stack, axes=1).astype(np.float32), 0.0, 1.0)
+
+
+def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method: str = "gradcam",
+               cache_dir: str | None = None, quiet: bool = False) -> int:
+    """One overlay PNG per readable image and member: ``out_dir/<member>/<image file stem>.png``. Returns the count."""
+    out_dir = Path(out_dir)
+    n = 0
+    paths = image_predictions["path"].tolist()
+    for m in ens.members:
+        arr = load_images(paths, m.img_size, cache_dir, quiet=True)
+        folder = out_dir / m.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in tqdm(np.flatnonzero(arr.ok), desc=f"CAM {m.name}", disable=True if quiet else None, leave=False):
+            img = np.array(arr.array[i])
+            Image.fromarray(overlay(img, compute_cam(m.model, img, method))).save(folder / f"{Path(paths[i]).stem}.png")
+            n += 1
+    return n

@@ -1,0 +1,197 @@
+"""Ensembles of zoo members: load them from folders, run folders, wildcards or Hub ids; predict images and studies."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from torch.utils.data import DataLoader
+
+from zoo.data import load_images
+from zoo.metrics import aggregate_studies
+from zoo.model import BoneClassifier, is_member_dir, read_member_config
+from zoo.train import ArrayDataset, auto_workers, predict_array, resolve_device
+
+METHODS = ("mean", "weighted", "rank")
+HUB_PREFIX = "hf://"
+
+
+class MemberError(ValueError):
+    """A --models entry that names no usable member; the message says which and why."""
+
+
+@dataclass
+class Member:
+    name: str
+    folder: Path
+    model: BoneClassifier
+
+    @property
+    def img_size(self) -> int:
+        return self.model.img_size
+
+    @property
+    def threshold(self) -> float:
+        return self.model.threshold
+
+    @property
+    def val_auc(self) -> float:
+        auc = self.model.metrics.get("val_auc")
+        return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")
+
+
+def _members_in(folder: Path) -> list[Path]:
+    if is_member_dir(folder):
+        return [folder]
+    return sorted(d for d in folder.iterdir() if d.is_dir() and is_member_dir(d)) if folder.is_dir() else []
+
+
+def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights", revision: str | None = None,
+                        cache_dir: str | None = None) -> list[Path]:
+    """Turn ``--models`` entries into member folders, in order, without duplicates.
+
+    An entry is a member folder, a run folder (every member in it), ``hf://ORG/NAME`` (downloaded and cached; a
+    ``/sub/folder`` after the name picks part of the repo), or a wildcard over backbone names of the members under
+    ``weights_dir`` (``'regnet*'``).
+    """
+    out: list[Path] = []
+    for spec in specs:
+        spec = str(spec)
+        if spec.startswith(HUB_PREFIX):
+            from zoo.hub import download_members
+
+            found = download_members(spec[len(HUB_PREFIX):], revision=revision, cache_dir=cache_dir)
+        elif Path(spec).exists():
+            found = _members_in(Path(spec))
+            if not found:
+                raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
+                                  " train some with `python train_all.py`")
+        else:
+            pool = _members_in(Path(weights_dir))
+            found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
+                     or fnmatch.fnmatchcase(read_member_config(d)["backbone"], spec)]
+            if not found:
+                names = ", ".join(d.name for d in pool) or "none"
+                raise MemberError(f"{spec!r} is neither a folder nor a hf:// id, and matches no member under "
+                                  f"{weights_dir}/ (members there: {names})")
+        out += [d for d in found if d not in out]
+    return out
+
+
+def _unique_names(folders: list[Path]) -> list[str]:
+    names = [f.name for f in folders]
+    return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+
+
+class Ensemble:
+    """Members that vote on each study. Each member keeps its own preprocessing (image size, normalisation)."""
+
+    def __init__(self, members: list[Member], method: str = "mean"):
+        if not members:
+            raise MemberError("an ensemble needs at least one member")
+        if method not in METHODS:
+            raise ValueError(f"ensemble method must be one of {METHODS}, not {method!r}")
+        self.members = members
+        self.method = method
+
+    @classmethod
+    def from_paths(cls, specs: Iterable[str], method: str = "mean", device: str = "cpu",
+                   weights_dir: str | Path = "weights", revision: str | None = None,
+                   cache_dir: str | None = None) -> Ensemble:
+        folders = resolve_member_dirs(specs, weights_dir, revision, cache_dir)
+        members = []
+        for name, folder in zip(_unique_names(folders), folders):
+            try:
+                model = BoneClassifier.load(folder, device=resolve_device(device))
+            except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                first = str(exc).strip().splitlines()[0][:300]
+                raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
+                                  f"(trained with another image size, head or backbone version?): {first}") from exc
+            members.append(Member(name, folder, model))
+        return cls(members, method)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].model.parameters()).device
+
+    def weights(self) -> np.ndarray:
+        """Member weights for ``weighted``: validation AUCs (0.5 where unknown), normalised to sum 1."""
+        w = np.array([m.val_auc if not math.isnan(m.val_auc) else 0.5 for m in self.members], dtype=float)
+        return w / w.sum()
+
+    def combine(self, scores: pd.DataFrame) -> pd.Series:
+        """Ensemble score per row from the member columns of ``scores`` (NaN-aware).
+
+        mean: mean probability; weighted: mean weighted by validation AUC; rank: mean of each member's rank-normalised
+        score (in (0, 1]; orders studies, not a probability).
+        """
+        vals = scores[self.names].to_numpy(dtype=float)
+        if self.method == "rank":
+            vals = np.column_stack([_rank01(vals[:, j]) for j in range(vals.shape[1])])
+        w = self.weights() if self.method == "weighted" else np.ones(len(self.members))
+        mask = ~np.isnan(vals)
+        num = np.nansum(vals * w, axis=1)
+        den = (mask * w).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return pd.Series(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan), index=scores.index,
+                             name="ensemble")
+
+    def threshold(self) -> float:
+        """The decision threshold of the ensemble: members' thresholds combined like their probabilities."""
+        if self.method == "rank":
+            return 0.5
+        t = np.array([m.threshold for m in self.members])
+        w = self.weights() if self.method == "weighted" else np.full(len(t), 1 / len(t))
+        return float((t * w).sum())
+
+    def predict_images(self, images: pd.DataFrame, batch_size: int = 32, tta: bool = False, workers: int = -1,
+                       cache_dir: str | None = None, quiet: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+        """``images`` (path, id, part, label) -> the same rows with one probability column per member (NaN for
+        unreadable images), and ``{path: error}`` of those."""
+        out = images.reset_index(drop=True).copy()
+        errors: dict[str, str] = {}
+        device = self.device
+        workers = auto_workers(workers, device)
+        for size in sorted({m.img_size for m in self.members}):
+            arr = load_images(out["path"].tolist(), size, cache_dir, quiet=quiet)
+            errors.update(arr.errors)
+            rows = np.flatnonzero(arr.ok)
+            loader = DataLoader(ArrayDataset(arr, rows, np.zeros(len(rows))), batch_size=batch_size,
+                                num_workers=workers, pin_memory=device.type == "cuda")
+            for m in self.members:
+                if m.img_size != size:
+                    continue
+                probs = np.full(len(out), np.nan)
+                probs[rows] = predict_array(m.model, loader, device, tta=tta, quiet=quiet, desc=m.name)
+                out[m.name] = probs
+        return out, errors
+
+    def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
+        """One row per study: ``id, part, label``, each member's study probability (``aggregate`` of its readable
+        images) and ``ensemble`` (members combined with ``self.method``). Studies with no readable image get NaN.
+        Extra keyword arguments go to :meth:`predict_images`; its errors are in ``result.attrs["errors"]``."""
+        img, errors = self.predict_images(images, **kwargs)
+        st = aggregate_studies(img, self.names, aggregate)
+        st["ensemble"] = self.combine(st)
+        st.attrs["errors"] = errors
+        st.attrs["image_predictions"] = img
+        return st
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    ok = ~np.isnan(x)
+    if ok.any():
+        out[ok] = rankdata(x[ok]) / ok.sum()
+    return out

@@ -1,0 +1,87 @@
+"""Hugging Face Hub I/O for runs: one model repo per run, one sub-folder per member, one commit per push.
+
+The member folder format *is* the Hub format, so ``hf download ORG/NAME --local-dir weights/`` gives a run folder
+that ``predict.py --models weights/`` reads as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+from zoo import leaderboard
+from zoo.card import member_card, run_card
+from zoo.model import is_member_dir, read_member_config
+
+RUN_FILES = ["README.md", "leaderboard.csv", "leaderboard.md", "roc.png"]
+MEMBER_FILES = ["model.safetensors", "config.json", "README.md", "metrics.json", "metrics.jsonl",
+                "val_predictions.csv", "curves.png"]
+PUSH_PATTERNS = RUN_FILES + [f"*/{f}" for f in MEMBER_FILES]
+
+
+def split_repo(spec: str) -> tuple[str, str]:
+    """``ORG/NAME[/sub/folder]`` -> (``ORG/NAME``, ``sub/folder`` or "")."""
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"{spec!r} is not a Hub model id like ORG/NAME")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def download_members(spec: str, revision: str | None = None, cache_dir: str | Path | None = None,
+                     token: str | None = None) -> list[Path]:
+    """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders."""
+    from zoo.ensemble import MemberError, _members_in
+
+    repo_id, sub = split_repo(spec)
+    patterns = [f"{sub}/*", f"{sub}/*/*"] if sub else None
+    try:
+        root = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                      allow_patterns=patterns))
+    except LocalEntryNotFoundError as exc:
+        raise MemberError(f"hf://{spec}: not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 "
+                          "or no network); download it once with `hf download " + repo_id + "`") from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise MemberError(f"hf://{spec}: no such repo or revision on the Hub (private? log in with `hf auth login` "
+                          "or set HF_TOKEN)") from exc
+    found = _members_in(root / sub if sub else root)
+    if not found:
+        raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)")
+    return found
+
+
+def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
+    """Rewrite the member cards with the repo's load snippet and the run card with its leaderboard."""
+    run_dir = Path(run_dir)
+    members = [d for d in sorted(run_dir.iterdir()) if d.is_dir() and is_member_dir(d)]
+    if not members:
+        raise FileNotFoundError(f"{run_dir}: no member folders to push (train with `python train_all.py`)")
+    for d in members:
+        member_card(read_member_config(d), repo_id=repo_id, subfolder=d.name).save(d / "README.md")
+    board = leaderboard.write(run_dir)
+    dataset = read_member_config(members[0]).get("training", {}).get("dataset_name")
+    md = leaderboard.to_markdown(board) if not board.empty else "(no finished members)"
+    run_card(repo_id, md, [d.name for d in members], dataset).save(run_dir / "README.md")
+    return md
+
+
+def push_run(run_dir: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+             token: str | None = None, commit_message: str | None = None, api: HfApi | None = None) -> str:
+    """Upload a run folder (members, leaderboard, cards) to ``repo_id`` in one commit; returns the commit URL.
+
+    The token comes from ``token``, else huggingface_hub's usual places (``HF_TOKEN``, ``hf auth login``).
+    """
+    run_dir = Path(run_dir)
+    refresh_cards(run_dir, repo_id)
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+    n = sum(1 for d in run_dir.iterdir() if d.is_dir() and is_member_dir(d))
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(run_dir), repo_type="model", revision=revision,
+        commit_message=commit_message or f"bone-zoo run: {n} member(s)", allow_patterns=PUSH_PATTERNS,
+        ignore_patterns=["*/checkpoint/*", ".*"],
+    )
+    return str(getattr(info, "commit_url", info))
