@@ -1,0 +1,1 @@
+"""The bone-zoo Gradio demo (``python -m demo``)."""

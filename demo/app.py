@@ -1,0 +1,227 @@
+"""Gradio demo: pick ensemble members, upload the X-rays of one study, see probabilities and Grad-CAM heatmaps.
+
+  python -m demo                      # members under weights/
+  python -m demo --hub ORG/NAME       # members downloaded (and cached) from the Hugging Face Hub
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from zoo.cam import LABELS, compute_cam, fuse_cams, overlay
+from zoo.data import ensure_synthetic, load_images, read_label_csv
+from zoo.data.io import IMAGE_SUFFIXES
+from zoo.ensemble import Ensemble, Member, MemberError, resolve_member_dirs
+from zoo.model import BoneClassifier, read_member_config
+
+MAX_FILE_MB = 25
+EXAMPLES_DIR = Path("data/synthetic")
+
+
+class AnalysisError(ValueError):
+    """Something the user can fix (no image, no member, unreadable file); shown in the UI as a message."""
+
+
+@dataclass
+class MemberPool:
+    """Members available to the demo, by name; models are loaded on first use and kept."""
+
+    folders: dict[str, Path]
+    _loaded: dict[str, Member] = field(default_factory=dict)
+
+    @classmethod
+    def from_source(cls, weights: str | Path = "weights", hub: str | None = None) -> MemberPool:
+        try:
+            dirs = resolve_member_dirs([f"hf://{hub}" if hub else str(weights)])
+        except MemberError:
+            dirs = []
+        return cls({d.name: d for d in dirs})
+
+    def choices(self) -> list[tuple[str, str]]:
+        out = []
+        for name, folder in self.folders.items():
+            auc = (read_member_config(folder).get("metrics") or {}).get("val_auc")
+            out.append((f"{name} (val AUC {auc:.3f})" if isinstance(auc, float) else name, name))
+        return out
+
+    def member(self, name: str) -> Member:
+        if name not in self.folders:
+            raise AnalysisError(f"unknown member {name!r}; available: {', '.join(self.folders) or 'none'}")
+        if name not in self._loaded:
+            self._loaded[name] = Member(name, self.folders[name], BoneClassifier.load(self.folders[name]))
+        return self._loaded[name]
+
+
+@dataclass
+class Analysis:
+    probability: float  # the ensemble's, for the study
+    threshold: float
+    members: pd.DataFrame  # member, val_auc, probability, verdict
+    panels: list[tuple[np.ndarray, str]]  # (RGB image, caption): originals, member overlays, fused heatmaps
+    spread: float  # max - min of member probabilities
+    skipped: list[str]  # unreadable uploads
+
+    @property
+    def verdict(self) -> str:
+        return "ABNORMAL" if self.probability >= self.threshold else "normal"
+
+
+def _check_files(files: list[str]) -> list[str]:
+    paths = [str(getattr(f, "name", f)) for f in files or [] if f]
+    if not paths:
+        raise AnalysisError("Upload at least one X-ray (PNG, JPEG, 16-bit PNG or DICOM) of one study.")
+    for p in paths:
+        size_mb = os.path.getsize(p) / 2**20
+        if size_mb > MAX_FILE_MB:
+            raise AnalysisError(f"{Path(p).name} is {size_mb:.0f} MB; the limit is {MAX_FILE_MB} MB per file.")
+    return paths
+
+
+def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None) -> Analysis:
+    """The whole demo as a pure function: image files of one study + member names + CAM method -> Analysis.
+
+    Member study probability = mean over the readable images; ensemble = mean over members, verdict at the mean of
+    their stored thresholds; fused heatmap = members' CAMs weighted by their probabilities (:func:`zoo.cam.fuse_cams`).
+    """
+    pool = pool or DEFAULT_POOL
+    paths = _check_files(files)
+    if not members:
+        raise AnalysisError("Pick at least one ensemble member.")
+    ens = Ensemble([pool.member(m) for m in members], "mean")
+    table = pd.DataFrame({"path": paths, "id": "upload", "part": "", "label": np.nan})
+    img_probs, errors = ens.predict_images(table, cache_dir="", quiet=True)
+    readable = [p for p in paths if p not in errors]
+    if not readable:
+        raise AnalysisError("Could not read any upload as an image: " + "; ".join(
+            f"{Path(p).name}: {e.split(': ', 1)[-1]}" for p, e in errors.items()))
+    member_probs = img_probs[ens.names].mean(axis=0, skipna=True)
+    study = pd.DataFrame([member_probs.to_dict()])
+    prob = float(ens.combine(study).iloc[0])
+    thr = ens.threshold()
+    panels: list[tuple[np.ndarray, str]] = []
+    arrays = {size: load_images(readable, size, "", quiet=True) for size in {m.img_size for m in ens.members}}
+    show = max(arrays)
+    for i, path in enumerate(readable):
+        name = Path(path).name
+        base = np.array(arrays[show].array[i])
+        panels.append((np.repeat(base[..., None], 3, axis=2), f"{name}: original"))
+        cams, probs = [], []
+        for m in ens.members:
+            img = np.array(arrays[m.img_size].array[i])
+            cam = compute_cam(m.model, img, method)
+            p = float(img_probs.loc[img_probs["path"] == path, m.name].iloc[0])
+            cams.append(cam)
+            probs.append(p)
+            panels.append((overlay(img, cam), f"{name}: {m.name} p={p:.2f}"))
+        panels.append((overlay(base, fuse_cams(cams, probs, show)), f"{name}: ensemble (probability-weighted)"))
+    rows = pd.DataFrame({
+        "member": ens.names,
+        "val AUC": [round(m.val_auc, 3) for m in ens.members],
+        "probability": [round(float(member_probs[n]), 4) for n in ens.names],
+        "verdict": ["abnormal" if member_probs[m.name] >= m.threshold else "normal" for m in ens.members],
+    })
+    spread = float(member_probs.max() - member_probs.min())
+    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in errors.items()])
+
+
+def summary_markdown(a: Analysis) -> str:
+    agree = ("members agree" if a.spread < 0.15 else "members disagree: treat with caution") if len(a.members) > 1 \
+        else "single member: no spread"
+    lines = [f"## {a.verdict}: P(abnormal) = {a.probability:.3f}",
+             f"Threshold {a.threshold:.3f} (members' validation thresholds). Spread between members "
+             f"{a.spread:.3f}: {agree}.",
+             "_Research tool, not a medical device._"]
+    if a.skipped:
+        lines.append("**Skipped unreadable uploads:** " + "; ".join(a.skipped))
+    return "\n\n".join(lines)
+
+
+def example_files(n_each: int = 2) -> list[list[str]]:
+    """A few normal and abnormal synthetic test images (the synthetic set is generated if missing)."""
+    root = ensure_synthetic(EXAMPLES_DIR) if not (EXAMPLES_DIR / "synthetic.json").is_file() else EXAMPLES_DIR
+    labels = read_label_csv(root / "test_labels.csv")
+    out = []
+    for value in (1.0, 0.0):
+        ids = labels[labels == value].index[:n_each]
+        for i in ids:
+            out += [[[str(p)]] for p in sorted((root / "test").glob(f"{i}_image1.*"))]
+    return out
+
+
+def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
+    choices = pool.choices()
+
+    def run(files, members, method):
+        try:
+            a = analyse(files, members, method, pool)
+        except AnalysisError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # never a stack trace in the UI
+            raise gr.Error(f"Analysis failed: {type(exc).__name__}: {exc}") from None
+        label = {"abnormal": a.probability, "normal": 1 - a.probability}
+        return summary_markdown(a), label, a.members, a.panels
+
+    with gr.Blocks(title="bone-zoo: X-ray ensemble with Grad-CAM") as demo:
+        gr.Markdown("# bone-zoo\nUpload the radiographs of **one study**, pick ensemble members and a CAM method. "
+                    "Each member's probability, the ensemble's verdict and where each member looked.")
+        if not choices:
+            gr.Markdown("**No members found.** Train some with `python train_all.py` (or start with "
+                        "`python -m demo --hub ORG/NAME`).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="X-rays of one study", file_count="multiple", elem_id="upload",
+                                file_types=sorted(IMAGE_SUFFIXES))
+                members = gr.CheckboxGroup(choices=choices, value=[v for _, v in choices[:2]],
+                                           label="Ensemble members", elem_id="members")
+                method = gr.Radio(list(LABELS), value="Grad-CAM", label="CAM method", elem_id="method")
+                button = gr.Button("Analyse", variant="primary", elem_id="analyse")
+            with gr.Column(scale=2):
+                verdict = gr.Markdown(elem_id="verdict")
+                label = gr.Label(label="Ensemble", num_top_classes=2, elem_id="ensemble")
+                table = gr.Dataframe(label="Members", elem_id="table", interactive=False)
+        gallery = gr.Gallery(label="Original, member Grad-CAMs and the fused ensemble heatmap", columns=4,
+                             elem_id="heatmaps", height="auto", format="png")
+        button.click(run, [files, members, method], [verdict, label, table, gallery], api_name="analyse",
+                     concurrency_limit=1)
+        if examples:
+            try:
+                ex = example_files()
+            except OSError:
+                ex = []
+            if ex:
+                gr.Examples(ex, inputs=[files], label="Synthetic examples (2 abnormal, 2 normal)")
+    return demo.queue(max_size=16)
+
+
+DEFAULT_POOL = MemberPool.from_source(os.environ.get("BONE_ZOO_WEIGHTS", "weights"), os.environ.get("BONE_ZOO_HUB"))
+demo = build_demo(DEFAULT_POOL, examples=os.environ.get("BONE_ZOO_EXAMPLES", "1") != "0")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="weights", help="run folder with member sub-folders (default %(default)s)")
+    p.add_argument("--hub", default=None, metavar="ORG/NAME", help="load the members of a Hub repo instead")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s)")
+    p.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
+    p.add_argument("--share", action="store_true", help="a public gradio.live link (needs internet)")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    pool = MemberPool.from_source(args.weights, args.hub)
+    if not pool.folders:
+        print(f"warning: no members in {args.hub or args.weights}; train some with `python train_all.py`")
+    build_demo(pool).launch(server_name=args.host, server_port=args.port, share=args.share,
+                            max_file_size=f"{MAX_FILE_MB}mb")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
