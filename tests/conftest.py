@@ -1,0 +1,46 @@
+"""Shared fixtures: a small synthetic dataset and one tiny trained run, built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("BONE_ZOO_EXAMPLES", "0")  # the module-level demo is not given examples in tests
+os.environ.setdefault("BONE_ZOO_WEIGHTS", str(Path(tempfile.gettempdir()) / "bone-zoo-no-weights"))
+os.environ["BONE_ZOO_CACHE"] = tempfile.mkdtemp(prefix="bone-zoo-cache-")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
+REFERENCE_CSV = ROOT.parent / "shared" / "reference" / "train.csv"
+TINY = ["regnetx_002", "resnet10t"]  # the two tiny backbones of the end-to-end runs
+
+
+def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """Run one of the repo's CLIs as a user would; returns CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from zoo.data import SyntheticSpec, ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("data") / "synthetic", SyntheticSpec(n_test=40))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synthetic_root) -> dict:
+    """train_all.py on the synthetic set: 2 tiny backbones, 2 epochs, 64 px (the end-to-end run of the spine)."""
+    out = tmp_path_factory.mktemp("run") / "weights"
+    t0 = time.perf_counter()
+    proc = run_script("train_all.py", "--data", synthetic_root, "--models", *TINY, "--epochs", "2", "--img-size", "64",
+                      "--lr", "1e-3", "--out", out, "--quiet", cwd=out.parent)
+    return {"out": out, "proc": proc, "seconds": time.perf_counter() - t0, "data": synthetic_root}
