@@ -1,0 +1,167 @@
+"""Hub I/O without the network: local from_pretrained, the real cache layout offline, a recorded push, the card."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard, scan_cache_dir, snapshot_download
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from conftest import TINY, run_script
+from zoo.hub import PUSH_PATTERNS, download_members, push_run, refresh_cards
+from zoo.model import BoneClassifier
+
+REPO = "bone-zoo-tests/tiny-zoo"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    assert trained_run["proc"].returncode == 0
+    return trained_run
+
+
+def _files_to_push(run_dir: Path) -> list[str]:
+    import fnmatch
+
+    rel = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()]
+    return sorted(r for r in rel if any(fnmatch.fnmatch(r, pat) for pat in PUSH_PATTERNS) and "checkpoint" not in r)
+
+
+def make_hub_cache(run_dir: Path, cache: Path, repo_id: str = REPO) -> Path:
+    """The Hub cache layout for one commit of repo_id: blobs by sha256, a snapshot of symlinks, refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / COMMIT
+    for rel in _files_to_push(run_dir):
+        data = (run_dir / rel).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        target = snap / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.path.relpath(blob, target.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def hub_cache(run, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pushed") / "weights"
+    shutil.copytree(run["out"], run_dir)
+    refresh_cards(run_dir, REPO)
+    cache = tmp_path_factory.mktemp("hf-cache")
+    make_hub_cache(run_dir, cache)
+    return {"cache": cache, "run_dir": run_dir}
+
+
+def test_from_pretrained_local_folder(run):
+    m = BoneClassifier.from_pretrained(str(run["out"] / TINY[0]))
+    assert m.backbone_name == TINY[0] and not m.training
+
+
+def test_offline_download_through_the_real_cache_layout(hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    info = scan_cache_dir(hub_cache["cache"])  # the library recognises the layout
+    (repo,) = info.repos
+    assert repo.repo_id == REPO and {r.commit_hash for r in repo.revisions} == {COMMIT}
+    path = snapshot_download(REPO, cache_dir=hub_cache["cache"])
+    assert Path(path).name == COMMIT
+    folders = download_members(REPO, cache_dir=hub_cache["cache"])
+    assert [f.name for f in folders] == sorted(TINY)
+    only = download_members(f"{REPO}/{TINY[1]}", cache_dir=hub_cache["cache"])
+    assert [f.name for f in only] == [TINY[1]]
+    from zoo.ensemble import MemberError
+
+    with pytest.raises(MemberError, match="not in the local Hub cache"):
+        download_members("someone/else", cache_dir=hub_cache["cache"])
+
+
+def test_predict_hf_models_offline_matches_the_run_folder(run, hub_cache, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache["cache"])}
+    a = run_script("predict.py", "--data", run["data"], "--models", f"hf://{REPO}", "-output", tmp_path / "hub.csv",
+                   "--quiet", cwd=tmp_path, env=env)
+    assert a.returncode == 0, a.stderr
+    b = run_script("predict.py", "--data", run["data"], "--models", run["out"], "-output", tmp_path / "run.csv",
+                   "--quiet", cwd=tmp_path)
+    assert (tmp_path / "hub.csv").read_bytes() == (tmp_path / "run.csv").read_bytes()
+    # `hf download ORG/NAME --local-dir weights/` gives the snapshot's files as plain files: same CSV
+    local = tmp_path / "weights"
+    shutil.copytree(Path(hub_cache["cache"]) / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT, local)
+    c = run_script("predict.py", "--data", run["data"], "-output", tmp_path / "local.csv", "--quiet", cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    assert (tmp_path / "local.csv").read_bytes() == (tmp_path / "run.csv").read_bytes()
+
+
+class RecordingHfApi:
+    """Test double of HfApi that records calls (a wiring test: it checks what push_run asks of the Hub client,
+    not the Hub)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+
+    def create_branch(self, repo_id, **kw):
+        self.calls.append(("create_branch", repo_id, kw))
+
+    def upload_folder(self, **kw):
+        import fnmatch
+
+        root = Path(kw["folder_path"])
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        allowed = [f for f in files if any(fnmatch.fnmatch(f, p) for p in kw["allow_patterns"])
+                   and not any(fnmatch.fnmatch(f, p) for p in kw["ignore_patterns"])]
+        self.calls.append(("upload_folder", kw["repo_id"], {**kw, "files": allowed}))
+        return type("CommitInfo", (), {"commit_url": f"https://hub.example/{kw['repo_id']}/commit/1"})()
+
+
+def test_push_run_wiring(run, tmp_path):
+    """Wiring test with a recording HfApi double: one repo, the branch, one commit with every member's files."""
+    run_dir = tmp_path / "weights"
+    shutil.copytree(run["out"], run_dir)
+    (run_dir / TINY[0] / "checkpoint").mkdir()
+    (run_dir / TINY[0] / "checkpoint" / "last.safetensors").write_bytes(b"x")
+    api = RecordingHfApi()
+    url = push_run(run_dir, REPO, private=True, revision="v1", api=api)
+    assert url.endswith("/commit/1")
+    kinds = [c[0] for c in api.calls]
+    assert kinds == ["create_repo", "create_branch", "upload_folder"]
+    assert api.calls[0][2]["private"] is True and api.calls[1][2]["branch"] == "v1"
+    up = api.calls[2][2]
+    assert up["revision"] == "v1" and "2 member(s)" in up["commit_message"]
+    for n in TINY:
+        assert {f"{n}/model.safetensors", f"{n}/config.json", f"{n}/README.md"} <= set(up["files"])
+    assert {"README.md", "leaderboard.csv", "leaderboard.md", "roc.png"} <= set(up["files"])
+    assert not any("checkpoint" in f for f in up["files"])
+
+
+def test_push_cli_help(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "zoo", "push", "--help"], capture_output=True, text=True).stdout
+    assert "--private" in out and "--revision" in out and "repo_id" in out
+
+
+def test_model_cards_parse_and_their_metadata_validates(hub_cache):
+    run_dir = hub_cache["run_dir"]
+    for n in TINY:
+        card = ModelCard.load(run_dir / n / "README.md")
+        meta = card.data.to_dict()
+        assert meta["library_name"] == "bone-zoo" and meta["pipeline_tag"] == "image-classification"
+        assert meta["license"] == "apache-2.0" and "bone-zoo" in meta["tags"]
+        name, results = model_index_to_eval_results(meta["model-index"])
+        auc = next(r for r in results if r.metric_type == "roc_auc")
+        assert auc.dataset_split == "validation" and 0.5 < auc.metric_value <= 1
+        text = card.text
+        assert "not a medical device" in text and "## Training recipe" in text and REPO in text
+        assert "from_pretrained" in text
+        yaml.safe_load(card.content.split("---")[1])
+    root = ModelCard.load(run_dir / "README.md")
+    assert root.data.to_dict()["library_name"] == "bone-zoo" and "hf download" in root.text
