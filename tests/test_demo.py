@@ -1,0 +1,137 @@
+"""The Gradio demo: the pure analyse() function, the app over HTTP with gradio_client, and a real browser."""
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from demo.app import AnalysisError, MemberPool, analyse, build_demo, summary_markdown
+from zoo.cam import compute_cam, fuse_cams
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def pool(trained_run):
+    assert trained_run["proc"].returncode == 0
+    return MemberPool.from_source(trained_run["out"])
+
+
+@pytest.fixture(scope="module")
+def xray(trained_run):
+    labels = pd.read_csv(trained_run["data"] / "test_labels.csv")
+    sid = labels[labels["label"] == 1]["id"].iloc[0]
+    return sorted((trained_run["data"] / "test").glob(f"{sid}_image*"))
+
+
+def test_analyse_study(pool, xray):
+    a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool)
+    assert 0 <= a.probability <= 1
+    assert a.members["member"].tolist() == TINY
+    assert np.isclose(a.probability, a.members["probability"].mean(), atol=1e-3)
+    assert len(a.panels) == len(xray) * (len(TINY) + 2)
+    assert all(img.ndim == 3 and img.shape[2] == 3 for img, _ in a.panels)
+    assert a.spread == pytest.approx(a.members["probability"].max() - a.members["probability"].min(), abs=1e-3)
+    assert "P(abnormal)" in summary_markdown(a)
+
+
+def test_fused_panel_is_the_documented_fusion(pool, xray):
+    from zoo.data import load_images
+
+    a = analyse([str(xray[0])], TINY, "Grad-CAM", pool)
+    img = np.array(load_images([str(xray[0])], 64, "").array[0])
+    cams = [compute_cam(pool.member(n).model, img, "gradcam") for n in TINY]
+    from zoo.cam import overlay
+
+    expected = overlay(img, fuse_cams(cams, a.members["probability"].tolist()))
+    fused_panel = a.panels[-1]
+    assert "ensemble" in fused_panel[1]
+    assert np.abs(fused_panel[0].astype(int) - expected.astype(int)).max() <= 2  # probabilities rounded in the table
+
+
+def test_bad_inputs_are_messages(pool, xray, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an x-ray")
+    with pytest.raises(AnalysisError, match="Could not read any upload"):
+        analyse([str(tmp_path / "notes.txt")], TINY, "Grad-CAM", pool)
+    with pytest.raises(AnalysisError, match="Pick at least one"):
+        analyse([str(xray[0])], [], "Grad-CAM", pool)
+    with pytest.raises(AnalysisError, match="Upload at least one"):
+        analyse([], TINY, "Grad-CAM", pool)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (26 * 2**20))
+    with pytest.raises(AnalysisError, match="limit"):
+        analyse([str(big)], TINY, "Grad-CAM", pool)
+    a = analyse([str(xray[0]), str(tmp_path / "notes.txt")], TINY[:1], "EigenCAM", pool)
+    assert a.skipped and "notes.txt" in a.skipped[0]
+
+
+def test_sixteen_bit_upload(pool, tmp_path):
+    arr = (np.linspace(0, 4095, 80 * 60).reshape(80, 60)).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x16.png")
+    a = analyse([str(tmp_path / "x16.png")], TINY, "LayerCAM", pool)
+    assert 0 <= a.probability <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(pool, trained_run, tmp_path_factory):
+    app = build_demo(pool, examples=False)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="25mb")
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_gradio_client_end_to_end(served, xray):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    md, label, table, gallery = client.predict([handle_file(str(xray[0]))], TINY, "Grad-CAM", api_name="/analyse")
+    assert "P(abnormal)" in md
+    assert {c["label"] for c in label["confidences"]} == {"normal", "abnormal"}
+    assert [row[0] for row in table["data"]] == TINY
+    assert len(gallery) == len(TINY) + 2
+    assert all(Path(item["image"]).is_file() for item in gallery)
+    with pytest.raises(Exception, match="Pick at least one"):
+        client.predict([handle_file(str(xray[0]))], [], "Grad-CAM", api_name="/analyse")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium not installed (.ci/run installs it)")
+def test_real_browser_upload_click_and_heatmaps(served, xray, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shutil.copy(xray[0], tmp_path / "study.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(served)
+        page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "study.png"))
+        page.wait_for_timeout(1500)
+        for name in TINY:  # both members ticked (default is the first two; make sure)
+            box = page.locator("#members").get_by_label(name, exact=False)
+            if not box.is_checked():
+                box.check()
+        page.locator("#analyse").click()
+        page.wait_for_selector("#heatmaps img", timeout=60_000)
+        deadline = time.time() + 30
+        while page.locator("#heatmaps img").count() < len(TINY) + 2 and time.time() < deadline:
+            page.wait_for_timeout(300)
+        assert page.locator("#heatmaps img").count() >= len(TINY) + 2
+        assert "P(abnormal)" in page.locator("#verdict").inner_text()
+        page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "demo.png").stat().st_size > 20_000
