@@ -5,11 +5,22 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REFERENCE_CSV, SHARED_DATA
 from PIL import Image
 
-from conftest import REFERENCE_CSV, SHARED_DATA
-from zoo.data import (ImageReadError, LayoutError, TruncatedImageWarning, detect_layout, load_dataset, load_images,
-                      read_grayscale, read_label_csv, resize_pad, split_by_study, studies)
+from zoo.data import (
+    ImageReadError,
+    LayoutError,
+    TruncatedImageWarning,
+    detect_layout,
+    load_dataset,
+    load_images,
+    read_grayscale,
+    read_label_csv,
+    resize_pad,
+    split_by_study,
+    studies,
+)
 
 
 def _png(path, value=128, size=(40, 30)):
@@ -62,7 +73,7 @@ def _mura(root):
     k = 0
     for split in ("train", "valid"):
         for part in ("XR_HAND", "XR_WRIST"):
-            for p in range(3):
+            for _ in range(3):
                 for s, tag in ((1, "positive"), (2, "negative")):
                     study = f"MURA-v1.1/{split}/{part}/patient{k:05d}/study{s}_{tag}/"
                     for i in (1, 2):

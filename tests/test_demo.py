@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from demo.app import AnalysisError, MemberPool, analyse, build_demo, summary_markdown
 from zoo.cam import compute_cam, fuse_cams
 

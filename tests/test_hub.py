@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, run_script
 from huggingface_hub import ModelCard, scan_cache_dir, snapshot_download
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from conftest import TINY, run_script
 from zoo.hub import PUSH_PATTERNS, download_members, push_run, refresh_cards
 from zoo.model import BoneClassifier
 
@@ -88,6 +88,7 @@ def test_predict_hf_models_offline_matches_the_run_folder(run, hub_cache, tmp_pa
     assert a.returncode == 0, a.stderr
     b = run_script("predict.py", "--data", run["data"], "--models", run["out"], "-output", tmp_path / "run.csv",
                    "--quiet", cwd=tmp_path)
+    assert b.returncode == 0, b.stderr
     assert (tmp_path / "hub.csv").read_bytes() == (tmp_path / "run.csv").read_bytes()
     # `hf download ORG/NAME --local-dir weights/` gives the snapshot's files as plain files: same CSV
     local = tmp_path / "weights"

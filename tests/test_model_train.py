@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY, run_script
 from safetensors.torch import load_file
 
-from conftest import TINY, run_script
 from zoo.data import load_dataset
 from zoo.head import MLPHead
 from zoo.loss import WeightedBCE, positive_weight

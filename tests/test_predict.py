@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REFERENCE_CSV, SHARED_DATA, TINY, run_script
 from PIL import Image
 
-from conftest import REFERENCE_CSV, SHARED_DATA, TINY, run_script
 from zoo.data import load_dataset, studies
 from zoo.ensemble import Ensemble, MemberError
 from zoo.metrics import aggregate_studies, binary_metrics

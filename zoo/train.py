@@ -191,8 +191,8 @@ class Trainer:
 
     def _train_loader(self, ds: ArrayDataset, epoch: int) -> DataLoader:
         g = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, generator=g, drop_last=len(ds) > self.cfg.batch_size,
-                          num_workers=self.workers, pin_memory=self.pin)
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=True, generator=g,
+                          drop_last=len(ds) > self.cfg.batch_size, num_workers=self.workers, pin_memory=self.pin)
 
     # -- validation -------------------------------------------------------------------------------------------
     def _validate(self, model: BoneClassifier, loader: DataLoader) -> tuple[pd.DataFrame, dict[str, float]]:

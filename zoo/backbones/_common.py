@@ -21,8 +21,9 @@ def _check_weights_file(weights: str | Path) -> Path:
         raise PretrainedUnavailable(f"pretrained weights file not found: {path}")
     if path.suffix != ".safetensors":
         raise PretrainedUnavailable(
-            f"{path}: only .safetensors weight files are read (weights are data, never pickles). Convert it once with "
-            "`python -c \"import torch,safetensors.torch as s; s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')\"`"
+            f"{path}: only .safetensors weight files are read (weights are data, never pickles). Convert it once "
+            "where you trust it: `python -c \"import torch,safetensors.torch as s; "
+            "s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')\"`"
         )
     return path
 
