@@ -16,7 +16,7 @@ from pathlib import Path
 
 from zoo import leaderboard
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
-from zoo.registry import get_backbone, list_backbones, resolve_backbones
+from zoo.registry import describe_backbones, resolve_backbones
 from zoo.train import TrainConfig, Trainer
 
 DEFAULT_MODELS = ["regnet_x_800mf", "regnety_016", "resnet50", "densenet169", "efficientnet_b0"]
@@ -87,9 +87,7 @@ def config_for(args: argparse.Namespace, backbone: str) -> TrainConfig:
 
 def main(args: argparse.Namespace) -> int:
     if args.list_models:
-        for name in list_backbones():
-            spec = get_backbone(name)
-            print(f"{name:28s} {spec.source:34s} {spec.description}")
+        print(describe_backbones())
         return 0
     synthetic = args.data is None
     if synthetic:

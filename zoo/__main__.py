@@ -22,11 +22,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if args.command == "list":
-        from zoo.registry import get_backbone, list_backbones
+        from zoo.registry import describe_backbones
 
-        for name in list_backbones():
-            spec = get_backbone(name)
-            print(f"{name:28s} {spec.source:34s} {spec.description}")
+        print(describe_backbones())
         return 0
     from zoo.hub import push_run
 

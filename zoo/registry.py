@@ -146,6 +146,11 @@ def resolve_backbones(patterns: list[str]) -> list[str]:
     return out
 
 
+def describe_backbones(pattern: str | list[str] | None = None) -> str:
+    """One line per registered backbone: name, source, description (for --list-models)."""
+    return "\n".join(f"{n:24s} {_REGISTRY[n].source:34s} {_REGISTRY[n].description}" for n in list_backbones(pattern))
+
+
 def get_backbone(name: str) -> BackboneSpec:
     """The spec of a registered backbone; an unknown name fails with the closest registered names."""
     _ensure_loaded()
