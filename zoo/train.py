@@ -174,8 +174,8 @@ class Trainer:
             paths = pd.concat([self.train_df, self.val_df])["path"].tolist()
             self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet)
         index = self.images.index()
-        self.unreadable = {p: e for p, e in self.images.errors.items()
-                           if p in set(self.train_df["path"]) | set(self.val_df["path"])}
+        used = set(self.train_df["path"]) | set(self.val_df["path"])
+        self.unreadable = {p: e for p, e in self.images.errors.items() if p in used}
         ok = lambda df: df[[self.images.ok[index[p]] for p in df["path"]]].reset_index(drop=True)  # noqa: E731
         self.train_df, self.val_df = ok(self.train_df), ok(self.val_df)
         rows = lambda df: np.array([index[p] for p in df["path"]], dtype=np.int64)  # noqa: E731
