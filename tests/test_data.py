@@ -205,3 +205,22 @@ def test_reads_fracatlas_hand_as_it_is():
     assert 0 < st["label"].isna().sum() < 0.15 * len(st)
     assert 0.15 < studies(ds.test)["label"].mean() < 0.4
     assert arr.ok.mean() > 0.99  # truncated JPEGs are read, not dropped
+
+
+def test_parallel_decode_reports_truncation_and_leaves_warnings_alone(tmp_path):
+    """Regression: warnings.catch_warnings in decoder threads once left a recorder installed, swallowing later
+    warnings (predict.py's list of unreadable files went missing under load)."""
+    data = None
+    paths = []
+    for k in range(16):
+        Image.fromarray((np.random.default_rng(k).random((48, 48)) * 255).astype(np.uint8)).save(tmp_path / f"{k}.jpg")
+        data = (tmp_path / f"{k}.jpg").read_bytes()
+        (tmp_path / f"{k}.jpg").write_bytes(data[: len(data) // 2])
+        paths.append(str(tmp_path / f"{k}.jpg"))
+    show, filters = warnings.showwarning, list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arr = load_images(paths, 32, "", workers=4, quiet=True)
+    assert arr.ok.all()
+    assert any(issubclass(w.category, TruncatedImageWarning) and "16 truncated" in str(w.message) for w in caught)
+    assert warnings.showwarning is show and list(warnings.filters) == filters

@@ -55,11 +55,9 @@ def _decode_all(paths: list[str], size: int, out: np.ndarray, workers: int, quie
     truncated: list[str] = []
 
     def one(i: int) -> None:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", TruncatedImageWarning)
-                out[i] = load_resized(paths[i], size)
-            if any(issubclass(w.category, TruncatedImageWarning) for w in caught):
+        try:  # no warnings.catch_warnings here: it is not thread-safe and can swallow later warnings
+            out[i], truncated_file = load_resized(paths[i], size)
+            if truncated_file:
                 truncated.append(paths[i])
         except ImageReadError as exc:
             errors[paths[i]] = str(exc)

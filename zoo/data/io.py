@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -61,34 +62,46 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
-def read_grayscale(path: str | Path) -> np.ndarray:
-    """Float32 array in [0, 1], shape (H, W). Truncated files are read with a warning; undecodable ones raise
-    :class:`ImageReadError`."""
+_TRUNCATED_LOCK = threading.Lock()  # Pillow's truncated-image switch is a module global
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, bool]:
+    """``(float32 image in [0, 1] of shape (H, W), was_truncated)``; undecodable files raise :class:`ImageReadError`.
+
+    Thread-safe and silent (no warnings module state touched), for the parallel decoder of the image cache.
+    """
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return _read_dicom(path)
+        return _read_dicom(path), False
     try:
         with Image.open(path) as img:
             img.load()
-            return _pil_to_gray(img)
+            return _pil_to_gray(img), False
     except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError) as exc:
         raise ImageReadError(f"{path}: not an image ({type(exc).__name__})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if "truncated" not in str(exc).lower() and "premature end" not in str(exc).lower():
             raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
-    # truncated: read what is there
-    old = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
-    try:
-        with Image.open(path) as img:
-            img.load()
-            out = _pil_to_gray(img)
-    except Exception as exc:
-        raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = old
-    warnings.warn(f"{path}: truncated image, read what was there", TruncatedImageWarning, stacklevel=2)
-    return out
+    with _TRUNCATED_LOCK:  # truncated: read what is there
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return _pil_to_gray(img), True
+        except Exception as exc:
+            raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """Float32 array in [0, 1], shape (H, W). Truncated files are read with a :class:`TruncatedImageWarning`;
+    undecodable ones raise :class:`ImageReadError`."""
+    img, truncated = decode(path)
+    if truncated:
+        warnings.warn(f"{path}: truncated image, read what was there", TruncatedImageWarning, stacklevel=2)
+    return img
 
 
 def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
@@ -104,6 +117,7 @@ def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def load_resized(path: str | Path, size: int) -> np.ndarray:
-    """``resize_pad(read_grayscale(path), size)``."""
-    return resize_pad(read_grayscale(path), size)
+def load_resized(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
+    """``(resize_pad(image, size), was_truncated)`` for one file (see :func:`decode`)."""
+    img, truncated = decode(path)
+    return resize_pad(img, size), truncated
