@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,46 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
-_TRUNCATED_LOCK = threading.Lock()  # Pillow's truncated-image switch is a module global
+class _TruncationGate:
+    """Pillow's truncated-image switch is a module global: strict reads may run together, a permissive re-read runs
+    alone (so no strict read silently accepts a truncated file while the switch is on)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._permissive = False
+
+    @contextmanager
+    def strict(self):
+        with self._cond:
+            while self._permissive:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def permissive(self):
+        with self._cond:
+            while self._permissive or self._readers:
+                self._cond.wait()
+            self._permissive = True
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+            with self._cond:
+                self._permissive = False
+                self._cond.notify_all()
+
+
+_GATE = _TruncationGate()
 
 
 def decode(path: str | Path) -> tuple[np.ndarray, bool]:
@@ -74,7 +114,7 @@ def decode(path: str | Path) -> tuple[np.ndarray, bool]:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return _read_dicom(path), False
     try:
-        with Image.open(path) as img:
+        with _GATE.strict(), Image.open(path) as img:
             img.load()
             return _pil_to_gray(img), False
     except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError) as exc:
@@ -82,17 +122,12 @@ def decode(path: str | Path) -> tuple[np.ndarray, bool]:
     except (OSError, SyntaxError, ValueError) as exc:
         if "truncated" not in str(exc).lower() and "premature end" not in str(exc).lower():
             raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
-    with _TRUNCATED_LOCK:  # truncated: read what is there
-        old = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return _pil_to_gray(img), True
-        except Exception as exc:
-            raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = old
+    try:  # truncated: read what is there
+        with _GATE.permissive(), Image.open(path) as img:
+            img.load()
+            return _pil_to_gray(img), True
+    except Exception as exc:
+        raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
 
 
 def read_grayscale(path: str | Path) -> np.ndarray:
