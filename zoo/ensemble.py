@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data import load_images
 from zoo.metrics import aggregate_studies
-from zoo.model import BoneClassifier, is_member_dir, read_member_config
+from zoo.model import BoneClassifier, members_in, read_member_config
 from zoo.train import ArrayDataset, auto_workers, predict_array, resolve_device
 
 METHODS = ("mean", "weighted", "rank")
@@ -47,12 +47,6 @@ class Member:
         return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")
 
 
-def _members_in(folder: Path) -> list[Path]:
-    if is_member_dir(folder):
-        return [folder]
-    return sorted(d for d in folder.iterdir() if d.is_dir() and is_member_dir(d)) if folder.is_dir() else []
-
-
 def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights", revision: str | None = None,
                         cache_dir: str | None = None) -> list[Path]:
     """Turn ``--models`` entries into member folders, in order, without duplicates.
@@ -69,12 +63,12 @@ def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights
 
             found = download_members(spec[len(HUB_PREFIX):], revision=revision, cache_dir=cache_dir)
         elif Path(spec).exists():
-            found = _members_in(Path(spec))
+            found = members_in(Path(spec))
             if not found:
                 raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
                                   " train some with `python train_all.py`")
         else:
-            pool = _members_in(Path(weights_dir))
+            pool = members_in(Path(weights_dir))
             found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
                      or fnmatch.fnmatchcase(read_member_config(d)["backbone"], spec)]
             if not found:

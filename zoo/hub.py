@@ -13,7 +13,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 
 from zoo import leaderboard
 from zoo.card import member_card, run_card
-from zoo.model import is_member_dir, read_member_config
+from zoo.model import member_subfolders, members_in, read_member_config
 
 RUN_FILES = ["README.md", "leaderboard.csv", "leaderboard.md", "roc.png"]
 MEMBER_FILES = ["model.safetensors", "config.json", "README.md", "metrics.json", "metrics.jsonl",
@@ -32,7 +32,7 @@ def split_repo(spec: str) -> tuple[str, str]:
 def download_members(spec: str, revision: str | None = None, cache_dir: str | Path | None = None,
                      token: str | None = None) -> list[Path]:
     """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders."""
-    from zoo.ensemble import MemberError, _members_in
+    from zoo.ensemble import MemberError
 
     repo_id, sub = split_repo(spec)
     patterns = [f"{sub}/*", f"{sub}/*/*"] if sub else None
@@ -45,7 +45,7 @@ def download_members(spec: str, revision: str | None = None, cache_dir: str | Pa
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise MemberError(f"hf://{spec}: no such repo or revision on the Hub (private? log in with `hf auth login` "
                           "or set HF_TOKEN)") from exc
-    found = _members_in(root / sub if sub else root)
+    found = members_in(root / sub if sub else root)
     if not found:
         raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)")
     return found
@@ -54,7 +54,7 @@ def download_members(spec: str, revision: str | None = None, cache_dir: str | Pa
 def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
     """Rewrite the member cards with the repo's load snippet and the run card with its leaderboard."""
     run_dir = Path(run_dir)
-    members = [d for d in sorted(run_dir.iterdir()) if d.is_dir() and is_member_dir(d)]
+    members = member_subfolders(run_dir)
     if not members:
         raise FileNotFoundError(f"{run_dir}: no member folders to push (train with `python train_all.py`)")
     for d in members:
@@ -78,7 +78,7 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool | None = None, 
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-    n = sum(1 for d in run_dir.iterdir() if d.is_dir() and is_member_dir(d))
+    n = len(member_subfolders(run_dir))
     info = api.upload_folder(
         repo_id=repo_id, folder_path=str(run_dir), repo_type="model", revision=revision,
         commit_message=commit_message or f"bone-zoo run: {n} member(s)", allow_patterns=PUSH_PATTERNS,

@@ -143,3 +143,14 @@ def read_member_config(folder: str | Path) -> dict[str, Any]:
 def is_member_dir(folder: str | Path) -> bool:
     folder = Path(folder)
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
+def member_subfolders(run_dir: str | Path) -> list[Path]:
+    """The member folders directly inside a run folder, sorted by name ([] if it is not a folder)."""
+    run_dir = Path(run_dir)
+    return sorted(d for d in run_dir.iterdir() if d.is_dir() and is_member_dir(d)) if run_dir.is_dir() else []
+
+
+def members_in(folder: str | Path) -> list[Path]:
+    """``[folder]`` if it is a member folder, else the member folders inside it."""
+    return [Path(folder)] if is_member_dir(folder) else member_subfolders(folder)
