@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.cam import LABELS, compute_cam, fuse_cams, overlay
-from zoo.data import ensure_synthetic, load_images, read_label_csv
+from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble, Member, MemberError, resolve_member_dirs
 from zoo.model import BoneClassifier, read_member_config
@@ -96,7 +96,8 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         raise AnalysisError("Pick at least one ensemble member.")
     ens = Ensemble([pool.member(m) for m in members], "mean")
     table = pd.DataFrame({"path": paths, "id": "upload", "part": "", "label": np.nan})
-    img_probs, errors = ens.predict_images(table, cache_dir="", quiet=True)
+    arrays = ens.decode(paths, cache_dir="", quiet=True)  # decoded once, for probabilities and CAMs
+    img_probs, errors = ens.predict_images(table, quiet=True, arrays=arrays)
     readable = [p for p in paths if p not in errors]
     if not readable:
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
@@ -106,9 +107,10 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     prob = float(ens.combine(study).iloc[0])
     thr = ens.threshold()
     panels: list[tuple[np.ndarray, str]] = []
-    arrays = {size: load_images(readable, size, "", quiet=True) for size in {m.img_size for m in ens.members}}
     show = max(arrays)
-    for i, path in enumerate(readable):
+    for i, path in enumerate(paths):
+        if path in errors:
+            continue
         name = Path(path).name
         base = np.array(arrays[show].array[i])
         panels.append((np.repeat(base[..., None], 3, axis=2), f"{name}: original"))
@@ -116,7 +118,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         for m in ens.members:
             img = np.array(arrays[m.img_size].array[i])
             cam = compute_cam(m.model, img, method)
-            p = float(img_probs.loc[img_probs["path"] == path, m.name].iloc[0])
+            p = float(img_probs.at[i, m.name])
             cams.append(cam)
             probs.append(p)
             panels.append((overlay(img, cam), f"{name}: {m.name} p={p:.2f}"))

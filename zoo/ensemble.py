@@ -14,7 +14,7 @@ import torch
 from scipy.stats import rankdata
 from torch.utils.data import DataLoader
 
-from zoo.data import load_images
+from zoo.data import ImageArray, load_images
 from zoo.metrics import aggregate_studies
 from zoo.model import BoneClassifier, members_in, read_member_config
 from zoo.train import ArrayDataset, auto_workers, predict_array, resolve_device
@@ -149,16 +149,22 @@ class Ensemble:
         w = self.weights() if self.method == "weighted" else np.full(len(t), 1 / len(t))
         return float((t * w).sum())
 
+    def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
+        """``paths`` decoded once at each member image size: ``{size: ImageArray}``."""
+        return {size: load_images(paths, size, cache_dir, quiet=quiet)
+                for size in sorted({m.img_size for m in self.members})}
+
     def predict_images(self, images: pd.DataFrame, batch_size: int = 32, tta: bool = False, workers: int = -1,
-                       cache_dir: str | None = None, quiet: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+                       cache_dir: str | None = None, quiet: bool = False,
+                       arrays: dict[int, ImageArray] | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
         """``images`` (path, id, part, label) -> the same rows with one probability column per member (NaN for
-        unreadable images), and ``{path: error}`` of those."""
+        unreadable images), and ``{path: error}`` of those. ``arrays`` reuses :meth:`decode` of the same paths."""
         out = images.reset_index(drop=True).copy()
         errors: dict[str, str] = {}
         device = self.device
         workers = auto_workers(workers, device)
-        for size in sorted({m.img_size for m in self.members}):
-            arr = load_images(out["path"].tolist(), size, cache_dir, quiet=quiet)
+        arrays = arrays or self.decode(out["path"].tolist(), cache_dir, quiet)
+        for size, arr in arrays.items():
             errors.update(arr.errors)
             rows = np.flatnonzero(arr.ok)
             loader = DataLoader(ArrayDataset(arr, rows, np.zeros(len(rows))), batch_size=batch_size,
