@@ -40,6 +40,15 @@ def _eval_results(cfg: dict[str, Any]) -> list[EvalResult]:
     return out
 
 
+BASE_TAGS = ["bone-zoo", "radiology", "x-ray", "musculoskeletal"]
+
+
+def _card_data(extra_tags: list[str], **kwargs) -> ModelCardData:
+    """The metadata every bone-zoo card shares, plus its own tags and fields."""
+    return ModelCardData(library_name="bone-zoo", license="apache-2.0", pipeline_tag="image-classification",
+                         tags=BASE_TAGS + extra_tags, **kwargs)
+
+
 def _card(data: ModelCardData, body: str) -> ModelCard:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
@@ -53,15 +62,8 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
     train = cfg.get("training") or {}
     metrics = cfg.get("metrics") or {}
     results = _eval_results(cfg)
-    data = ModelCardData(
-        library_name="bone-zoo",
-        license="apache-2.0",
-        pipeline_tag="image-classification",
-        tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "image-classification", name],
-        datasets=_dataset_names(cfg) or None,
-        model_name=f"bone-zoo-{name}",
-        eval_results=results or None,
-    )
+    data = _card_data(["image-classification", name], datasets=_dataset_names(cfg) or None,
+                      model_name=f"bone-zoo-{name}", eval_results=results or None)
     where = repo_id or "ORG/NAME"
     load = (
         f'model = BoneClassifier.from_pretrained("{where}")' if not subfolder else
@@ -107,14 +109,7 @@ Or the whole ensemble: `python predict.py --models hf://{where} --data DIR -outp
 
 def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None) -> ModelCard:
     """README.md at the root of a run repo: the ensemble as one name, with its leaderboard."""
-    data = ModelCardData(
-        library_name="bone-zoo",
-        license="apache-2.0",
-        pipeline_tag="image-classification",
-        tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "ensemble"],
-        datasets=[dataset] if dataset else None,
-        model_name=repo_id.split("/")[-1],
-    )
+    data = _card_data(["ensemble"], datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1])
     listing = "\n".join(f"- [`{m}`](./{m}/README.md)" for m in members)
     body = f"""# {repo_id}: a bone-zoo ensemble
 
