@@ -2,6 +2,8 @@
 
   python train_all.py                                  # synthetic radiographs (generated once), a small zoo
   python train_all.py --data DIR --models 'regnet*'    # competition layout or MURA-v1.1, every RegNet
+  accelerate launch --multi_gpu --num_processes 4 train_all.py --data DIR     # DDP on 4 GPUs
+  torchrun --nproc_per_node 2 train_all.py --data DIR --device cpu             # DDP on CPU (gloo)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from zoo import leaderboard
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
 from zoo.registry import describe_backbones, resolve_backbones
-from zoo.train import TrainConfig, Trainer
+from zoo.train import PRECISIONS, TrainConfig, Trainer, make_accelerator
 
 DEFAULT_MODELS = ["regnet_x_800mf", "regnety_016", "resnet50", "densenet169", "efficientnet_b0"]
 QUICK_MODELS = ["regnetx_002", "resnet10t"]
@@ -60,8 +62,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--head-hidden", type=int, nargs="+", default=d.head_hidden, help="MLP head widths (default %(default)s)")
     a("--dropout", type=float, default=d.dropout, help="head dropout (default %(default)s)")
     a("--pos-weight", type=float, default=None, help="BCE positive weight (default: n_neg/n_pos of the train split)")
-    a("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="mixed precision on CUDA "
-      "(default: %(default)s)")
+    a("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision, help="auto: bf16 on GPUs that support "
+      "it, none on CPU; fp16 (GPU only) is trained with loss scaling (default %(default)s)")
+    a("--grad-accum", type=int, default=d.grad_accum, metavar="N", help="accumulate gradients over N batches per "
+      "optimizer step (effective batch = batch size x N x processes) (default %(default)s)")
+    a("--compile", action="store_true", help="torch.compile the model (slow first epoch; default off)")
     a("--out", default="weights", help="run folder: one sub-folder per member + leaderboard (default %(default)s)")
     a("--device", default=d.device, help="cuda, cuda:1, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=d.workers, help="DataLoader workers, -1 = auto (default %(default)s)")
@@ -91,28 +96,39 @@ def main(args: argparse.Namespace) -> int:
         return 0
     synthetic = args.data is None
     if synthetic:
-        print("=" * 78 + "\n  No --data given: training on SYNTHETIC radiographs (generated once into "
-              f"{SYNTHETIC_DIR}/).\n  These numbers show the pipeline works; they say nothing about real X-rays.\n"
-              + "=" * 78, flush=True)
-        root = ensure_synthetic(SYNTHETIC_DIR, SyntheticSpec(n_train=args.synthetic_studies))
-        defaults = {"epochs": 3, "img_size": 96, "lr": 1e-3}
-        for k, v in defaults.items():
+        for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+    try:
+        models = resolve_backbones(args.models or (QUICK_MODELS if synthetic else DEFAULT_MODELS))
+        acc = make_accelerator(config_for(args, models[0]))  # one per process, shared by every member
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    main_proc = acc.is_main_process
+    say = print if main_proc else (lambda *a, **k: None)
+    if synthetic:
+        say("=" * 78 + "\n  No --data given: training on SYNTHETIC radiographs (generated once into "
+            f"{SYNTHETIC_DIR}/).\n  These numbers show the pipeline works; they say nothing about real X-rays.\n"
+            + "=" * 78, flush=True)
+        with acc.main_process_first():
+            root = ensure_synthetic(SYNTHETIC_DIR, SyntheticSpec(n_train=args.synthetic_studies))
     else:
         root = Path(args.data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # notes are printed in the summary below
             dataset = load_dataset(root)
-        models = resolve_backbones(args.models or (QUICK_MODELS if synthetic else DEFAULT_MODELS))
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    print(dataset.summary(), flush=True)
+    say(dataset.summary(), flush=True)
     if dataset.train["label"].notna().sum() == 0:
         print(f"error: {root}: no labelled training images (train.csv labels 0/1)", file=sys.stderr)
         return 2
+    if acc.num_processes > 1:
+        say(f"distributed: {acc.num_processes} processes ({acc.distributed_type}), mixed precision "
+            f"{acc.mixed_precision}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
@@ -121,14 +137,16 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for i, name in enumerate(models, 1):
         cfg = config_for(args, name)
-        print(f"\n[{i}/{len(models)}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {cfg.device}", flush=True)
+        say(f"\n[{i}/{len(models)}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}", flush=True)
         try:
-            trainer = Trainer(cfg, dataset, out / name, images=images)
+            trainer = Trainer(cfg, dataset, out / name, images=images, accelerator=acc)
             result = trainer.fit(resume=args.resume)
             images = trainer.images  # decoded once, shared by every member at this size
             unreadable.update(trainer.unreadable)
-            note = " (already trained, skipped)" if result.get("skipped") else ""
-            print(f"[{name}] val AUC {result['val_auc']:.4f}  kappa {result['val_kappa']:.3f}{note}", flush=True)
+            if result.get("skipped"):
+                say(f"[{name}] already trained, skipped (val AUC {result['val_auc']:.4f})", flush=True)
+            else:
+                say(f"[{name}] val AUC {result['val_auc']:.4f}  kappa {result['val_kappa']:.3f}", flush=True)
         except KeyboardInterrupt:
             print(f"\ninterrupted during {name}; `--resume` continues from its last epoch", file=sys.stderr)
             return 130
@@ -137,6 +155,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"[{name}] FAILED: {failed[name]}", file=sys.stderr, flush=True)
             if not args.quiet:
                 traceback.print_exc()
+    if not main_proc:
+        return 1 if failed else 0
     report_unreadable(unreadable)
     board = leaderboard.write(out)
     print(f"\nLeaderboard ({out}/leaderboard.md, {time.perf_counter() - t0:.0f}s"

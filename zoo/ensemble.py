@@ -15,9 +15,9 @@ from scipy.stats import rankdata
 from torch.utils.data import DataLoader
 
 from zoo.data import ImageArray, load_images
+from zoo.inference import ArrayDataset, auto_workers, predict_array, resolve_device
 from zoo.metrics import aggregate_studies
 from zoo.model import BoneClassifier, members_in, read_member_config
-from zoo.train import ArrayDataset, auto_workers, predict_array, resolve_device
 
 METHODS = ("mean", "weighted", "rank")
 HUB_PREFIX = "hf://"
@@ -167,7 +167,7 @@ class Ensemble:
         for size, arr in arrays.items():
             errors.update(arr.errors)
             rows = np.flatnonzero(arr.ok)
-            loader = DataLoader(ArrayDataset(arr, rows, np.zeros(len(rows))), batch_size=batch_size,
+            loader = DataLoader(ArrayDataset(arr, rows), batch_size=batch_size,
                                 num_workers=workers, pin_memory=device.type == "cuda")
             for m in self.members:
                 if m.img_size != size:

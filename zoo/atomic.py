@@ -1,0 +1,53 @@
+"""One way to write a file: to a temporary name beside it, then an atomic rename.
+
+A reader (or a run killed half-way) sees either the old complete file or the new complete one, never a torn one.
+Every file the project writes (members, checkpoints, CSVs, reports, cards, plots, leaderboards) goes through here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder (same suffix, so libraries infer the format); on success it is
+    renamed over ``path``; on error it is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib Figure saved atomically (format from ``path``'s suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)
+
+
+def write_csv(df, path: str | Path, **kwargs) -> Path:
+    """A pandas DataFrame as CSV, atomically (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+    return Path(path)

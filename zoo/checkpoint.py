@@ -1,0 +1,145 @@
+"""Save and restore everything a resume needs: model (and EMA) weights, optimizer, scheduler, grad scaler, RNG state.
+
+Tensors go to safetensors, the rest to JSON; never a pickle. Layout of a checkpoint folder::
+
+    checkpoint/
+      epoch-0003/   model.safetensors  optimizer.safetensors  [ema.safetensors]  rng.safetensors  state.json
+      best.safetensors                 # weights of the best epoch so far (by validation AUC)
+      LATEST                           # "epoch-0003": the last complete epoch
+
+An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` is replaced atomically after
+it, so a run killed at any instant resumes from the last complete epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from zoo.atomic import atomic_path, write_text
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in sd["state"].items() for k, v in st.items()
+               if isinstance(v, torch.Tensor)}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    meta = {"numpy": [kind, keys.tolist(), pos, has_gauss, gauss], "python": _listify(random.getstate())}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(_tuplify(meta["python"]))
+
+
+def _listify(x):
+    return [_listify(v) for v in x] if isinstance(x, tuple | list) else x
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+class Checkpoint:
+    """The ``checkpoint/`` folder of one member while it trains."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def latest(self) -> Path | None:
+        """The last complete epoch folder, or None."""
+        pointer = self.folder / "LATEST"
+        if not pointer.is_file():
+            return None
+        d = self.folder / pointer.read_text().strip()
+        return d if (d / "state.json").is_file() else None
+
+    def exists(self) -> bool:
+        return self.folder.exists()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self, state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+             scaler=None, ema: torch.nn.Module | None = None, best: bool = False) -> Path:
+        """Write epoch ``state["epoch"]`` (and ``best.safetensors`` when ``best``); returns its folder."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{int(state['epoch']):04d}"
+        tmp = self.folder / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        weights = _state_dict(model)
+        save_file(weights, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_state_dict(ema), str(tmp / "ema.safetensors"))
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta,
+                "scaler": scaler.state_dict() if scaler is not None else None}
+        (tmp / "state.json").write_text(json.dumps(meta, default=float))
+        if best:  # the weights of the epoch that scored best: what the member exports
+            with atomic_path(self.folder / "best.safetensors") as f:
+                save_file(_state_dict(ema) if ema is not None else weights, str(f))
+        final = self.folder / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        write_text(self.folder / "LATEST", name)
+        for old in self.folder.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler=None,
+                ema: torch.nn.Module | None = None) -> dict[str, Any] | None:
+        """Load the last complete epoch into the given objects (RNG included); its state dict, or None if none."""
+        d = self.latest
+        if d is None:
+            return None
+        meta = json.loads((d / "state.json").read_text())
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        if ema is not None and (d / "ema.safetensors").is_file():
+            ema.load_state_dict(load_file(str(d / "ema.safetensors")))
+        _load_optimizer(optimizer, load_file(str(d / "optimizer.safetensors")), meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        set_rng_state(load_file(str(d / "rng.safetensors")), meta["rng"])
+        return {k: v for k, v in meta.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.folder / "best.safetensors"))

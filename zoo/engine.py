@@ -1,0 +1,86 @@
+"""The training step and the evaluation, on Accelerate: devices, mixed precision, DDP and gradient accumulation.
+
+Both take objects already passed through ``accelerator.prepare``. Under DDP each process trains on its shard of the
+epoch; :func:`evaluate` gathers the predictions of every process and returns exactly one per validation item, in
+dataset order (padded duplicates that make batches even are dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from zoo.data.transforms import to_input
+
+
+def train_one_epoch(
+    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float,
+    channels_last: bool = False, ema=None, step_scheduler: Callable[[], None] | None = None, desc: str = "train",
+    quiet: bool = False,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss over every process's samples.
+
+    ``ema`` (a ``timm.utils.ModelEmaV3``) is updated after each optimizer step; ``step_scheduler`` is called after each
+    optimizer step too (per-step schedules such as warm-up + cosine), never inside an accumulation window.
+    """
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of losses, samples)
+    show = not quiet and accelerator.is_local_main_process
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True, unit="batch")
+    for step, (x, y, _) in enumerate(bar):
+        with accelerator.accumulate(model):
+            x = to_input(x, mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+            if step_scheduler is not None:
+                step_scheduler()
+        total[0] += loss.detach().double() * len(y)
+        total[1] += len(y)
+        if show and step % 10 == 0:
+            bar.set_postfix(loss=f"{(total[0] / total[1]).item():.4f}")
+    total = accelerator.reduce(total, reduction="sum")
+    loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss}")
+    return loss
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader, accelerator, n_items: int, *, mean: float, std: float,
+             channels_last: bool = False) -> np.ndarray:
+    """Probability for each of the ``n_items`` items of the (prepared) loader's dataset, in dataset order.
+
+    Every process predicts its shard; predictions are gathered with their item positions, so each item is counted
+    exactly once whatever the number of processes (a missing or repeated item is an error, not a silent AUC shift).
+    """
+    model.eval()
+    positions, probs = [], []
+    for x, _, pos in loader:
+        x = to_input(x, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        p = torch.sigmoid(model(x).float().reshape(-1))
+        pos, p = accelerator.gather_for_metrics((pos, p))
+        positions.append(pos.cpu())
+        probs.append(p.float().cpu())
+    out = np.full(n_items, np.nan, dtype=np.float32)
+    if not positions:
+        return out
+    pos = torch.cat(positions).numpy()
+    counts = np.bincount(pos, minlength=n_items)
+    if len(counts) != n_items or (counts != 1).any():
+        raise RuntimeError(f"evaluation gathered {len(pos)} predictions for {n_items} items "
+                           f"({int((counts == 0).sum())} missing, {int((counts > 1).sum())} repeated)")
+    out[pos] = torch.cat(probs).numpy()
+    return out
