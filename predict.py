@@ -17,8 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from zoo.data import LayoutError, load_dataset, report_unreadable
-from zoo.ensemble import METHODS, Ensemble, MemberError
+from zoo.ensemble import BACKENDS, METHODS, Ensemble, MemberError
+from zoo.inference import PRECISIONS
 from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
+from zoo.runtime import tune_allocator
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -47,7 +49,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--report-dir", default=None, help="where report.md and roc.png go (default: the output CSV's folder)")
     a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder")
     a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
-    a("--batch-size", type=int, default=32, help="inference batch size (default %(default)s)")
+    a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
+      "(default %(default)s)")
+    a("--backend", choices=BACKENDS, default="torch", help="torch, or ONNX Runtime on the graphs written by "
+      "`python -m zoo export weights/ --onnx [--int8 ...]` (default %(default)s)")
+    a("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU "
+      "computes it natively, else fp32 on CPU / fp16 on older GPUs (default %(default)s)")
     a("--device", default="auto", help="cuda, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=-1, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
@@ -88,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
+    tune_allocator()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -103,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
                     "id,label, or MURA's valid_labeled_studies.csv); none found")
     try:
         ens = Ensemble.from_paths(args.models or [args.weights], method=args.ensemble, device=args.device,
-                                  weights_dir=args.weights, revision=args.revision)
+                                  weights_dir=args.weights, revision=args.revision, precision=args.precision,
+                                  backend=args.backend)
     except (MemberError, OSError) as exc:
         return fail(str(exc))
     if not args.quiet:

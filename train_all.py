@@ -62,10 +62,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--head-hidden", type=int, nargs="+", default=d.head_hidden, help="MLP head widths (default %(default)s)")
     a("--dropout", type=float, default=d.dropout, help="head dropout (default %(default)s)")
     a("--pos-weight", type=float, default=None, help="BCE positive weight (default: n_neg/n_pos of the train split)")
-    a("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision, help="auto: bf16 on GPUs that support "
-      "it, none on CPU; fp16 (GPU only) is trained with loss scaling (default %(default)s)")
+    a("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision, help="auto: bf16 where native (GPUs that "
+      "support it, CPUs with AVX512-BF16 or AMX), else none; fp16 (GPU only) is trained with loss scaling "
+      "(default %(default)s)")
     a("--grad-accum", type=int, default=d.grad_accum, metavar="N", help="accumulate gradients over N batches per "
       "optimizer step (effective batch = batch size x N x processes) (default %(default)s)")
+    a("--micro-batch", type=int, default=d.micro_batch, metavar="N", help="forward/backward N images at a time and "
+      "accumulate to --batch-size (0 = auto: 8 on CPU, saves memory and time; the whole batch on GPU) "
+      "(default %(default)s)")
     a("--compile", action="store_true", help="torch.compile the model (slow first epoch; default off)")
     a("--out", default="weights", help="run folder: one sub-folder per member + leaderboard (default %(default)s)")
     a("--device", default=d.device, help="cuda, cuda:1, cpu, mps or auto (default %(default)s)")

@@ -14,11 +14,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pandas as pd
+import torch
 
 from zoo.cam import LABELS, compute_cam, fuse_cams, overlay
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble, Member, MemberError, resolve_member_dirs
+from zoo.inference import prepare_model
 from zoo.model import BoneClassifier, read_member_config
 
 MAX_FILE_MB = 25
@@ -55,7 +57,8 @@ class MemberPool:
         if name not in self.folders:
             raise AnalysisError(f"unknown member {name!r}; available: {', '.join(self.folders) or 'none'}")
         if name not in self._loaded:
-            self._loaded[name] = Member(name, self.folders[name], BoneClassifier.load(self.folders[name]))
+            model = prepare_model(BoneClassifier.load(self.folders[name]), torch.device("cpu"))
+            self._loaded[name] = Member(name, self.folders[name], model)
         return self._loaded[name]
 
 

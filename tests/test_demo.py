@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import RUN_SIZE, TINY
 from PIL import Image
 
 from demo.app import AnalysisError, MemberPool, analyse, build_demo, summary_markdown
@@ -45,7 +45,7 @@ def test_fused_panel_is_the_documented_fusion(pool, xray):
     from zoo.data import load_images
 
     a = analyse([str(xray[0])], TINY, "Grad-CAM", pool)
-    img = np.array(load_images([str(xray[0])], 64, "").array[0])
+    img = np.array(load_images([str(xray[0])], RUN_SIZE, "").array[0])
     cams = [compute_cam(pool.member(n).model, img, "gradcam") for n in TINY]
     from zoo.cam import overlay
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import RUN_SIZE, TINY, run_script
 from safetensors.torch import load_file
 
 from zoo.data import load_dataset
@@ -105,7 +105,7 @@ def test_train_all_end_to_end_learns(trained_run):
                   "val_predictions.csv", "curves.png"):
             assert (member / f).is_file(), f
         cfg = json.loads((member / "config.json").read_text())
-        assert cfg["backbone"] == name and cfg["img_size"] == 64
+        assert cfg["backbone"] == name and cfg["img_size"] == RUN_SIZE
         assert cfg["training"]["epochs"] == 2 and cfg["training"]["n_unlabelled_studies"] > 0
         assert math.isclose(cfg["metrics"]["val_auc"], board.set_index("backbone").loc[name, "val_auc"])
         assert 0 < cfg["threshold"] < 1

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REFERENCE_CSV, SHARED_DATA, TINY, run_script
+from conftest import REFERENCE_CSV, RUN_SIZE, SHARED_DATA, TINY, run_script
 from PIL import Image
 
 from zoo.data import load_dataset, studies
@@ -154,4 +154,4 @@ def test_cam_dir_writes_an_overlay_per_image_and_member(run, tmp_path):
         files = sorted((tmp_path / "cams" / n).glob("*.png"))
         assert len(files) == 3
         with warnings.catch_warnings():
-            assert np.asarray(Image.open(files[0])).shape == (64, 64, 3)
+            assert np.asarray(Image.open(files[0])).shape == (RUN_SIZE, RUN_SIZE, 3)

@@ -15,11 +15,12 @@ from scipy.stats import rankdata
 from torch.utils.data import DataLoader
 
 from zoo.data import ImageArray, load_images
-from zoo.inference import ArrayDataset, auto_workers, predict_array, resolve_device
+from zoo.inference import ArrayDataset, auto_batch_size, auto_workers, predict_array, prepare_model, resolve_device
 from zoo.metrics import aggregate_studies
 from zoo.model import BoneClassifier, members_in, read_member_config
 
 METHODS = ("mean", "weighted", "rank")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 HUB_PREFIX = "hf://"
 
 
@@ -87,29 +88,48 @@ def _unique_names(folders: list[Path]) -> list[str]:
 class Ensemble:
     """Members that vote on each study. Each member keeps its own preprocessing (image size, normalisation)."""
 
-    def __init__(self, members: list[Member], method: str = "mean"):
+    def __init__(self, members: list[Member], method: str = "mean", precision: str = "auto", backend: str = "torch"):
         if not members:
             raise MemberError("an ensemble needs at least one member")
         if method not in METHODS:
             raise ValueError(f"ensemble method must be one of {METHODS}, not {method!r}")
         self.members = members
         self.method = method
+        self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.backend = backend
+        self._onnx: dict[str, object] = {}  # member name -> zoo.onnx.OnnxMember, loaded on first use
 
     @classmethod
     def from_paths(cls, specs: Iterable[str], method: str = "mean", device: str = "cpu",
                    weights_dir: str | Path = "weights", revision: str | None = None,
-                   cache_dir: str | None = None) -> Ensemble:
+                   cache_dir: str | None = None, precision: str = "auto", backend: str = "torch") -> Ensemble:
         folders = resolve_member_dirs(specs, weights_dir, revision, cache_dir)
         members = []
         for name, folder in zip(_unique_names(folders), folders):
             try:
-                model = BoneClassifier.load(folder, device=resolve_device(device))
+                model = prepare_model(BoneClassifier.load(folder), resolve_device(device))
             except (RuntimeError, KeyError, ValueError, OSError) as exc:
                 first = str(exc).strip().splitlines()[0][:300]
                 raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
                                   f"(trained with another image size, head or backbone version?): {first}") from exc
             members.append(Member(name, folder, model))
-        return cls(members, method)
+        ens = cls(members, method, precision, backend)
+        if backend != "torch":  # fail now, with the export command, if a member has no exported graph
+            for m in members:
+                ens._onnx_member(m)
+        return ens
+
+    def _onnx_member(self, m: Member):
+        from zoo.onnx import OnnxMember
+
+        if m.name not in self._onnx:
+            try:
+                self._onnx[m.name] = OnnxMember(m.folder, self.backend)
+            except FileNotFoundError as exc:
+                raise MemberError(str(exc)) from exc
+        return self._onnx[m.name]
 
     @property
     def names(self) -> list[str]:
@@ -154,11 +174,12 @@ class Ensemble:
         return {size: load_images(paths, size, cache_dir, quiet=quiet)
                 for size in sorted({m.img_size for m in self.members})}
 
-    def predict_images(self, images: pd.DataFrame, batch_size: int = 32, tta: bool = False, workers: int = -1,
+    def predict_images(self, images: pd.DataFrame, batch_size: int = 0, tta: bool = False, workers: int = -1,
                        cache_dir: str | None = None, quiet: bool = False,
                        arrays: dict[int, ImageArray] | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
         """``images`` (path, id, part, label) -> the same rows with one probability column per member (NaN for
-        unreadable images), and ``{path: error}`` of those. ``arrays`` reuses :meth:`decode` of the same paths."""
+        unreadable images), and ``{path: error}`` of those. ``arrays`` reuses :meth:`decode` of the same paths.
+        ``batch_size`` 0 picks one for the device (:func:`zoo.inference.auto_batch_size`)."""
         out = images.reset_index(drop=True).copy()
         errors: dict[str, str] = {}
         device = self.device
@@ -167,13 +188,17 @@ class Ensemble:
         for size, arr in arrays.items():
             errors.update(arr.errors)
             rows = np.flatnonzero(arr.ok)
-            loader = DataLoader(ArrayDataset(arr, rows), batch_size=batch_size,
+            loader = DataLoader(ArrayDataset(arr, rows), batch_size=auto_batch_size(batch_size, device),
                                 num_workers=workers, pin_memory=device.type == "cuda")
             for m in self.members:
                 if m.img_size != size:
                     continue
                 probs = np.full(len(out), np.nan)
-                probs[rows] = predict_array(m.model, loader, device, tta=tta, quiet=quiet, desc=m.name)
+                if self.backend == "torch":
+                    probs[rows] = predict_array(m.model, loader, device, self.precision, tta=tta, quiet=quiet,
+                                                desc=m.name)
+                else:
+                    probs[rows] = self._onnx_member(m).predict((x.numpy() for x, *_ in loader), tta=tta)
                 out[m.name] = probs
         return out, errors
 

@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 
 from zoo.data import ImageArray
 from zoo.data.transforms import to_input
+from zoo.runtime import native_bf16
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -56,24 +59,52 @@ class ArrayDataset(torch.utils.data.Dataset):
         return x, self.labels[i], i
 
 
-def autocast(device: torch.device, amp: bool) -> AbstractContextManager:
-    """Mixed precision for inference: bf16 (fp16 where bf16 is missing) on CUDA; nothing elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return nullcontext()
+def auto_batch_size(requested: int, device: torch.device) -> int:
+    """``requested`` if > 0; else 4 on CPU (small batches stay in cache; measured fastest in bench/speed.py), 32
+    elsewhere."""
+    return requested if requested > 0 else (4 if device.type == "cpu" else 32)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device computes it natively (AVX512-BF16/AMX CPUs, GPUs with bf16), fp16 on
+    other CUDA GPUs, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast for a resolved precision (fp32: none)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Eval mode on ``device`` in channels_last memory format (oneDNN and cuDNN convolutions are faster in it)."""
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 @torch.inference_mode()
 def predict_array(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool = True, tta: bool = False,
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, precision: str = "auto", tta: bool = False,
     quiet: bool = True, desc: str = "predict",
 ) -> np.ndarray:
-    """Probabilities for every item of ``loader`` (uint8 batches), in order; ``tta`` averages with the h-flip."""
+    """Probabilities for every item of ``loader`` (uint8 batches), in order; ``tta`` averages with the h-flip.
+
+    ``precision``: fp32, bf16, fp16 or auto (:func:`resolve_precision`). Inputs go in as channels_last.
+    """
     model.eval()
+    precision = resolve_precision(precision, device)
     out = []
     for x, *_ in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch"):
         x = to_input(x.to(device, non_blocking=True), model.mean, model.std)
-        with autocast(device, amp):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
             p = torch.sigmoid(model(x).float())
             if tta:
                 p = (p + torch.sigmoid(model(torch.flip(x, dims=[-1])).float())) / 2

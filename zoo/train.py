@@ -30,6 +30,7 @@ from zoo.inference import ArrayDataset, auto_workers
 from zoo.loss import WeightedBCE, positive_weight
 from zoo.metrics import aggregate_studies, best_threshold, binary_metrics
 from zoo.model import BoneClassifier
+from zoo.runtime import native_bf16, tune_allocator
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -59,8 +60,9 @@ class TrainConfig:
     pos_weight: float | None = None  # None: n_neg / n_pos of the training split
     mean: float = 0.449
     std: float = 0.226
-    mixed_precision: str = "auto"  # auto = bf16 on GPUs that support it, none elsewhere; no | bf16 | fp16 (scaled)
+    mixed_precision: str = "auto"  # auto = bf16 where native (GPU, AVX512-BF16/AMX CPU); no | bf16 | fp16 (scaled)
     grad_accum: int = 1  # optimizer step every N batches (effective batch = batch_size x N x processes)
+    micro_batch: int = 0  # forward/backward in chunks of this many images (0 = auto: 8 on CPU, the batch on GPU)
     compile: bool = False  # torch.compile the model
     device: str = "auto"
     workers: int = -1  # DataLoader workers; -1 = auto (0 on CPU, up to 8 on CUDA)
@@ -76,20 +78,42 @@ RUNTIME_FIELDS = ("device", "workers", "cache_dir", "quiet")  # how it ran, not 
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
-    """``auto`` -> bf16 on a GPU that supports it, ``no`` elsewhere. fp16 needs a GPU (Accelerate scales its loss);
-    on CPU it would silently train in fp32, so it is refused with what to use instead."""
+    """``auto`` -> bf16 where it is native (a GPU that supports it; a CPU with AVX512-BF16 or AMX), ``no`` elsewhere.
+    fp16 needs a GPU (Accelerate scales its loss); on CPU it would silently train in fp32, so it is refused with what
+    to use instead."""
     if requested not in PRECISIONS:
         raise ValueError(f"--mixed-precision must be one of {PRECISIONS}, not {requested!r}")
     if requested == "auto":
-        return "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+        if device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if device_type == "cpu" and native_bf16() else "no"
     if requested == "fp16" and device_type == "cpu":
         raise ValueError("--mixed-precision fp16 needs a GPU (on CPU use bf16, native on AVX512-BF16/AMX CPUs, or no)")
     return requested
 
 
+def micro_batch(cfg: TrainConfig, device_type: str) -> int:
+    """Images per forward/backward: ``cfg.micro_batch``, or (auto, on CPU) the largest divisor of the batch whose
+    activations fit what 8 images take at 512 px, i.e. ``8 * (512 / img_size)^2`` images (the whole batch at small
+    sizes). A batch of 32 at 512 px on CPU then needs a quarter of the activation memory and runs faster
+    (bench/speed.py); gradients of the chunks are accumulated, so the optimizer still steps once per ``batch_size``.
+    """
+    if cfg.micro_batch > 0:
+        size = cfg.micro_batch
+    elif device_type == "cpu":
+        fits = max(1, int(8 * (512 / cfg.img_size) ** 2))
+        size = max(d for d in range(1, min(fits, cfg.batch_size) + 1) if cfg.batch_size % d == 0)
+    else:
+        size = cfg.batch_size
+    if cfg.batch_size % size:
+        raise ValueError(f"--micro-batch {size} must divide --batch-size {cfg.batch_size}")
+    return size
+
+
 def make_accelerator(cfg: TrainConfig):
     """The ``accelerate.Accelerator`` for ``cfg``: device (``--device cpu`` forces CPU), mixed precision, gradient
-    accumulation, seeded shuffling that depends only on (seed, epoch), optional torch.compile.
+    accumulation (micro-batches x ``grad_accum``), seeded shuffling that depends only on (seed, epoch), optional
+    torch.compile.
 
     One Accelerator per process: a second one with other precision settings resets the (process-wide) state first.
     """
@@ -103,8 +127,9 @@ def make_accelerator(cfg: TrainConfig):
     precision = resolve_precision(cfg.mixed_precision, "cpu" if cpu else "cuda")
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state()
+    chunks = cfg.batch_size // micro_batch(cfg, "cpu" if cpu else "cuda")
     return Accelerator(
-        cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=max(1, cfg.grad_accum),
+        cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         dynamo_backend="inductor" if cfg.compile else "no", kwargs_handlers=[GradScalerKwargs()],
     )
@@ -146,8 +171,10 @@ class Trainer:
         self.cfg = config
         self.dataset = dataset
         self.out = Path(out_dir)
+        tune_allocator()
         self.accelerator = accelerator or make_accelerator(config)
         self.device = self.accelerator.device
+        self.micro_batch = micro_batch(config, self.device.type)
         self.checkpoint = Checkpoint(self.out / "checkpoint")
         self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
         self.images = images  # decoded images at cfg.img_size (shared by members of one run)
@@ -189,8 +216,8 @@ class Trainer:
         workers = auto_workers(cfg.workers, self.device)
         common = {"num_workers": workers, "pin_memory": self.device.type == "cuda", "persistent_workers": workers > 0}
         g = torch.Generator().manual_seed(cfg.seed)
-        train = DataLoader(data.train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                           drop_last=len(data.train_ds) > cfg.batch_size, **common)
+        train = DataLoader(data.train_ds, batch_size=self.micro_batch, shuffle=True, generator=g,
+                           drop_last=len(data.train_ds) > self.micro_batch, **common)
         val = DataLoader(data.val_ds, batch_size=cfg.batch_size * 2, shuffle=False, **common)
         return self.accelerator.prepare_data_loader(train), self.accelerator.prepare_data_loader(val)
 
@@ -201,13 +228,15 @@ class Trainer:
             cfg.backbone, pretrained=cfg.pretrained, weights=_pretrained_file(cfg), img_size=cfg.img_size,
             head_hidden=cfg.head_hidden, dropout=cfg.dropout, mean=cfg.mean, std=cfg.std,
         )
+        model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
         return model, opt, sched
 
     def validate(self, model, loader, data: TrainData) -> tuple[pd.DataFrame, dict[str, float]]:
         """Study-level validation table (id, part, label, prob) and its metrics at 0.5."""
-        probs = evaluate(model, loader, self.accelerator, len(data.val_ds), mean=self.cfg.mean, std=self.cfg.std)
+        probs = evaluate(model, loader, self.accelerator, len(data.val_ds), mean=self.cfg.mean, std=self.cfg.std,
+                         channels_last=True)
         df = data.val_df[["id", "part", "label"]].copy()
         df["prob"] = probs
         st = aggregate_studies(df, "prob")
@@ -239,7 +268,9 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
             train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
             train_loss = train_one_epoch(model, train_loader, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std,
-                                         desc=f"{cfg.backbone} {epoch}/{cfg.epochs}", quiet=cfg.quiet)
+                                         channels_last=True, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
+                                         quiet=cfg.quiet)
+            train_s = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
             sched.step()
             _, m = self.validate(model, val_loader, data)
@@ -250,7 +281,8 @@ class Trainer:
                 state["best_auc"], state["best_epoch"] = auc, epoch
             state["epoch"] = epoch
             row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
-                   "val_accuracy": m["accuracy"], "lr": lr, "time_s": round(time.perf_counter() - t0, 3)}
+                   "val_accuracy": m["accuracy"], "lr": lr, "train_s": round(train_s, 3),
+                   "time_s": round(time.perf_counter() - t0, 3)}
             if self.is_main:
                 self._append_log(row, epoch)
                 self.checkpoint.save(state, acc.unwrap_model(model), opt.optimizer, sched, acc.scaler, best=best)

@@ -1,0 +1,237 @@
+"""Speed on CPU (or GPU), side by side in one run: the original tool's loops vs bone-zoo's paths.
+
+  python bench/speed.py                                   # 447 FracAtlas images at 512 px, regnet_x_800mf
+  python bench/speed.py --n-images 100 --train-images 64  # quicker
+
+Each case runs in its own child process; the parent measures its wall time, user/sys CPU and peak RSS (os.wait4),
+so every number is a whole process, imports included. Baselines are this repository's re-implementation of the
+original project's loops (from its description): inference at batch 1 in fp32 under torch.no_grad, decoding and
+padding each image; training at batch 32 in fp32 with a single-process loader that decodes every image every epoch.
+bone-zoo's cases call predict.py's and train_all.py's own main(). The model is an untrained member (speed does not
+depend on the weights). Writes bench/out/speed/speed.csv and prints a markdown table with ratios to the baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
+MEAN, STD = 0.449, 0.226
+
+
+# -- the original tool's loops (re-implemented here from its description) --------------------------------------------
+def _decode_pad(path: str, size: int):
+    """PIL decode -> grayscale -> pad to a square -> resize: what the original did per image."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(path).convert("L")
+    side = max(img.size)
+    canvas = Image.new("L", (side, side))
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+
+
+def baseline_inference(a: dict) -> dict:
+    import torch
+
+    from zoo.model import BoneClassifier
+
+    model = BoneClassifier.load(a["member"]).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for p in a["paths"]:
+            x = (torch.from_numpy(_decode_pad(p, a["size"])) - MEAN) / STD
+            torch.sigmoid(model(x[None, None]))
+    return {"images": len(a["paths"]), "loop_s": time.perf_counter() - t0}
+
+
+def baseline_training(a: dict) -> dict:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision.transforms import v2
+
+    from zoo.model import BoneClassifier
+
+    aug = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=30, translate=(0.1, 0.1))])
+
+    class Decoding(Dataset):  # decodes every image every epoch, in the training process
+        def __len__(self):
+            return len(a["paths"])
+
+        def __getitem__(self, i):
+            x = aug(torch.from_numpy(_decode_pad(a["paths"][i], a["size"]))[None])
+            return (x - MEAN) / STD, float(a["labels"][i])
+
+    torch.manual_seed(0)
+    model = BoneClassifier(a["backbone"], img_size=a["size"]).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0))
+    loader = DataLoader(Decoding(), batch_size=32, shuffle=True, num_workers=0, drop_last=True)
+    t0, n = time.perf_counter(), 0
+    for x, y in loader:
+        loss = loss_fn(model(x), y.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(y)
+    return {"images": n, "loop_s": time.perf_counter() - t0}
+
+
+# -- bone-zoo's paths -------------------------------------------------------------------------------------------------
+def zoo_predict(a: dict) -> dict:
+    import predict
+
+    t0 = time.perf_counter()
+    rc = predict.main(predict.get_args_parser().parse_args(a["argv"]))
+    return {"images": a["n"], "loop_s": time.perf_counter() - t0, "rc": rc}
+
+
+def zoo_train(a: dict) -> dict:
+    import pandas as pd
+
+    import train_all
+
+    rc = train_all.main(train_all.get_args_parser().parse_args(a["argv"]))
+    member = Path(a["out"]) / a["backbone"]
+    log = pd.read_json(member / "metrics.jsonl", lines=True)
+    n = json.loads((member / "config.json").read_text())["training"]["n_train_images"]
+    return {"images": n, "loop_s": float(log["train_s"].iloc[-1]), "rc": rc}
+
+
+CASES = {"baseline_inference": baseline_inference, "baseline_training": baseline_training,
+         "zoo_predict": zoo_predict, "zoo_train": zoo_train}
+
+
+def child(kind: str, args: dict) -> dict:
+    """Run one case in a fresh interpreter; its wall, CPU times and peak RSS."""
+    cmd = [sys.executable, __file__, "--_case", kind, "--_args", json.dumps(args)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = proc.stdout.read()
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} failed (exit {proc.returncode}): {out[-2000:]}")
+    res = json.loads(lines[-1])
+    return {**res, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
+
+
+def prepare(args) -> tuple[Path, list[str], list[str], dict]:
+    """A competition-layout folder of links to the chosen images, and an untrained member."""
+    import pandas as pd
+
+    from zoo.model import BoneClassifier
+
+    src = Path(args.data)
+    out = Path(args.out)
+    data = out / "data"
+    labels = pd.read_csv(src / "train.csv", dtype={"id": str}).dropna()
+    labels["label"] = labels["label"].astype(int)
+    test = sorted((src / "test").iterdir())[: args.n_images]
+    train = [src / "train" / f"{i}_image1.jpg" for i in labels["id"]][: args.train_images]
+    for split, files in (("test", test), ("train", train)):
+        (data / split).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            link = data / split / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+    labels[labels["id"].isin([f.name.rsplit("_", 1)[0] for f in train])].to_csv(data / "train.csv", index=False)
+    member = out / "member" / args.backbone
+    if not (member / "model.safetensors").is_file():
+        BoneClassifier(args.backbone, img_size=args.size).save_member(member)
+    label_of = dict(zip(labels["id"], labels["label"]))
+    return data, [str(p) for p in test], [str(p) for p in train], label_of
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DATA), help="competition-layout folder with train/, test/, train.csv")
+    p.add_argument("--n-images", type=int, default=447, help="images to predict (default %(default)s)")
+    p.add_argument("--train-images", type=int, default=128, help="images in the training epoch (default %(default)s)")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--backbone", default="regnet_x_800mf")
+    p.add_argument("--cases", nargs="+", default=["inference", "training", "onnx"],
+                   help="which groups to run: inference, training, onnx (default: all)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "speed"))
+    p.add_argument("--_case", help=argparse.SUPPRESS)
+    p.add_argument("--_args", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._case:
+        print(json.dumps(CASES[args._case](json.loads(args._args))))
+        return 0
+    if not Path(args.data).is_dir():
+        print(f"skip: {args.data} not present")
+        return 0
+    import pandas as pd
+
+    from zoo.runtime import machine_summary
+
+    data, test, train, label_of = prepare(args)
+    member = str(Path(args.out) / "member" / args.backbone)
+    rows = []
+
+    def record(name, group, kind, a, note=""):
+        r = child(kind, a)
+        rows.append({"case": name, "group": group, **r, "images_per_s": r["images"] / (
+            r["wall_s"] if group == "inference" else r["loop_s"]), "note": note})
+        print(f"{name}: {rows[-1]['images_per_s']:.2f} img/s, wall {r['wall_s']:.1f}s, user {r['user_s']:.0f}s, "
+              f"sys {r['sys_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB", flush=True)
+
+    pred = ["--data", str(data), "--models", member, "--quiet", "-output", str(Path(args.out) / "p.csv")]
+    if "inference" in args.cases:
+        record("original loop (batch 1, fp32)", "inference", "baseline_inference",
+               {"member": member, "paths": test, "size": args.size})
+        record("predict.py (defaults), cold cache", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", ""], "n": len(test)})
+        warm = str(Path(args.out) / "cache")
+        child("zoo_predict", {"argv": [*pred, "--cache-dir", warm], "n": len(test)})  # fills the cache
+        record("predict.py (defaults), warm cache", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", warm], "n": len(test)})
+        record("predict.py --precision fp32, cold", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", "", "--precision", "fp32"], "n": len(test)})
+        record("predict.py --batch-size 32 --precision fp32, cold", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", "", "--precision", "fp32", "--batch-size", "32"], "n": len(test)})
+    if "onnx" in args.cases:
+        subprocess.run([sys.executable, "-m", "zoo", "export", member, "--onnx"], cwd=ROOT, check=True,
+                       capture_output=True)
+        record("predict.py --backend onnx, cold", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", "", "--backend", "onnx"], "n": len(test)})
+    if "training" in args.cases:
+        labels = [label_of[Path(p).name.rsplit("_", 1)[0]] for p in train]
+        record("original loop (batch 32, fp32, decode every epoch)", "training", "baseline_training",
+               {"paths": train, "labels": labels, "size": args.size, "backbone": args.backbone})
+        out = str(Path(args.out) / "run")
+        base = ["--data", str(data), "--models", args.backbone, "--epochs", "1", "--img-size", str(args.size),
+                "--batch-size", "32", "--val-fraction", "0.1", "--cache-dir", "", "--out", out, "--quiet"]
+        record("train_all.py (defaults: bf16 where native, micro-batch, channels_last)", "training", "zoo_train",
+               {"argv": base, "out": out, "backbone": args.backbone})
+        record("train_all.py --mixed-precision no", "training", "zoo_train",
+               {"argv": [*base, "--mixed-precision", "no"], "out": out, "backbone": args.backbone})
+    df = pd.DataFrame(rows)
+    for group in df["group"].unique():
+        g = df["group"] == group
+        base_row = df[g].iloc[0]
+        df.loc[g, "speed_x"] = df.loc[g, "images_per_s"] / base_row["images_per_s"]
+        df.loc[g, "rss_x"] = df.loc[g, "peak_rss_gb"] / base_row["peak_rss_gb"]
+    df.to_csv(Path(args.out) / "speed.csv", index=False)
+    m = machine_summary()
+    print(f"\nmachine: {m}\nimages: {len(test)} predicted, {len(train)} in the training epoch, {args.size} px, "
+          f"{args.backbone}")
+    cols = ["group", "case", "images_per_s", "speed_x", "wall_s", "user_s", "sys_s", "peak_rss_gb", "rss_x"]
+    print(df[cols].to_markdown(index=False, floatfmt=".2f"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Fast inference paths give the plain fp32 path's answers: fp32 paths within 1e-4 per image, bf16 / int8 within
+0.005 study AUC on the FracAtlas dev test split (skipped when ../shared/data is absent)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA, run_script
+
+from zoo.data import load_dataset, load_images, studies
+from zoo.data.transforms import to_input
+from zoo.ensemble import Ensemble
+from zoo.metrics import binary_metrics
+from zoo.model import BoneClassifier
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    assert trained_run["proc"].returncode == 0, trained_run["proc"].stderr[-2000:]
+    return trained_run
+
+
+def _plain_fp32(member, paths):
+    """The reference: contiguous fp32, batch 1, no autocast."""
+    model = BoneClassifier.load(member).eval()
+    arr = load_images(paths, model.img_size, "", quiet=True)
+    with torch.no_grad():
+        return np.array([torch.sigmoid(model(to_input(torch.from_numpy(np.array(arr.array[i]))[None, None],
+                                                      model.mean, model.std))).item() for i in range(len(paths))])
+
+
+def test_fp32_fast_paths_match_the_plain_loop(run, tmp_path):
+    member = run["out"] / "resnet10t"
+    test = load_dataset(run["data"]).test.head(24)
+    ref = _plain_fp32(member, test["path"].tolist())
+    for batch in (1, 4, 32):  # channels_last, any batch size
+        ens = Ensemble.from_paths([str(member)], precision="fp32")
+        img, _ = ens.predict_images(test, batch_size=batch, cache_dir="", quiet=True)
+        assert np.abs(img["resnet10t"].to_numpy() - ref).max() < 1e-4, batch
+    proc = subprocess.run([sys.executable, "-m", "zoo", "export", str(member), "--onnx"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (member / "model.onnx").is_file() and "dynamic batch checked" in proc.stdout
+    ens = Ensemble.from_paths([str(member)], backend="onnx")
+    img, _ = ens.predict_images(test, batch_size=5, cache_dir="", quiet=True)
+    assert np.abs(img["resnet10t"].to_numpy() - ref).max() < 1e-4
+    (member / "model.onnx").unlink()
+
+
+def test_onnx_backend_without_export_says_how(run, tmp_path):
+    p = run_script("predict.py", "--data", run["data"], "--models", run["out"] / "regnetx_002", "--backend", "onnx",
+                   "-output", tmp_path / "p.csv", cwd=tmp_path)
+    assert p.returncode == 2 and "python -m zoo export" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/fracatlas-hand absent")
+def test_bf16_and_int8_keep_the_study_auc_on_fracatlas(tmp_path):
+    out = tmp_path / "w"
+    proc = run_script("train_all.py", "--data", SHARED_DATA, "--models", "resnet10t", "--epochs", "2",
+                      "--img-size", "128", "--lr", "1e-3", "--out", out, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    member = out / "resnet10t"
+    proc = subprocess.run([sys.executable, "-m", "zoo", "export", str(member), "--onnx", "--int8",
+                           "--calibration-data", str(SHARED_DATA)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    test = load_dataset(SHARED_DATA).test
+    truth = studies(test).set_index("id")["label"]
+
+    def auc(**kw):
+        st = Ensemble.from_paths([str(member)], **kw).predict_studies(test, cache_dir="", quiet=True)
+        return binary_metrics(truth[st["id"]].to_numpy(), st["ensemble"].to_numpy())["auc"]
+
+    fp32 = auc(precision="fp32")
+    assert abs(auc(precision="bf16") - fp32) <= 0.005
+    assert abs(auc(backend="onnx-int8") - fp32) <= 0.005

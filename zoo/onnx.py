@@ -1,0 +1,113 @@
+"""ONNX export and an ONNX Runtime backend for members.
+
+``python -m zoo export weights/ --onnx`` writes ``model.onnx`` beside each member's ``model.safetensors``: a graph
+from uint8 images ``(batch, 1, S, S)`` to probabilities ``(batch,)`` (normalisation and sigmoid inside), with a
+dynamic batch axis checked at export with two batch sizes. ``--int8`` adds ``model.int8.onnx``: static int8
+quantisation (QDQ, per-channel weights) calibrated on images the caller gives (validation images, never test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.atomic import atomic_path
+
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+class _Probability(nn.Module):
+    """uint8 images -> P(abnormal): what the ONNX graph computes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.mean, self.std = model, model.mean, model.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model((x.float() / 255.0 - self.mean) / self.std).float())
+
+
+def session(path: str | Path):
+    """An ONNX Runtime CPU session with every graph optimisation and one intra-op thread per core."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess, batch_u8: np.ndarray) -> np.ndarray:
+    """Probabilities for a uint8 batch ``(B, 1, S, S)``."""
+    return sess.run(None, {"image": np.ascontiguousarray(batch_u8, dtype=np.uint8)})[0].reshape(-1)
+
+
+def export_onnx(model, path: str | Path, check_atol: float = 1e-4) -> Path:
+    """Export ``model`` (a BoneClassifier) to ``path``; verify batch sizes 1 and 3 against PyTorch within
+    ``check_atol`` before the file replaces any previous one."""
+    model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
+    wrapper = _Probability(model).eval()
+    s = model.img_size
+    example = torch.randint(0, 256, (2, 1, s, s), dtype=torch.uint8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["probability"],
+                          dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+        sess = session(tmp)
+        for n in (1, 3):  # the batch axis really is dynamic, and the graph computes what PyTorch does
+            x = torch.randint(0, 256, (n, 1, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+            with torch.inference_mode():
+                ref = wrapper(x).numpy()
+            got = run(sess, x.numpy())
+            if got.shape != (n,) or not np.allclose(got, ref, atol=check_atol):
+                raise RuntimeError(f"{path}: ONNX output differs from PyTorch at batch {n} "
+                                   f"(max |diff| {np.abs(got - ref).max():.2e})")
+    return path
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Static int8 quantisation of an exported member, calibrated on uint8 batches ``(B, 1, S, S)``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.uint8)}
+
+    out_path = Path(out_path)
+    with atomic_path(out_path.with_suffix(".pre.onnx")) as pre, atomic_path(out_path) as tmp:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    out_path.with_suffix(".pre.onnx").unlink(missing_ok=True)
+    return out_path
+
+
+class OnnxMember:
+    """A member's exported graph, used in place of its PyTorch model by the ensemble (``--backend onnx``)."""
+
+    def __init__(self, folder: str | Path, backend: str = "onnx"):
+        path = Path(folder) / ONNX_FILES[backend]
+        if not path.is_file():
+            flag = " --int8 --calibration-data DIR" if backend == "onnx-int8" else ""
+            raise FileNotFoundError(f"{path} missing: export it with `python -m zoo export {folder} --onnx{flag}`")
+        self.session = session(path)
+
+    def predict(self, batches: Iterable[np.ndarray], tta: bool = False) -> np.ndarray:
+        out = []
+        for b in batches:
+            p = run(self.session, b)
+            if tta:
+                p = (p + run(self.session, b[..., ::-1])) / 2
+            out.append(p)
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
