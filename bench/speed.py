@@ -24,14 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
 MEAN, STD = 0.449, 0.226
+LOG_DIR = ROOT / "bench" / "out" / "speed"
 
 
 # -- the original tool's loops (re-implemented here from its description) --------------------------------------------
 def _decode_pad(path: str, size: int):
     """PIL decode -> grayscale -> pad to a square -> resize: what the original did per image."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageFile
 
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # FracAtlas has truncated JPEGs; the original had to read them this way
     img = Image.open(path).convert("L")
     side = max(img.size)
     canvas = Image.new("L", (side, side))
@@ -114,15 +116,17 @@ def child(kind: str, args: dict) -> dict:
     """Run one case in a fresh interpreter; its wall, CPU times and peak RSS."""
     cmd = [sys.executable, __file__, "--_case", kind, "--_args", json.dumps(args)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    log = open(LOG_DIR / f"{kind}.stderr", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = proc.stdout.read()
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    log.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{kind} failed (exit {proc.returncode}): {out[-2000:]}")
+        raise RuntimeError(f"{kind} failed (exit {proc.returncode}); see {log.name}")
     res = json.loads(lines[-1])
     return {**res, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
 
@@ -138,7 +142,8 @@ def prepare(args) -> tuple[Path, list[str], list[str], dict]:
     data = out / "data"
     labels = pd.read_csv(src / "train.csv", dtype={"id": str}).dropna()
     labels["label"] = labels["label"].astype(int)
-    test = sorted((src / "test").iterdir())[: args.n_images]
+    test = sorted((src / "test").iterdir())  # topped up from train/ to --n-images (the test split has 217)
+    test = (test + sorted((src / "train").iterdir()))[: args.n_images]
     train = [src / "train" / f"{i}_image1.jpg" for i in labels["id"]][: args.train_images]
     for split, files in (("test", test), ("train", train)):
         (data / split).mkdir(parents=True, exist_ok=True)
@@ -177,6 +182,8 @@ def main() -> int:
 
     from zoo.runtime import machine_summary
 
+    global LOG_DIR
+    LOG_DIR = Path(args.out)
     data, test, train, label_of = prepare(args)
     member = str(Path(args.out) / "member" / args.backbone)
     rows = []

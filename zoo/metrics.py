@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 AGGREGATES = ("mean", "max")
 
@@ -28,6 +27,8 @@ def aggregate_studies(images: pd.DataFrame, columns: list[str] | str, how: str =
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Youden's J optimum on a ROC curve; 0.5 when only one class is present."""
+    from sklearn.metrics import roc_curve  # imported where used: predicting without --evaluate never needs it
+
     y, p = np.asarray(y, float), np.asarray(p, float)
     if len(np.unique(y)) < 2:
         return 0.5
@@ -38,6 +39,8 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """AUC, Cohen's kappa, accuracy, sensitivity, specificity (NaN where undefined) and counts."""
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
+
     y = np.asarray(y, float)
     p = np.asarray(p, float)
     keep = ~np.isnan(y) & ~np.isnan(p)
@@ -77,12 +80,13 @@ def metrics_table(
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
     """One ROC curve per entry (``name -> (labels, probabilities)``), AUC in the legend; saved as PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # the Figure API: no global backend switch for whoever imports us
+    from sklearn.metrics import roc_auc_score, roc_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from zoo.atomic import save_figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    fig = Figure(figsize=(5.5, 5), dpi=120)
+    ax = fig.subplots()
     for name, (y, p) in curves.items():
         y, p = np.asarray(y, float), np.asarray(p, float)
         keep = ~np.isnan(y) & ~np.isnan(p)
@@ -96,10 +100,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def fmt(x: float) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from zoo.data.layouts import studies
 
@@ -15,6 +14,8 @@ def split_by_study(
 
     Stratified by label x body part where every stratum has at least two studies, else by label alone.
     """
+    from sklearn.model_selection import train_test_split  # here: scikit-learn costs ~1 s of start-up to import
+
     labelled = images[images["label"].notna()]
     st = studies(labelled)
     if len(st) < 4:
