@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.atomic import write_csv
 from zoo.data import LayoutError, load_dataset, report_unreadable
 from zoo.ensemble import BACKENDS, METHODS, Ensemble, MemberError
 from zoo.inference import PRECISIONS
@@ -129,11 +130,7 @@ def main(args: argparse.Namespace) -> int:
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
     if args.binary:
         sub["abnormal"] = (sub["label"] >= threshold).astype(int)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    sub.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.replace(out)
+    out = write_csv(sub, args.output, float_format="%.6f")
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
     if args.cam_dir:
         from zoo.cam import write_cams

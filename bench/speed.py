@@ -24,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
 MEAN, STD = 0.449, 0.226
-LOG_DIR = ROOT / "bench" / "out" / "speed"
 
 
 # -- the original tool's loops (re-implemented here from its description) --------------------------------------------
@@ -112,11 +111,11 @@ CASES = {"baseline_inference": baseline_inference, "baseline_training": baseline
          "zoo_predict": zoo_predict, "zoo_train": zoo_train}
 
 
-def child(kind: str, args: dict) -> dict:
-    """Run one case in a fresh interpreter; its wall, CPU times and peak RSS."""
+def child(kind: str, args: dict, log_dir: Path) -> dict:
+    """Run one case in a fresh interpreter; its wall, CPU times and peak RSS (its stderr goes to log_dir)."""
     cmd = [sys.executable, __file__, "--_case", kind, "--_args", json.dumps(args)]
     t0 = time.perf_counter()
-    log = open(LOG_DIR / f"{kind}.stderr", "w")  # noqa: SIM115
+    log = open(log_dir / f"{kind}.stderr", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = proc.stdout.read()
@@ -182,14 +181,13 @@ def main() -> int:
 
     from zoo.runtime import machine_summary
 
-    global LOG_DIR
-    LOG_DIR = Path(args.out)
     data, test, train, label_of = prepare(args)
+    out_dir = Path(args.out)
     member = str(Path(args.out) / "member" / args.backbone)
     rows = []
 
     def record(name, group, kind, a, note=""):
-        r = child(kind, a)
+        r = child(kind, a, out_dir)
         rows.append({"case": name, "group": group, **r, "images_per_s": r["images"] / (
             r["wall_s"] if group == "inference" else r["loop_s"]), "note": note})
         print(f"{name}: {rows[-1]['images_per_s']:.2f} img/s, wall {r['wall_s']:.1f}s, user {r['user_s']:.0f}s, "
@@ -202,7 +200,7 @@ def main() -> int:
         record("predict.py (defaults), cold cache", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", ""], "n": len(test)})
         warm = str(Path(args.out) / "cache")
-        child("zoo_predict", {"argv": [*pred, "--cache-dir", warm], "n": len(test)})  # fills the cache
+        child("zoo_predict", {"argv": [*pred, "--cache-dir", warm], "n": len(test)}, out_dir)  # fills the cache
         record("predict.py (defaults), warm cache", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", warm], "n": len(test)})
         record("predict.py --precision fp32, cold", "inference", "zoo_predict",

@@ -10,7 +10,6 @@ import torch
 from conftest import ROOT, SHARED_DATA, run_script
 
 from zoo.data import load_dataset, load_images, studies
-from zoo.data.transforms import to_input
 from zoo.ensemble import Ensemble
 from zoo.metrics import binary_metrics
 from zoo.model import BoneClassifier
@@ -23,12 +22,13 @@ def run(trained_run):
 
 
 def _plain_fp32(member, paths):
-    """The reference: contiguous fp32, batch 1, no autocast."""
+    """The reference: contiguous fp32, batch 1, no autocast, normalised by hand."""
     model = BoneClassifier.load(member).eval()
     arr = load_images(paths, model.img_size, "", quiet=True)
     with torch.no_grad():
-        return np.array([torch.sigmoid(model(to_input(torch.from_numpy(np.array(arr.array[i]))[None, None],
-                                                      model.mean, model.std))).item() for i in range(len(paths))])
+        x = [(torch.from_numpy(np.array(arr.array[i]))[None, None].float() / 255 - model.mean) / model.std
+             for i in range(len(paths))]
+        return np.array([torch.sigmoid(model(xi)).item() for xi in x])
 
 
 def test_fp32_fast_paths_match_the_plain_loop(run, tmp_path):

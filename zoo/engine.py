@@ -18,9 +18,8 @@ from zoo.data.transforms import to_input
 
 
 def train_one_epoch(
-    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float,
-    channels_last: bool = False, ema=None, step_scheduler: Callable[[], None] | None = None, desc: str = "train",
-    quiet: bool = False,
+    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float, ema=None,
+    step_scheduler: Callable[[], None] | None = None, desc: str = "train", quiet: bool = False,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss over every process's samples.
 
@@ -33,10 +32,7 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True, unit="batch")
     for step, (x, y, _) in enumerate(bar):
         with accelerator.accumulate(model):
-            x = to_input(x, mean, std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(to_input(x, mean, std)), y)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -57,8 +53,7 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, accelerator, n_items: int, *, mean: float, std: float,
-             channels_last: bool = False) -> np.ndarray:
+def evaluate(model: torch.nn.Module, loader, accelerator, n_items: int, *, mean: float, std: float) -> np.ndarray:
     """Probability for each of the ``n_items`` items of the (prepared) loader's dataset, in dataset order.
 
     Every process predicts its shard; predictions are gathered with their item positions, so each item is counted
@@ -67,10 +62,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator, n_items: int, *, mean:
     model.eval()
     positions, probs = [], []
     for x, _, pos in loader:
-        x = to_input(x, mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        p = torch.sigmoid(model(x).float().reshape(-1))
+        p = torch.sigmoid(model(to_input(x, mean, std)).float().reshape(-1))
         pos, p = accelerator.gather_for_metrics((pos, p))
         positions.append(pos.cpu())
         probs.append(p.float().cpu())

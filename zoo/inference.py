@@ -96,14 +96,13 @@ def predict_array(
 ) -> np.ndarray:
     """Probabilities for every item of ``loader`` (uint8 batches), in order; ``tta`` averages with the h-flip.
 
-    ``precision``: fp32, bf16, fp16 or auto (:func:`resolve_precision`). Inputs go in as channels_last.
+    ``precision``: fp32, bf16, fp16 or auto (:func:`resolve_precision`).
     """
     model.eval()
     precision = resolve_precision(precision, device)
     out = []
     for x, *_ in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch"):
         x = to_input(x.to(device, non_blocking=True), model.mean, model.std)
-        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             p = torch.sigmoid(model(x).float())
             if tta:

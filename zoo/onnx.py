@@ -9,6 +9,7 @@ quantisation (QDQ, per-channel weights) calibrated on images the caller gives (v
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -85,11 +86,11 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iter
             return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.uint8)}
 
     out_path = Path(out_path)
-    with atomic_path(out_path.with_suffix(".pre.onnx")) as pre, atomic_path(out_path) as tmp:
+    with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
+        pre = Path(work) / "pre.onnx"  # shape-inferred, optimised graph: what quantize_static wants as input
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    out_path.with_suffix(".pre.onnx").unlink(missing_ok=True)
     return out_path
 
 

@@ -124,10 +124,11 @@ def make_accelerator(cfg: TrainConfig):
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device.startswith("cuda:"):
         torch.cuda.set_device(int(cfg.device.split(":", 1)[1]))
-    precision = resolve_precision(cfg.mixed_precision, "cpu" if cpu else "cuda")
+    device_type = "cpu" if cpu else "cuda"
+    precision = resolve_precision(cfg.mixed_precision, device_type)
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state()
-    chunks = cfg.batch_size // micro_batch(cfg, "cpu" if cpu else "cuda")
+    chunks = cfg.batch_size // micro_batch(cfg, device_type)
     return Accelerator(
         cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
@@ -155,7 +156,6 @@ class TrainData:
     val_df: pd.DataFrame
     train_ds: ArrayDataset
     val_ds: ArrayDataset
-    unreadable: dict[str, str]
 
 
 class Trainer:
@@ -209,7 +209,7 @@ class Trainer:
         aug = train_augment(cfg.rotation, cfg.hflip, cfg.translate)
         return TrainData(train_df, val_df,
                          ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug),
-                         ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()), self.unreadable)
+                         ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()))
 
     def loaders(self, data: TrainData) -> tuple[Any, Any]:
         cfg = self.cfg
@@ -235,8 +235,7 @@ class Trainer:
 
     def validate(self, model, loader, data: TrainData) -> tuple[pd.DataFrame, dict[str, float]]:
         """Study-level validation table (id, part, label, prob) and its metrics at 0.5."""
-        probs = evaluate(model, loader, self.accelerator, len(data.val_ds), mean=self.cfg.mean, std=self.cfg.std,
-                         channels_last=True)
+        probs = evaluate(model, loader, self.accelerator, len(data.val_ds), mean=self.cfg.mean, std=self.cfg.std)
         df = data.val_df[["id", "part", "label"]].copy()
         df["prob"] = probs
         st = aggregate_studies(df, "prob")
@@ -268,8 +267,7 @@ class Trainer:
             torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
             train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
             train_loss = train_one_epoch(model, train_loader, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std,
-                                         channels_last=True, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
-                                         quiet=cfg.quiet)
+                                         desc=f"{cfg.backbone} {epoch}/{cfg.epochs}", quiet=cfg.quiet)
             train_s = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
             sched.step()
@@ -325,7 +323,7 @@ class Trainer:
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],
                 "n_unlabelled_studies": int(train_st["label"].isna().sum()), "pos_weight": round(self.pos_weight, 4),
-                "unreadable_images": len(data.unreadable), "device": self.device.type,
+                "unreadable_images": len(self.unreadable), "device": self.device.type,
             }
             net.save_member(self.out)
             write_csv(st, self.out / "val_predictions.csv")
