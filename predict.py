@@ -133,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     out = write_csv(sub, args.output, float_format="%.6f")
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
     if args.cam_dir:
-        from zoo.cam import write_cams
+        from zoo.explain import write_cams
 
         n = write_cams(ens, st.attrs["image_predictions"], args.cam_dir, method=args.cam_method, quiet=args.quiet)
         print(f"wrote {n} CAM overlays to {args.cam_dir}", file=sys.stderr)

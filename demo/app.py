@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoo.cam import LABELS, compute_cam, fuse_cams, overlay
+from zoo.cam import LABELS, overlay
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble, Member, MemberError, resolve_member_dirs
+from zoo.explain import explain_study
 from zoo.inference import prepare_model
 from zoo.model import BoneClassifier, read_member_config
 
@@ -36,15 +38,17 @@ class MemberPool:
     """Members available to the demo, by name; models are loaded on first use and kept."""
 
     folders: dict[str, Path]
+    precision: str = "auto"  # inference precision of the members (zoo.inference.resolve_precision)
     _loaded: dict[str, Member] = field(default_factory=dict)
 
     @classmethod
-    def from_source(cls, weights: str | Path = "weights", hub: str | None = None) -> MemberPool:
+    def from_source(cls, weights: str | Path = "weights", hub: str | None = None,
+                    precision: str = "auto") -> MemberPool:
         try:
             dirs = resolve_member_dirs([f"hf://{hub}" if hub else str(weights)])
         except MemberError:
             dirs = []
-        return cls({d.name: d for d in dirs})
+        return cls({d.name: d for d in dirs}, precision)
 
     def choices(self) -> list[tuple[str, str]]:
         out = []
@@ -93,39 +97,26 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     Member study probability = mean over the readable images; ensemble = mean over members, verdict at the mean of
     their stored thresholds; fused heatmap = members' CAMs weighted by their probabilities (:func:`zoo.cam.fuse_cams`).
     """
-    pool = pool or DEFAULT_POOL
+    pool = pool or default_pool()
     paths = _check_files(files)
     if not members:
         raise AnalysisError("Pick at least one ensemble member.")
-    ens = Ensemble([pool.member(m) for m in members], "mean")
-    table = pd.DataFrame({"path": paths, "id": "upload", "part": "", "label": np.nan})
-    arrays = ens.decode(paths, cache_dir="", quiet=True)  # decoded once, for probabilities and CAMs
-    img_probs, errors = ens.predict_images(table, quiet=True, arrays=arrays)
-    readable = [p for p in paths if p not in errors]
-    if not readable:
+    ens = Ensemble([pool.member(m) for m in members], "mean", precision=pool.precision)
+    ex = explain_study(ens, paths, method)  # one batched CAM pass per member: its maps and its probabilities
+    if not ex.readable:
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
-            f"{Path(p).name}: {e.split(': ', 1)[-1]}" for p, e in errors.items()))
-    member_probs = img_probs[ens.names].mean(axis=0, skipna=True)
-    study = pd.DataFrame([member_probs.to_dict()])
-    prob = float(ens.combine(study).iloc[0])
+            f"{Path(p).name}: {e.split(': ', 1)[-1]}" for p, e in ex.errors.items()))
+    member_probs = ex.member_probs
+    prob = float(ens.combine(pd.DataFrame([member_probs.to_dict()])).iloc[0])
     thr = ens.threshold()
     panels: list[tuple[np.ndarray, str]] = []
-    show = max(arrays)
-    for i, path in enumerate(paths):
-        if path in errors:
-            continue
-        name = Path(path).name
-        base = np.array(arrays[show].array[i])
+    for j, i in enumerate(ex.readable):
+        name, base = Path(paths[i]).name, ex.bases[j]
         panels.append((np.repeat(base[..., None], 3, axis=2), f"{name}: original"))
-        cams, probs = [], []
         for m in ens.members:
-            img = np.array(arrays[m.img_size].array[i])
-            cam = compute_cam(m.model, img, method)
-            p = float(img_probs.at[i, m.name])
-            cams.append(cam)
-            probs.append(p)
-            panels.append((overlay(img, cam), f"{name}: {m.name} p={p:.2f}"))
-        panels.append((overlay(base, fuse_cams(cams, probs, show)), f"{name}: ensemble (probability-weighted)"))
+            p = float(ex.image_probs.at[j, m.name])
+            panels.append((overlay(base, ex.cams[m.name][j]), f"{name}: {m.name} p={p:.2f}"))
+        panels.append((overlay(base, ex.fused[j]), f"{name}: ensemble (probability-weighted)"))
     rows = pd.DataFrame({
         "member": ens.names,
         "val AUC": [round(m.val_auc, 3) for m in ens.members],
@@ -133,7 +124,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         "verdict": ["abnormal" if member_probs[m.name] >= m.threshold else "normal" for m in ens.members],
     })
     spread = float(member_probs.max() - member_probs.min())
-    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in errors.items()])
+    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()])
 
 
 def summary_markdown(a: Analysis) -> str:
@@ -205,8 +196,18 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     return demo.queue(max_size=16)
 
 
-DEFAULT_POOL = MemberPool.from_source(os.environ.get("BONE_ZOO_WEIGHTS", "weights"), os.environ.get("BONE_ZOO_HUB"))
-demo = build_demo(DEFAULT_POOL, examples=os.environ.get("BONE_ZOO_EXAMPLES", "1") != "0")
+@functools.cache
+def default_pool() -> MemberPool:
+    """The members named by BONE_ZOO_WEIGHTS (default weights/) or BONE_ZOO_HUB, found on first use."""
+    return MemberPool.from_source(os.environ.get("BONE_ZOO_WEIGHTS", "weights"), os.environ.get("BONE_ZOO_HUB"))
+
+
+def __getattr__(name: str):
+    """``demo.app.demo`` (what ``gradio demo/app.py`` and Spaces look for) is built on first access, so importing this
+    module scans no folder, downloads nothing and generates no examples."""
+    if name == "demo":
+        return build_demo(default_pool(), examples=os.environ.get("BONE_ZOO_EXAMPLES", "1") != "0")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -214,8 +215,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights", help="run folder with member sub-folders (default %(default)s)")
     p.add_argument("--hub", default=None, metavar="ORG/NAME", help="load the members of a Hub repo instead")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s)")
-    p.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
+    p.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link (needs internet)")
     return p
 

@@ -44,9 +44,10 @@ def test_analyse_study(pool, xray):
 def test_fused_panel_is_the_documented_fusion(pool, xray):
     from zoo.data import load_images
 
-    a = analyse([str(xray[0])], TINY, "Grad-CAM", pool)
+    fp32 = MemberPool(pool.folders, precision="fp32")  # the reference below is computed in fp32
+    a = analyse([str(xray[0])], TINY, "Grad-CAM", fp32)
     img = np.array(load_images([str(xray[0])], RUN_SIZE, "").array[0])
-    cams = [compute_cam(pool.member(n).model, img, "gradcam") for n in TINY]
+    cams = [compute_cam(fp32.member(n).model, img, "gradcam") for n in TINY]
     from zoo.cam import overlay
 
     expected = overlay(img, fuse_cams(cams, a.members["probability"].tolist()))
@@ -135,3 +136,63 @@ def test_real_browser_upload_click_and_heatmaps(served, xray, tmp_path):
         page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
         browser.close()
     assert (tmp_path / "demo.png").stat().st_size > 20_000
+
+
+def test_importing_the_app_has_no_side_effects(tmp_path):
+    """No folder scan, no download, no synthetic examples at import; ``demo.app.demo`` is built on first access."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import demo.app as a, gradio as gr; assert 'default_pool' in dir(a); "
+            "assert a.default_pool.cache_info().currsize == 0, 'pool built at import'; "
+            "import os; assert not os.path.exists('data'), 'examples generated at import'; "
+            "assert isinstance(a.demo, gr.Blocks)")
+    env = {**__import__("os").environ, "BONE_ZOO_EXAMPLES": "0", "BONE_ZOO_WEIGHTS": str(tmp_path / "none"),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_demo_serves_on_gradio_server_port(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "demo", "--weights", str(tmp_path / "none")], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, ok = time.time() + 120, False
+        while time.time() < deadline and proc.poll() is None and not ok:
+            try:
+                ok = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert ok, "the demo did not answer on GRADIO_SERVER_PORT"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_cam_pass_probabilities_are_the_prediction_path(pool, xray):
+    """explain_study takes each member's probability from its CAM forward pass: the same numbers predict.py gives."""
+    from zoo.ensemble import Ensemble
+    from zoo.explain import explain_study
+
+    members = [pool.member(n) for n in TINY]
+    ens = Ensemble(members, precision="fp32")
+    ex = explain_study(ens, [str(p) for p in xray])
+    table = pd.DataFrame({"path": [str(p) for p in xray], "id": "s", "part": "", "label": np.nan})
+    img, _ = ens.predict_images(table, cache_dir="", quiet=True)
+    for n in TINY:
+        assert np.abs(ex.image_probs[n].to_numpy() - img[n].to_numpy()).max() < 1e-4
+        assert ex.cams[n].shape[0] == len(xray) and np.isfinite(ex.cams[n]).all()
+    assert ex.fused.shape[0] == len(xray)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
-from tqdm.auto import tqdm
 
-from zoo.data import load_images
 from zoo.data.transforms import to_input
+from zoo.inference import autocast, resolve_precision
 from zoo.model import BoneClassifier
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM,
@@ -43,24 +40,39 @@ def _vit_reshape(backbone: nn.Module):
     return reshape
 
 
-def compute_cam(model: BoneClassifier, image_u8: np.ndarray, method: str = "gradcam") -> np.ndarray:
-    """CAM (float32 in [0, 1], no NaN) of the abnormality logit for one preprocessed image (uint8, model's size).
+def _float(reshape=None):
+    """Activations and gradients as fp32 (NumPy has no bf16), after the backbone's own reshape if it has one."""
+    return lambda t: (reshape(t) if reshape is not None else t).float()
 
-    The target layer comes from the backbone's spec; transformers get their token-to-grid reshape.
+
+def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gradcam",
+                 precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """CAMs of the abnormality logit for a batch of preprocessed images (uint8 ``(n, S, S)``, the model's size) and
+    the probabilities of the same forward pass: ``(cams float32 (n, S, S) in [0, 1], probabilities (n,))``.
+
+    One forward and one backward for the whole batch. The target layer comes from the backbone's spec; transformers
+    get their token-to-grid reshape. ``precision`` as in :func:`zoo.inference.resolve_precision`.
     """
     key = LABELS.get(method, method).lower()
     if key not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; one of {', '.join(LABELS)}")
     spec = model.spec
     layer = resolve_layer(model.backbone, spec.cam_layer)
-    reshape = _vit_reshape(model.backbone) if spec.reshape == "vit" else None
+    reshape = _float(_vit_reshape(model.backbone) if spec.reshape == "vit" else None)
     device = next(model.parameters()).device
-    x = to_input(torch.from_numpy(np.array(image_u8))[None, None].to(device), model.mean, model.std)
+    x = to_input(torch.from_numpy(np.asarray(images_u8))[:, None].to(device), model.mean, model.std)
     model.eval()
-    with METHODS[key](model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-        out = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
+    with METHODS[key](model=model, target_layers=[layer], reshape_transform=reshape) as cam, \
+            autocast(device, resolve_precision(precision, device)):
+        out = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
+        probs = torch.sigmoid(cam.outputs.detach().float().reshape(-1)).cpu().numpy()
     out = np.nan_to_num(np.asarray(out, dtype=np.float32), nan=0.0)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0), probs
+
+
+def compute_cam(model: BoneClassifier, image_u8: np.ndarray, method: str = "gradcam") -> np.ndarray:
+    """CAM (float32 in [0, 1], no NaN) of the abnormality logit for one preprocessed image (uint8, model's size)."""
+    return compute_cams(model, np.asarray(image_u8)[None], method)[0][0]
 
 
 def overlay(image_u8: np.ndarray, cam: np.ndarray, weight: float = 0.45) -> np.ndarray:
@@ -86,20 +98,3 @@ def fuse_cams(cams: Sequence[np.ndarray], probs: Sequence[float], size: int | No
     w = np.asarray(probs, dtype=np.float64)
     w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
     return np.clip(np.tensordot(w, stack, axes=1).astype(np.float32), 0.0, 1.0)
-
-
-def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method: str = "gradcam",
-               cache_dir: str | None = None, quiet: bool = False) -> int:
-    """One overlay PNG per readable image and member: ``out_dir/<member>/<image file stem>.png``. Returns the count."""
-    out_dir = Path(out_dir)
-    n = 0
-    paths = image_predictions["path"].tolist()
-    for m in ens.members:
-        arr = load_images(paths, m.img_size, cache_dir, quiet=True)
-        folder = out_dir / m.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in tqdm(np.flatnonzero(arr.ok), desc=f"CAM {m.name}", disable=True if quiet else None, leave=False):
-            img = np.array(arr.array[i])
-            Image.fromarray(overlay(img, compute_cam(m.model, img, method))).save(folder / f"{Path(paths[i]).stem}.png")
-            n += 1
-    return n
