@@ -19,9 +19,8 @@ import pandas as pd
 from zoo.atomic import write_csv
 from zoo.data import LayoutError, load_dataset, report_unreadable
 from zoo.ensemble import BACKENDS, METHODS, Ensemble, MemberError
-from zoo.inference import PRECISIONS
 from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
-from zoo.runtime import tune_allocator
+from zoo.runtime import PRECISIONS, tune_allocator
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -154,6 +154,9 @@ def prepare(args) -> tuple[Path, list[str], list[str], dict]:
     member = out / "member" / args.backbone
     if not (member / "model.safetensors").is_file():
         BoneClassifier(args.backbone, img_size=args.size).save_member(member)
+    # the untrained member has no validation split: name 32 training studies as one, to calibrate its int8 graph
+    calib = labels[labels["id"].isin([f.name.rsplit("_", 1)[0] for f in train])].head(32)
+    calib.assign(prob=0.5).to_csv(member / "val_predictions.csv", index=False)
     label_of = dict(zip(labels["id"], labels["label"]))
     return data, [str(p) for p in test], [str(p) for p in train], label_of
 
@@ -208,10 +211,12 @@ def main() -> int:
         record("predict.py --batch-size 32 --precision fp32, cold", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", "", "--precision", "fp32", "--batch-size", "32"], "n": len(test)})
     if "onnx" in args.cases:
-        subprocess.run([sys.executable, "-m", "zoo", "export", member, "--onnx"], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "zoo", "export", member, "--onnx", "--int8", "--calibration-data",
+                        str(data)], cwd=ROOT, check=True, capture_output=True)
         record("predict.py --backend onnx, cold", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", "", "--backend", "onnx"], "n": len(test)})
+        record("predict.py --backend onnx-int8, cold", "inference", "zoo_predict",
+               {"argv": [*pred, "--cache-dir", "", "--backend", "onnx-int8"], "n": len(test)})
     if "training" in args.cases:
         labels = [label_of[Path(p).name.rsplit("_", 1)[0]] for p in train]
         record("original loop (batch 32, fp32, decode every epoch)", "training", "baseline_training",

@@ -15,15 +15,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pandas as pd
-import torch
 
 from zoo.cam import LABELS, overlay
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
-from zoo.ensemble import Ensemble, Member, MemberError, resolve_member_dirs
+from zoo.ensemble import Ensemble
 from zoo.explain import explain_study
-from zoo.inference import prepare_model
-from zoo.model import BoneClassifier, read_member_config
+from zoo.members import Member, MemberError, load_model, read_member_config, resolve_member_dirs
 
 MAX_FILE_MB = 25
 EXAMPLES_DIR = Path("data/synthetic")
@@ -61,8 +59,7 @@ class MemberPool:
         if name not in self.folders:
             raise AnalysisError(f"unknown member {name!r}; available: {', '.join(self.folders) or 'none'}")
         if name not in self._loaded:
-            model = prepare_model(BoneClassifier.load(self.folders[name]), torch.device("cpu"))
-            self._loaded[name] = Member(name, self.folders[name], model)
+            self._loaded[name] = Member(name, self.folders[name], load_model(self.folders[name], "cpu"))
         return self._loaded[name]
 
 

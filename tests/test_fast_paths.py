@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, SHARED_DATA, run_script
@@ -46,6 +47,14 @@ def test_fp32_fast_paths_match_the_plain_loop(run, tmp_path):
     ens = Ensemble.from_paths([str(member)], backend="onnx")
     img, _ = ens.predict_images(test, batch_size=5, cache_dir="", quiet=True)
     assert np.abs(img["resnet10t"].to_numpy() - ref).max() < 1e-4
+    code = ("import sys, predict; a = predict.get_args_parser().parse_args(sys.argv[1:]); "
+            "assert predict.main(a) == 0; bad = [m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]; "
+            "assert not bad, f'the ONNX path imported {bad}'")
+    proc = subprocess.run([sys.executable, "-c", code, "--data", str(run["data"]), "--models", str(member),
+                           "--backend", "onnx", "--quiet", "-output", str(tmp_path / "p.csv")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == load_dataset(run["data"]).test["id"].nunique()
     (member / "model.onnx").unlink()
 
 

@@ -1,7 +1,19 @@
-"""bone-zoo: a zoo of interchangeable backbones for normal/abnormal musculoskeletal radiographs."""
+"""bone-zoo: a zoo of interchangeable backbones for normal/abnormal musculoskeletal radiographs.
 
-from zoo.model import BoneClassifier
-from zoo.registry import create_backbone, get_backbone, list_backbones, register_backbone
+The names below are imported on first use, so ``import zoo.data`` or the ONNX prediction path does not pull in PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["BoneClassifier", "create_backbone", "get_backbone", "list_backbones", "register_backbone"]
+_LAZY = {"BoneClassifier": "zoo.model", "create_backbone": "zoo.registry", "get_backbone": "zoo.registry",
+         "list_backbones": "zoo.registry", "register_backbone": "zoo.registry"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -35,7 +35,8 @@ def export(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from zoo.data import load_dataset, load_images
-    from zoo.model import BoneClassifier, members_in
+    from zoo.members import members_in
+    from zoo.model import BoneClassifier
     from zoo.onnx import ONNX_FILES, export_onnx, quantize_int8
 
     if args.int8 and not args.calibration_data:

@@ -1,88 +1,24 @@
-"""Ensembles of zoo members: load them from folders, run folders, wildcards or Hub ids; predict images and studies."""
+"""Ensembles of zoo members: load them from folders, run folders, wildcards or Hub ids; predict images and studies.
+
+PyTorch is imported only by the torch backend, so ``--backend onnx`` / ``onnx-int8`` runs on ONNX Runtime alone.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.stats import rankdata
-from torch.utils.data import DataLoader
 
 from zoo.data import ImageArray, load_images
-from zoo.inference import ArrayDataset, auto_batch_size, auto_workers, predict_array, prepare_model, resolve_device
+from zoo.members import Member, MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies
-from zoo.model import BoneClassifier, members_in, read_member_config
 
 METHODS = ("mean", "weighted", "rank")
 BACKENDS = ("torch", "onnx", "onnx-int8")
-HUB_PREFIX = "hf://"
-
-
-class MemberError(ValueError):
-    """A --models entry that names no usable member; the message says which and why."""
-
-
-@dataclass
-class Member:
-    name: str
-    folder: Path
-    model: BoneClassifier
-
-    @property
-    def img_size(self) -> int:
-        return self.model.img_size
-
-    @property
-    def threshold(self) -> float:
-        return self.model.threshold
-
-    @property
-    def val_auc(self) -> float:
-        auc = self.model.metrics.get("val_auc")
-        return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")
-
-
-def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights", revision: str | None = None,
-                        cache_dir: str | None = None) -> list[Path]:
-    """Turn ``--models`` entries into member folders, in order, without duplicates.
-
-    An entry is a member folder, a run folder (every member in it), ``hf://ORG/NAME`` (downloaded and cached; a
-    ``/sub/folder`` after the name picks part of the repo), or a wildcard over backbone names of the members under
-    ``weights_dir`` (``'regnet*'``).
-    """
-    out: list[Path] = []
-    for spec in specs:
-        spec = str(spec)
-        if spec.startswith(HUB_PREFIX):
-            from zoo.hub import download_members
-
-            found = download_members(spec[len(HUB_PREFIX):], revision=revision, cache_dir=cache_dir)
-        elif Path(spec).exists():
-            found = members_in(Path(spec))
-            if not found:
-                raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
-                                  " train some with `python train_all.py`")
-        else:
-            pool = members_in(Path(weights_dir))
-            found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
-                     or fnmatch.fnmatchcase(read_member_config(d)["backbone"], spec)]
-            if not found:
-                names = ", ".join(d.name for d in pool) or "none"
-                raise MemberError(f"{spec!r} is neither a folder nor a hf:// id, and matches no member under "
-                                  f"{weights_dir}/ (members there: {names})")
-        out += [d for d in found if d not in out]
-    return out
-
-
-def _unique_names(folders: list[Path]) -> list[str]:
-    names = [f.name for f in folders]
-    return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+__all__ = ["BACKENDS", "METHODS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
 
 
 class Ensemble:
@@ -106,15 +42,10 @@ class Ensemble:
                    weights_dir: str | Path = "weights", revision: str | None = None,
                    cache_dir: str | None = None, precision: str = "auto", backend: str = "torch") -> Ensemble:
         folders = resolve_member_dirs(specs, weights_dir, revision, cache_dir)
-        members = []
-        for name, folder in zip(_unique_names(folders), folders):
-            try:
-                model = prepare_model(BoneClassifier.load(folder), resolve_device(device))
-            except (RuntimeError, KeyError, ValueError, OSError) as exc:
-                first = str(exc).strip().splitlines()[0][:300]
-                raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
-                                  f"(trained with another image size, head or backbone version?): {first}") from exc
-            members.append(Member(name, folder, model))
+        members = [Member(name, folder, device=device) for name, folder in zip(unique_names(folders), folders)]
+        if backend == "torch":  # fail now on a member whose weights do not match its config
+            for m in members:
+                m.model  # noqa: B018
         ens = cls(members, method, precision, backend)
         if backend != "torch":  # fail now, with the export command, if a member has no exported graph
             for m in members:
@@ -136,8 +67,10 @@ class Ensemble:
         return [m.name for m in self.members]
 
     @property
-    def device(self) -> torch.device:
-        return next(self.members[0].model.parameters()).device
+    def device(self):
+        from zoo.inference import resolve_device
+
+        return resolve_device(self.members[0].device)
 
     def weights(self) -> np.ndarray:
         """Member weights for ``weighted``: validation AUCs (0.5 where unknown), normalised to sum 1."""
@@ -182,25 +115,34 @@ class Ensemble:
         ``batch_size`` 0 picks one for the device (:func:`zoo.inference.auto_batch_size`)."""
         out = images.reset_index(drop=True).copy()
         errors: dict[str, str] = {}
-        device = self.device
-        workers = auto_workers(workers, device)
         arrays = arrays or self.decode(out["path"].tolist(), cache_dir, quiet)
         for size, arr in arrays.items():
             errors.update(arr.errors)
             rows = np.flatnonzero(arr.ok)
-            loader = DataLoader(ArrayDataset(arr, rows), batch_size=auto_batch_size(batch_size, device),
-                                num_workers=workers, pin_memory=device.type == "cuda")
             for m in self.members:
                 if m.img_size != size:
                     continue
                 probs = np.full(len(out), np.nan)
-                if self.backend == "torch":
-                    probs[rows] = predict_array(m.model, loader, device, self.precision, tta=tta, quiet=quiet,
-                                                desc=m.name)
-                else:
-                    probs[rows] = self._onnx_member(m).predict((x.numpy() for x, *_ in loader), tta=tta)
+                probs[rows] = (self._torch_probs(m, arr, rows, batch_size, tta, workers, quiet)
+                               if self.backend == "torch" else self._onnx_probs(m, arr, rows, batch_size, tta))
                 out[m.name] = probs
         return out, errors
+
+    def _torch_probs(self, m: Member, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool, workers: int,
+                     quiet: bool) -> np.ndarray:
+        from torch.utils.data import DataLoader
+
+        from zoo.inference import ArrayDataset, auto_batch_size, auto_workers, predict_array
+
+        device = self.device
+        loader = DataLoader(ArrayDataset(arr, rows), batch_size=auto_batch_size(batch_size, device),
+                            num_workers=auto_workers(workers, device), pin_memory=device.type == "cuda")
+        return predict_array(m.model, loader, device, self.precision, tta=tta, quiet=quiet, desc=m.name)
+
+    def _onnx_probs(self, m: Member, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
+        bs = batch_size if batch_size > 0 else 4  # what zoo.inference.auto_batch_size picks on CPU
+        batches = (np.asarray(arr.array[rows[i:i + bs]])[:, None] for i in range(0, len(rows), bs))
+        return self._onnx_member(m).predict(batches, tta=tta)
 
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
         """One row per study: ``id, part, label``, each member's study probability (``aggregate`` of its readable
@@ -218,5 +160,5 @@ def _rank01(x: np.ndarray) -> np.ndarray:
     out = np.full(len(x), np.nan)
     ok = ~np.isnan(x)
     if ok.any():
-        out[ok] = rankdata(x[ok]) / ok.sum()
+        out[ok] = pd.Series(x[ok]).rank(method="average").to_numpy() / ok.sum()  # ties share their mean rank
     return out

@@ -13,12 +13,10 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 
 from zoo import leaderboard
 from zoo.card import member_card, run_card
-from zoo.model import member_subfolders, members_in, read_member_config
+from zoo.members import MEMBER_FILES, TRAINING_FILES, MemberError, member_subfolders, members_in, read_member_config
 
 RUN_FILES = ["README.md", "leaderboard.csv", "leaderboard.md", "roc.png"]
-MEMBER_FILES = ["model.safetensors", "config.json", "README.md", "metrics.json", "metrics.jsonl",
-                "val_predictions.csv", "curves.png"]
-PUSH_PATTERNS = RUN_FILES + [f"*/{f}" for f in MEMBER_FILES]
+PUSH_PATTERNS = RUN_FILES + [f"*/{f}" for f in MEMBER_FILES + TRAINING_FILES]
 
 
 def split_repo(spec: str) -> tuple[str, str]:
@@ -32,8 +30,6 @@ def split_repo(spec: str) -> tuple[str, str]:
 def download_members(spec: str, revision: str | None = None, cache_dir: str | Path | None = None,
                      token: str | None = None) -> list[Path]:
     """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders."""
-    from zoo.ensemble import MemberError
-
     repo_id, sub = split_repo(spec)
     patterns = [f"{sub}/*", f"{sub}/*/*"] if sub else None
     try:

@@ -16,9 +16,7 @@ from tqdm.auto import tqdm
 
 from zoo.data import ImageArray
 from zoo.data.transforms import to_input
-from zoo.runtime import native_bf16
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from zoo.runtime import PRECISIONS, native_bf16
 
 
 def resolve_device(name: str = "auto") -> torch.device:

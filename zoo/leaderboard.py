@@ -7,20 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.members import finished_members
 from zoo.metrics import plot_roc
 
 COLUMNS = ["backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity", "threshold",
            "best_epoch", "params", "train_time_s"]
 
 
-def member_dirs(run_dir: str | Path) -> list[Path]:
-    """Finished members of a run (folders holding metrics.json and model.safetensors), sorted by name."""
-    run_dir = Path(run_dir)
-    return sorted(p.parent for p in run_dir.glob("*/metrics.json") if (p.parent / "model.safetensors").is_file())
-
-
 def collect(run_dir: str | Path) -> pd.DataFrame:
-    rows = [json.loads((d / "metrics.json").read_text()) | {"backbone": d.name} for d in member_dirs(run_dir)]
+    rows = [json.loads((d / "metrics.json").read_text()) | {"backbone": d.name} for d in finished_members(run_dir)]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df

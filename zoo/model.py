@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,9 +15,8 @@ from safetensors.torch import load_model
 from torch import nn
 
 from zoo.head import MLPHead
+from zoo.members import MEMBER_FILES
 from zoo.registry import create_backbone, get_backbone
-
-MEMBER_FILES = ("model.safetensors", "config.json", "README.md")
 
 
 class BoneClassifier(
@@ -133,24 +131,3 @@ class BoneClassifier(
         """Load a member from a folder (or a Hub id) in eval mode; weights must match the config exactly."""
         model = cls.from_pretrained(str(path), map_location=str(device), strict=True, **hub_kwargs)
         return model.eval()
-
-
-def read_member_config(folder: str | Path) -> dict[str, Any]:
-    """config.json of a member folder, without building the model."""
-    return json.loads((Path(folder) / "config.json").read_text())
-
-
-def is_member_dir(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
-
-
-def member_subfolders(run_dir: str | Path) -> list[Path]:
-    """The member folders directly inside a run folder, sorted by name ([] if it is not a folder)."""
-    run_dir = Path(run_dir)
-    return sorted(d for d in run_dir.iterdir() if d.is_dir() and is_member_dir(d)) if run_dir.is_dir() else []
-
-
-def members_in(folder: str | Path) -> list[Path]:
-    """``[folder]`` if it is a member folder, else the member folders inside it."""
-    return [Path(folder)] if is_member_dir(folder) else member_subfolders(folder)

@@ -14,23 +14,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from zoo.atomic import atomic_path
 
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
-class _Probability(nn.Module):
-    """uint8 images -> P(abnormal): what the ONNX graph computes."""
+def _probability(model):
+    """uint8 images -> P(abnormal): the module whose graph is exported."""
+    import torch
 
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.mean, self.std = model, model.mean, model.std
+    class Probability(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model((x.float() / 255.0 - self.mean) / self.std).float())
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.model((x.float() / 255.0 - model.mean) / model.std).float())
+
+    return Probability().eval()
 
 
 def session(path: str | Path):
@@ -51,8 +53,10 @@ def run(sess, batch_u8: np.ndarray) -> np.ndarray:
 def export_onnx(model, path: str | Path, check_atol: float = 1e-4) -> Path:
     """Export ``model`` (a BoneClassifier) to ``path``; verify batch sizes 1 and 3 against PyTorch within
     ``check_atol`` before the file replaces any previous one."""
+    import torch  # exporting needs PyTorch; running the graph (OnnxMember) does not
+
     model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
-    wrapper = _Probability(model).eval()
+    wrapper = _probability(model)
     s = model.img_size
     example = torch.randint(0, 256, (2, 1, s, s), dtype=torch.uint8)
     path = Path(path)

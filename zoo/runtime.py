@@ -14,9 +14,8 @@ import functools
 import os
 import sys
 
-import torch
-
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # inference precisions (zoo.inference.resolve_precision)
 
 
 @functools.cache
@@ -39,6 +38,8 @@ def tune_allocator() -> bool:
 @functools.cache
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast speeds it up."""
+    import torch
+
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     if probe is not None and probe():
         return True
@@ -55,6 +56,8 @@ def native_bf16() -> bool:
 
 def machine_summary() -> dict[str, object]:
     """What a benchmark row needs to say about the machine it ran on."""
+    import torch
+
     return {
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),

@@ -1,0 +1,138 @@
+"""What a member is: its folder and files, finding members (folders, run folders, wildcards, ``hf://`` ids),
+reading their config, and loading them. The one place for it; importing this module does not import PyTorch.
+
+A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
+``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
+``val_predictions.csv`` and ``curves.png``; ``python -m zoo export`` adds ``model.onnx`` / ``model.int8.onnx``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
+TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "curves.png")  # what training adds
+HUB_PREFIX = "hf://"
+
+
+class MemberError(ValueError):
+    """A --models entry that names no usable member; the message says which and why."""
+
+
+def read_member_config(folder: str | Path) -> dict[str, Any]:
+    """config.json of a member folder, without building the model."""
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def is_member_dir(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
+def member_subfolders(run_dir: str | Path) -> list[Path]:
+    """The member folders directly inside a run folder, sorted by name ([] if it is not a folder)."""
+    run_dir = Path(run_dir)
+    return sorted(d for d in run_dir.iterdir() if d.is_dir() and is_member_dir(d)) if run_dir.is_dir() else []
+
+
+def members_in(folder: str | Path) -> list[Path]:
+    """``[folder]`` if it is a member folder, else the member folders inside it."""
+    return [Path(folder)] if is_member_dir(folder) else member_subfolders(folder)
+
+
+def finished_members(run_dir: str | Path) -> list[Path]:
+    """Members of a run whose training finished (metrics.json is written last), sorted by name."""
+    return [d for d in member_subfolders(run_dir) if (d / "metrics.json").is_file()]
+
+
+def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights", revision: str | None = None,
+                        cache_dir: str | None = None) -> list[Path]:
+    """Turn ``--models`` entries into member folders, in order, without duplicates.
+
+    An entry is a member folder, a run folder (every member in it), ``hf://ORG/NAME`` (downloaded and cached; a
+    ``/sub/folder`` after the name picks part of the repo), or a wildcard over backbone names of the members under
+    ``weights_dir`` (``'regnet*'``).
+    """
+    out: list[Path] = []
+    for spec in specs:
+        spec = str(spec)
+        if spec.startswith(HUB_PREFIX):
+            from zoo.hub import download_members
+
+            found = download_members(spec[len(HUB_PREFIX):], revision=revision, cache_dir=cache_dir)
+        elif Path(spec).exists():
+            found = members_in(Path(spec))
+            if not found:
+                raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
+                                  " train some with `python train_all.py`")
+        else:
+            pool = members_in(Path(weights_dir))
+            found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
+                     or fnmatch.fnmatchcase(read_member_config(d)["backbone"], spec)]
+            if not found:
+                names = ", ".join(d.name for d in pool) or "none"
+                raise MemberError(f"{spec!r} is neither a folder nor a hf:// id, and matches no member under "
+                                  f"{weights_dir}/ (members there: {names})")
+        out += [d for d in found if d not in out]
+    return out
+
+
+def unique_names(folders: list[Path]) -> list[str]:
+    """Member names for display: the folder name, prefixed by its run folder where two would clash."""
+    names = [f.name for f in folders]
+    return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+
+
+def load_model(folder: Path, device: str = "cpu"):
+    """A member's network (a ``zoo.BoneClassifier``), ready for inference on ``device``; weights that do not match
+    config.json are a :class:`MemberError`. PyTorch is imported here, not when this module is."""
+    from zoo.inference import prepare_model, resolve_device
+    from zoo.model import BoneClassifier
+
+    try:
+        return prepare_model(BoneClassifier.load(folder), resolve_device(str(device)))
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
+                          f"(trained with another image size, head or backbone version?): {first}") from exc
+
+
+@dataclass
+class Member:
+    """A member folder; its config.json is read at once, its network only when first used (the ONNX backends never
+    build it)."""
+
+    name: str
+    folder: Path
+    _model: Any = None  # a zoo.BoneClassifier once loaded
+    device: str = "cpu"
+
+    @functools.cached_property
+    def config(self) -> dict:
+        return self._model.get_config() if self._model is not None else read_member_config(self.folder)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_model(self.folder, self.device)
+        return self._model
+
+    @property
+    def img_size(self) -> int:
+        return int(self.config["img_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.5))
+
+    @property
+    def val_auc(self) -> float:
+        auc = (self.config.get("metrics") or {}).get("val_auc")
+        return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")
