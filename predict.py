@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from zoo.atomic import write_csv
+from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import LayoutError, load_dataset, report_unreadable
-from zoo.ensemble import BACKENDS, METHODS, Ensemble, MemberError
+from zoo.ensemble import BACKENDS, Ensemble, MemberError
 from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
 
@@ -35,8 +36,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default: every member under --weights)")
     a("--weights", default="weights", help="run folder searched by default and by wildcards (default %(default)s)")
     a("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// members")
-    a("--ensemble", choices=METHODS, default="mean", help="how members are combined: mean probability, mean "
-      "weighted by validation AUC, or mean rank (default %(default)s)")
+    a("--ensemble", choices=list_combiners(), default="mean", help="how members are combined, any registered "
+      f"combiner (plugins: entry-point group bone_zoo.combiners): {describe_combiners()} (default %(default)s)")
     a("--aggregate", choices=AGGREGATES, default="mean", help="study score from its images (default %(default)s)")
     a("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
     a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.cam import LABELS, overlay
+from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble
@@ -88,17 +89,22 @@ def _check_files(files: list[str]) -> list[str]:
     return paths
 
 
-def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None) -> Analysis:
+def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None,
+            combiner: str = "mean") -> Analysis:
     """The whole demo as a pure function: image files of one study + member names + CAM method -> Analysis.
 
-    Member study probability = mean over the readable images; ensemble = mean over members, verdict at the mean of
-    their stored thresholds; fused heatmap = members' CAMs weighted by their probabilities (:func:`zoo.cam.fuse_cams`).
+    Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
+    members, verdict at its threshold (for mean: the mean of the members' stored thresholds); fused heatmap =
+    members' CAMs weighted by their probabilities (:func:`zoo.cam.fuse_cams`).
     """
     pool = pool or default_pool()
     paths = _check_files(files)
     if not members:
         raise AnalysisError("Pick at least one ensemble member.")
-    ens = Ensemble([pool.member(m) for m in members], "mean", precision=pool.precision)
+    try:
+        ens = Ensemble([pool.member(m) for m in members], combiner, precision=pool.precision)
+    except KeyError as exc:
+        raise AnalysisError(str(exc.args[0])) from None
     ex = explain_study(ens, paths, method)  # one batched CAM pass per member: its maps and its probabilities
     if not ex.readable:
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
@@ -151,9 +157,9 @@ def example_files(n_each: int = 2) -> list[list[str]]:
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     choices = pool.choices()
 
-    def run(files, members, method):
+    def run(files, members, method, combiner="mean"):
         try:
-            a = analyse(files, members, method, pool)
+            a = analyse(files, members, method, pool, combiner)
         except AnalysisError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:  # never a stack trace in the UI
@@ -174,6 +180,8 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 members = gr.CheckboxGroup(choices=choices, value=[v for _, v in choices[:2]],
                                            label="Ensemble members", elem_id="members")
                 method = gr.Radio(list(LABELS), value="Grad-CAM", label="CAM method", elem_id="method")
+                combiner = gr.Radio(list_combiners(), value="mean", label="Ensemble method", elem_id="combiner",
+                                    info=describe_combiners())
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):
                 verdict = gr.Markdown(elem_id="verdict")
@@ -181,7 +189,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 table = gr.Dataframe(label="Members", elem_id="table", interactive=False)
         gallery = gr.Gallery(label="Original, member Grad-CAMs and the fused ensemble heatmap", columns=4,
                              elem_id="heatmaps", height="auto", format="png")
-        button.click(run, [files, members, method], [verdict, label, table, gallery], api_name="analyse",
+        button.click(run, [files, members, method, combiner], [verdict, label, table, gallery], api_name="analyse",
                      concurrency_limit=1)
         if examples:
             try:

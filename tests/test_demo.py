@@ -196,3 +196,12 @@ def test_cam_pass_probabilities_are_the_prediction_path(pool, xray):
         assert np.abs(ex.image_probs[n].to_numpy() - img[n].to_numpy()).max() < 1e-4
         assert ex.cams[n].shape[0] == len(xray) and np.isfinite(ex.cams[n]).all()
     assert ex.fused.shape[0] == len(xray)
+
+
+def test_demo_uses_the_chosen_combiner(pool, xray):
+    a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "weighted")
+    w = np.array([pool.member(n).val_auc for n in TINY])
+    probs = a.members.set_index("member").loc[TINY, "probability"].to_numpy()
+    assert a.probability == pytest.approx(float(probs @ (w / w.sum())), abs=1e-3)
+    with pytest.raises(AnalysisError, match="unknown ensemble method"):
+        analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "nope")

@@ -5,20 +5,19 @@ PyTorch is imported only by the torch backend, so ``--backend onnx`` / ``onnx-in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from zoo.combiners import create_combiner
 from zoo.data import ImageArray, load_images
 from zoo.members import Member, MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies
 
-METHODS = ("mean", "weighted", "rank")
 BACKENDS = ("torch", "onnx", "onnx-int8")
-__all__ = ["BACKENDS", "METHODS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
+__all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
 
 
 class Ensemble:
@@ -27,10 +26,8 @@ class Ensemble:
     def __init__(self, members: list[Member], method: str = "mean", precision: str = "auto", backend: str = "torch"):
         if not members:
             raise MemberError("an ensemble needs at least one member")
-        if method not in METHODS:
-            raise ValueError(f"ensemble method must be one of {METHODS}, not {method!r}")
         self.members = members
-        self.method = method
+        self.method = method  # a registered combiner (zoo.combiners), built for these members
         self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -72,35 +69,27 @@ class Ensemble:
 
         return resolve_device(self.members[0].device)
 
+    @property
+    def method(self) -> str:
+        return self.combiner.name
+
+    @method.setter
+    def method(self, name: str) -> None:
+        self.combiner = create_combiner(name, self.members)
+
     def weights(self) -> np.ndarray:
-        """Member weights for ``weighted``: validation AUCs (0.5 where unknown), normalised to sum 1."""
-        w = np.array([m.val_auc if not math.isnan(m.val_auc) else 0.5 for m in self.members], dtype=float)
+        """The combiner's member weights, normalised to sum 1."""
+        w = self.combiner.weights()
         return w / w.sum()
 
     def combine(self, scores: pd.DataFrame) -> pd.Series:
-        """Ensemble score per row from the member columns of ``scores`` (NaN-aware).
-
-        mean: mean probability; weighted: mean weighted by validation AUC; rank: mean of each member's rank-normalised
-        score (in (0, 1]; orders studies, not a probability).
-        """
-        vals = scores[self.names].to_numpy(dtype=float)
-        if self.method == "rank":
-            vals = np.column_stack([_rank01(vals[:, j]) for j in range(vals.shape[1])])
-        w = self.weights() if self.method == "weighted" else np.ones(len(self.members))
-        mask = ~np.isnan(vals)
-        num = np.nansum(vals * w, axis=1)
-        den = (mask * w).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return pd.Series(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan), index=scores.index,
-                             name="ensemble")
+        """Ensemble score per row from the member columns of ``scores`` (NaN-aware), by the chosen combiner."""
+        return pd.Series(self.combiner.combine(scores[self.names].to_numpy(dtype=float)), index=scores.index,
+                         name="ensemble")
 
     def threshold(self) -> float:
-        """The decision threshold of the ensemble: members' thresholds combined like their probabilities."""
-        if self.method == "rank":
-            return 0.5
-        t = np.array([m.threshold for m in self.members])
-        w = self.weights() if self.method == "weighted" else np.full(len(t), 1 / len(t))
-        return float((t * w).sum())
+        """The decision threshold of the ensemble (the combiner's)."""
+        return self.combiner.threshold()
 
     def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
         """``paths`` decoded once at each member image size: ``{size: ImageArray}``."""
@@ -154,11 +143,3 @@ class Ensemble:
         st.attrs["errors"] = errors
         st.attrs["image_predictions"] = img
         return st
-
-
-def _rank01(x: np.ndarray) -> np.ndarray:
-    out = np.full(len(x), np.nan)
-    ok = ~np.isnan(x)
-    if ok.any():
-        out[ok] = pd.Series(x[ok]).rank(method="average").to_numpy() / ok.sum()  # ties share their mean rank
-    return out

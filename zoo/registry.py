@@ -11,12 +11,12 @@ import fnmatch
 import importlib
 import inspect
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 from torch import nn
+
+from zoo.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "bone_zoo.backbones"
 
@@ -103,22 +103,8 @@ def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
     An entry point must name a builder decorated with :func:`register_backbone`. Returns the names loaded.
     A plugin that fails to import, or names an undecorated object, is reported with a warning and skipped.
     """
-    loaded = []
-    for ep in entry_points(group=group):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not take the zoo down
-            warnings.warn(f"bone-zoo plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
-            continue
-        spec = getattr(obj, "spec", None)
-        if not isinstance(spec, BackboneSpec):
-            warnings.warn(
-                f"bone-zoo plugin {ep.name!r} ({ep.value}) is not decorated with @zoo.register_backbone; skipped",
-                stacklevel=2,
-            )
-            continue
-        loaded.append(spec.name)
-    return loaded
+    return load_entry_points(group, lambda obj: obj.spec.name if isinstance(getattr(obj, "spec", None), BackboneSpec)
+                             else None, "register_backbone")
 
 
 def _natural_key(name: str) -> list:

@@ -1,0 +1,164 @@
+"""How members are combined into one study score: combiners as plugins, like backbones.
+
+A combiner is one decorated class with ``combine()`` (member study scores -> ensemble score) and ``threshold()``
+(the ensemble's decision threshold). Built-ins are registered here; other packages add theirs through the
+entry-point group ``bone_zoo.combiners``::
+
+    @register_combiner
+    class Median(Combiner):
+        \"\"\"Median of the members' probabilities.\"\"\"
+        name = "median"
+
+        def combine(self, scores):
+            return np.nanmedian(scores, axis=1)
+
+``predict.py --ensemble``, its ``--help`` and the demo list whatever is registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from zoo.plugins import load_entry_points
+
+ENTRY_POINT_GROUP = "bone_zoo.combiners"
+_REGISTRY: dict[str, type[Combiner]] = {}
+_state = {"plugins": False}
+
+
+class Combiner:
+    """Combines members' study probabilities. ``scores`` is ``(n_studies, n_members)``; NaN where a member has no
+    readable image of a study (ignored for that study). Subclasses set ``name`` and override what differs."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, members: Sequence):
+        self.members = list(members)  # zoo.members.Member: val_auc, threshold, config
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (inspect.getdoc(cls) or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+    def weights(self) -> np.ndarray:
+        """One weight per member (normalised where used)."""
+        return np.ones(len(self.members))
+
+    def combine(self, scores: np.ndarray) -> np.ndarray:
+        """Weighted mean over the members that scored each study."""
+        return _nan_weighted_mean(np.asarray(scores, dtype=float), self.weights())
+
+    def threshold(self) -> float:
+        """Members' stored thresholds combined like their probabilities."""
+        t = np.array([m.threshold for m in self.members], dtype=float)
+        w = self.weights()
+        return float((t * w).sum() / w.sum())
+
+
+def _nan_weighted_mean(vals: np.ndarray, w: np.ndarray) -> np.ndarray:
+    mask = ~np.isnan(vals)
+    num = np.nansum(vals * w, axis=1)
+    den = (mask * w).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def register_combiner(cls: type[Combiner] | None = None, *, name: str | None = None):
+    """Class decorator: register a :class:`Combiner` subclass under ``name`` (default: its ``name`` attribute)."""
+
+    def deco(c: type[Combiner]) -> type[Combiner]:
+        if not (isinstance(c, type) and issubclass(c, Combiner)):
+            raise TypeError(f"{c!r} must be a subclass of zoo.combiners.Combiner")
+        key = name or c.name
+        if not key:
+            raise ValueError(f"{c.__qualname__} needs a name (class attribute or register_combiner(name=...))")
+        old = _REGISTRY.get(key)
+        if old is not None and old is not c and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__):
+            raise ValueError(f"combiner {key!r} is registered twice: by {old.__module__}.{old.__qualname__} and by "
+                             f"{c.__module__}.{c.__qualname__}")
+        c.name = key
+        _REGISTRY[key] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Import every ``bone_zoo.combiners`` entry point (each must name a registered Combiner subclass)."""
+    return load_entry_points(group, lambda obj: obj.name if isinstance(obj, type) and issubclass(obj, Combiner)
+                             and _REGISTRY.get(obj.name) is obj else None, "register_combiner")
+
+
+def _ensure_loaded() -> None:
+    if not _state["plugins"]:
+        _state["plugins"] = True
+        load_plugins()
+
+
+def list_combiners() -> list[str]:
+    """Registered combiner names, built-ins first (in registration order)."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def describe_combiners() -> str:
+    """``name: description`` for every registered combiner, for --help and the demo."""
+    _ensure_loaded()
+    return "; ".join(f"{n}: {c.description()}" for n, c in _REGISTRY.items())
+
+
+def create_combiner(name: str, members: Sequence) -> Combiner:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown ensemble method {name!r}.{hint} Registered: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name](members)
+
+
+@register_combiner
+class Mean(Combiner):
+    """mean probability of the members"""
+
+    name = "mean"
+
+
+@register_combiner
+class Weighted(Combiner):
+    """mean weighted by each member's validation AUC (0.5 where unknown)"""
+
+    name = "weighted"
+
+    def weights(self) -> np.ndarray:
+        auc = np.array([m.val_auc for m in self.members], dtype=float)
+        w = np.where(np.isnan(auc), 0.5, auc)
+        return w / w.sum()
+
+
+@register_combiner
+class Rank(Combiner):
+    """mean of each member's rank-normalised score in (0, 1]: orders studies, not a probability"""
+
+    name = "rank"
+
+    def combine(self, scores: np.ndarray) -> np.ndarray:
+        vals = np.asarray(scores, dtype=float)
+        ranks = np.column_stack([_rank01(vals[:, j]) for j in range(vals.shape[1])])
+        return _nan_weighted_mean(ranks, self.weights())
+
+    def threshold(self) -> float:
+        return 0.5
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    ok = ~np.isnan(x)
+    if ok.any():
+        out[ok] = pd.Series(x[ok]).rank(method="average").to_numpy() / ok.sum()  # ties share their mean rank
+    return out
