@@ -41,13 +41,18 @@ class MemberPool:
     _loaded: dict[str, Member] = field(default_factory=dict)
 
     @classmethod
-    def from_source(cls, weights: str | Path = "weights", hub: str | None = None,
-                    precision: str = "auto") -> MemberPool:
+    def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
+        """Members named like ``--models``: folders, run folders, wildcards, ``hf://`` ids (none found: empty)."""
         try:
-            dirs = resolve_member_dirs([f"hf://{hub}" if hub else str(weights)])
+            dirs = resolve_member_dirs([str(s) for s in specs])
         except MemberError:
             dirs = []
         return cls({d.name: d for d in dirs}, precision)
+
+    @classmethod
+    def from_source(cls, weights: str | Path = "weights", hub: str | None = None,
+                    precision: str = "auto") -> MemberPool:
+        return cls.from_specs([f"hf://{hub}" if hub else str(weights)], precision)
 
     def choices(self) -> list[tuple[str, str]]:
         out = []
@@ -216,7 +221,7 @@ def __getattr__(name: str):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="bone-zoo demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights", help="run folder with member sub-folders (default %(default)s)")
     p.add_argument("--hub", default=None, metavar="ORG/NAME", help="load the members of a Hub repo instead")

@@ -24,10 +24,48 @@ TINY = ["regnetx_002", "resnet10t"]  # the two tiny backbones of the end-to-end 
 RUN_SIZE = 96  # px of the end-to-end run: at 64 px regnetx_002 ends on a 2x2 map and learns only for lucky seeds
 
 
-def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Run one of the repo's CLIs as a user would; returns CompletedProcess (text)."""
+IN_PROCESS = {"predict.py": "predict"}  # scripts whose main() tests call in this process (no torch re-import)
+
+
+def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600,
+               subprocess_run: bool = False):
+    """Run one of the repo's CLIs as a user would; returns CompletedProcess (text).
+
+    ``predict.py`` runs in process through ``zoo.cli.main`` (same argv, cwd, stdout/stderr, exit code, warnings
+    printed to stderr) unless ``env`` changes the environment (libraries read it at import) or ``subprocess_run``
+    asks for a real process (the one smoke test per command). Training always runs in its own process.
+    """
+    if script in IN_PROCESS and env is None and not subprocess_run:
+        return _run_in_process(IN_PROCESS[script], [str(a) for a in args], cwd)
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _run_in_process(command: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import traceback
+    import warnings
+
+    from zoo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("always")  # as a fresh process would show them (no once-per-location memory)
+            warnings.showwarning = lambda m, c, f, n, *_: err.write(warnings.formatwarning(m, c, f, n))
+            try:
+                code = main([command, *argv])
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:  # an uncaught error: what the interpreter would print, exit 1
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess([command, *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

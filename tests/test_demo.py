@@ -94,6 +94,7 @@ def served(pool, trained_run, tmp_path_factory):
     app.close()
 
 
+@pytest.mark.slow
 def test_gradio_client_end_to_end(served, xray):
     from gradio_client import Client, handle_file
 
@@ -108,6 +109,7 @@ def test_gradio_client_end_to_end(served, xray):
         client.predict([handle_file(str(xray[0]))], [], "Grad-CAM", api_name="/analyse")
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium not installed (.ci/run installs it)")
 def test_real_browser_upload_click_and_heatmaps(served, xray, tmp_path):
@@ -156,6 +158,7 @@ def test_importing_the_app_has_no_side_effects(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_demo_serves_on_gradio_server_port(tmp_path):
     import os
     import subprocess

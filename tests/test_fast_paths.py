@@ -65,6 +65,7 @@ def test_onnx_backend_without_export_says_how(run, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/fracatlas-hand absent")
 def test_bf16_and_int8_keep_the_study_auc_on_fracatlas(tmp_path):
     out = tmp_path / "w"

@@ -65,6 +65,7 @@ def _tiny_cfg(**kw):
                           "cache_dir": "", "quiet": True, "seed": 1, **kw})
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, synthetic_root, monkeypatch):
     ds = load_dataset(synthetic_root)
     ds.train = ds.train[ds.train["id"].isin(ds.train["id"].drop_duplicates().iloc[:80])]
@@ -91,6 +92,7 @@ def test_resume_continues_exactly(tmp_path, synthetic_root, monkeypatch):
     assert again["skipped"] == "already trained"
 
 
+@pytest.mark.slow
 def test_train_all_end_to_end_learns(trained_run):
     proc, out = trained_run["proc"], trained_run["out"]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,6 +116,7 @@ def test_train_all_end_to_end_learns(trained_run):
     assert "Leaderboard" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_all_reports_a_failing_member_and_trains_the_rest(tmp_path, synthetic_root):
     """Offline ImageNet weights for regnetx_002 only: resnet10t fails (reported), regnetx_002 trains from them."""
     import timm

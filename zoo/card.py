@@ -101,7 +101,7 @@ from huggingface_hub import snapshot_download
 from zoo import BoneClassifier
 {load}
 ```
-Or the whole ensemble: `python predict.py --models hf://{where} --data DIR -output preds.csv`.
+Or the whole ensemble, after `pip install bone-zoo`: `bone-zoo predict --models hf://{where} --data DIR -output preds.csv`.
 
 {LIMITATIONS}"""
     return _card(data, body)
@@ -122,9 +122,10 @@ def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str
 ## How to use
 ```bash
 pip install bone-zoo
-python predict.py --models hf://{repo_id} --data DIR -output preds.csv     # the whole ensemble
-hf download {repo_id} --local-dir weights/ && python predict.py --models weights/ --data DIR -output preds.csv
-python -m demo --hub {repo_id}                                              # Gradio demo with Grad-CAM
+bone-zoo predict --models hf://{repo_id} --data DIR -output preds.csv      # the whole ensemble
+hf download {repo_id} --local-dir weights/ && bone-zoo predict --models weights/ --data DIR -output preds.csv
+bone-zoo demo --hub {repo_id}                                               # Gradio demo with Grad-CAM
+bone-zoo space ORG/DEMO --models hf://{repo_id} --push                      # the demo as a Hugging Face Space
 ```
 
 {LIMITATIONS}"""

@@ -1,0 +1,151 @@
+"""Study-level predictions from an ensemble of zoo members, as a competition CSV (id,label).
+
+  python predict.py --data DIR -output preds.csv                 # every member under weights/
+  python predict.py --data DIR --models 'regnet*' --ensemble weighted --tta --evaluate -output preds.csv
+  python predict.py --data DIR --models hf://ORG/NAME -output preds.csv
+
+label is the probability that the study is abnormal (mean of its images' probabilities by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from zoo.atomic import write_csv
+from zoo.combiners import describe_combiners, list_combiners
+from zoo.data import LayoutError, load_dataset, report_unreadable
+from zoo.ensemble import BACKENDS, Ensemble, MemberError
+from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
+from zoo.runtime import PRECISIONS, tune_allocator
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", required=True, help="dataset folder (competition layout or MURA-v1.1); its test split is predicted")
+    a("--output", "-output", dest="output", default="predictions.csv",
+      help="CSV to write: id,label per study, sorted by id (default %(default)s). -output works too")
+    a("--models", nargs="+", default=None, metavar="SPEC",
+      help="members: member folders, run folders, wildcards over backbone names under --weights, or hf://ORG/NAME "
+      "(default: every member under --weights)")
+    a("--weights", default="weights", help="run folder searched by default and by wildcards (default %(default)s)")
+    a("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// members")
+    a("--ensemble", choices=list_combiners(), default="mean", help="how members are combined, any registered "
+      f"combiner (plugins: entry-point group bone_zoo.combiners): {describe_combiners()} (default %(default)s)")
+    a("--aggregate", choices=AGGREGATES, default="mean", help="study score from its images (default %(default)s)")
+    a("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
+    a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold")
+    a("--threshold", type=float, default=None, help="decision threshold for --binary and the report (default: the "
+      "members' stored validation thresholds, combined like their probabilities)")
+    a("--missing-value", type=float, default=0.5, help="label written for a study with no readable image "
+      "(reported on stderr; default %(default)s)")
+    a("--evaluate", action="store_true", help="the test split is labelled (test_labels.csv or MURA valid): write "
+      "report.md and roc.png with AUC, kappa, accuracy, sensitivity, specificity per member, ensemble and body part")
+    a("--report-dir", default=None, help="where report.md and roc.png go (default: the output CSV's folder)")
+    a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder")
+    a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
+    a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
+      "(default %(default)s)")
+    a("--backend", choices=BACKENDS, default="torch", help="torch, or ONNX Runtime on the graphs written by "
+      "`python -m zoo export weights/ --onnx [--int8 ...]` (default %(default)s)")
+    a("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU "
+      "computes it natively, else fp32 on CPU / fp16 on older GPUs (default %(default)s)")
+    a("--device", default="auto", help="cuda, cpu, mps or auto (default %(default)s)")
+    a("--workers", type=int, default=-1, help="DataLoader workers, -1 = auto (default %(default)s)")
+    a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
+    a("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir: Path, title: str) -> pd.DataFrame:
+    """report.md + roc.png from the study table whose 'ensemble' column is what went into the CSV."""
+    labelled = studies[studies["label"].notna()]
+    cols = ens.names + ["ensemble"]
+    thresholds = {m.name: m.threshold for m in ens.members} | {"ensemble": threshold}
+    table = metrics_table(labelled, cols, thresholds)
+    show = table.copy()
+    for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity"):
+        show[c] = show[c].map(fmt)
+    overall = show[show["part"] == "ALL"].drop(columns="part")
+    per_part = show[show["part"] != "ALL"]
+    lines = [
+        f"# Evaluation: {title}", "",
+        f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {ens.method} of "
+        f"{len(ens.members)} member(s); study score = aggregate of image probabilities. "
+        "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV.", "",
+        "## Overall", "", overall.to_markdown(index=False), "",
+        "## Per body part", "", per_part.to_markdown(index=False), "",
+        "![ROC](roc.png)", "",
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text("\n".join(lines))
+    curves = {c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in ens.names}
+    curves[f"ensemble ({ens.method})"] = (labelled["label"].to_numpy(), labelled["ensemble"].to_numpy())
+    plot_roc(curves, out_dir / "roc.png", title=f"ROC, study level: {title}")
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    tune_allocator()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = load_dataset(args.data)
+    except LayoutError as exc:
+        return fail(str(exc))
+    test = dataset.test
+    if test.empty:
+        return fail(f"{args.data}: no test images (expected images in {Path(args.data) / 'test'}/ or MURA's valid "
+                    "split)")
+    if args.evaluate and test["label"].notna().sum() == 0:
+        return fail(f"--evaluate needs labels for the test split ({Path(args.data) / 'test_labels.csv'} with "
+                    "id,label, or MURA's valid_labeled_studies.csv); none found")
+    try:
+        ens = Ensemble.from_paths(args.models or [args.weights], method=args.ensemble, device=args.device,
+                                  weights_dir=args.weights, revision=args.revision, precision=args.precision,
+                                  backend=args.backend)
+    except (MemberError, OSError) as exc:
+        return fail(str(exc))
+    if not args.quiet:
+        print(f"{dataset.root}: {len(test)} test images, {test['id'].nunique()} studies; ensemble ({args.ensemble}) "
+              f"of {len(ens.members)}: {', '.join(ens.names)}", file=sys.stderr)
+    st = ens.predict_studies(test, aggregate=args.aggregate, batch_size=args.batch_size, tta=args.tta,
+                             workers=args.workers, cache_dir=args.cache_dir, quiet=args.quiet)
+    report_unreadable(st.attrs["errors"])
+    missing = st["ensemble"].isna()
+    if missing.any():
+        print(f"warning: {int(missing.sum())} study(ies) have no readable image; written with label "
+              f"{args.missing_value}: {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
+    threshold = args.threshold if args.threshold is not None else ens.threshold()
+    sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
+    if args.binary:
+        sub["abnormal"] = (sub["label"] >= threshold).astype(int)
+    out = write_csv(sub, args.output, float_format="%.6f")
+    print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
+    if args.cam_dir:
+        from zoo.explain import write_cams
+
+        n = write_cams(ens, st.attrs["image_predictions"], args.cam_dir, method=args.cam_method, quiet=args.quiet)
+        print(f"wrote {n} CAM overlays to {args.cam_dir}", file=sys.stderr)
+    if args.evaluate:
+        st = st.assign(ensemble=sub["label"].to_numpy())  # exactly the CSV's scores
+        report_dir = Path(args.report_dir) if args.report_dir else out.parent
+        table = write_report(st, ens, threshold, report_dir, dataset.name)
+        overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity"]]
+        print(overall.to_markdown(index=False, floatfmt=".3f"))
+        print(f"wrote {report_dir / 'report.md'} and {report_dir / 'roc.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

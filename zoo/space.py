@@ -1,0 +1,61 @@
+"""A Hugging Face Space that serves the demo with chosen members: ``bone-zoo space ORG/NAME --models hf://ORG/RUN``.
+
+Writes ``app.py`` (the Gradio demo over those members; Spaces set GRADIO_SERVER_NAME/PORT, which the app honours),
+``requirements.txt`` and ``README.md`` with the Space metadata (``huggingface_hub.SpaceCard``); with ``push`` it creates
+the Space (sdk gradio) and uploads the folder in one commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import HfApi, SpaceCard, SpaceCardData
+
+from zoo.atomic import write_text
+
+SPACE_FILES = ("app.py", "requirements.txt", "README.md")
+DEFAULT_REQUIREMENT = "bone-zoo @ git+https://github.com/bone-zoo/bone-zoo"
+
+APP = '''"""Hugging Face Space: the bone-zoo demo (Gradio, Grad-CAM) over {models}."""
+
+from demo.app import MemberPool, build_demo
+
+MODELS = {models!r}
+demo = build_demo(MemberPool.from_specs(MODELS), examples=False)
+
+if __name__ == "__main__":
+    demo.launch()  # address and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (set by Spaces)
+'''
+
+
+def write_space(folder: str | Path, repo_id: str, models: list[str], requirement: str = DEFAULT_REQUIREMENT) -> Path:
+    """Write the Space's three files into ``folder``; returns it."""
+    import gradio
+
+    folder = Path(folder)
+    hub_models = sorted({m[len("hf://"):].split("/", 2)[0] + "/" + m[len("hf://"):].split("/", 2)[1]
+                         for m in models if m.startswith("hf://") and m.count("/") >= 3})
+    write_text(folder / "app.py", APP.format(models=list(models)))
+    write_text(folder / "requirements.txt", f"{requirement}\n")
+    data = SpaceCardData(title=repo_id.split("/")[-1], sdk="gradio", sdk_version=gradio.__version__,
+                         app_file="app.py", license="apache-2.0", models=hub_models or None,
+                         tags=["bone-zoo", "radiology", "x-ray", "grad-cam"], emoji="🦴", colorFrom="gray",
+                         colorTo="blue", pinned=False)
+    body = (f"# {repo_id.split('/')[-1]}\n\nThe [bone-zoo](https://github.com/bone-zoo/bone-zoo) demo: upload the "
+            f"X-rays of one study, pick ensemble members and a CAM method, see each member's probability, the "
+            f"ensemble's verdict and Grad-CAM heatmaps.\n\nMembers: {', '.join(f'`{m}`' for m in models)}.\n\n"
+            "**A research tool, not a medical device.**\n")
+    card = SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    write_text(folder / "README.md", str(card))
+    return folder
+
+
+def push_space(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
+               api: HfApi | None = None) -> str:
+    """Create the Space (gradio sdk) if needed and upload ``folder`` in one commit; the commit URL."""
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",
+                             commit_message="bone-zoo demo Space", allow_patterns=list(SPACE_FILES),
+                             ignore_patterns=[".*"])
+    return str(getattr(info, "commit_url", info))
