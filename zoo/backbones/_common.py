@@ -8,6 +8,7 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models import adapt_input_conv
 from torch import nn
 
 
@@ -64,13 +65,14 @@ def timm_backbone(
 
 
 def sum_rgb_kernels(conv: nn.Conv2d) -> nn.Conv2d:
-    """A 1-channel copy of an RGB conv whose kernel is the sum of the colour kernels (timm's adapt_input_conv)."""
+    """A 1-channel copy of an RGB conv; its kernel comes from timm's ``adapt_input_conv`` (the sum of the colour
+    kernels), as timm does for its own models."""
     new = nn.Conv2d(
         1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
         bias=conv.bias is not None,
     )
     with torch.no_grad():
-        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        new.weight.copy_(adapt_input_conv(1, conv.weight))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     return new
