@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -82,9 +83,9 @@ def test_model_cards_usage_lines_name_installed_commands(run):
 
     text = str(member_card(read_member_config(run["out"] / TINY[0]), repo_id="org/run")) + str(
         run_card("org/run", "|x|", TINY))
-    for line in (ln for ln in text.splitlines() if "bone-zoo " in ln and ("predict" in ln or "demo" in ln)):
-        command = line.split("bone-zoo ", 1)[1].split()[0]
-        assert command in COMMANDS, line
+    commands = re.findall(r"(?:^|`|&& )bone-zoo ([a-z]+)", text, re.M)  # usages, not titles
+    assert {"predict", "demo", "space"} <= set(commands)
+    assert set(commands) <= set(COMMANDS), commands
     assert "bone-zoo predict --models hf://org/run" in text and "python predict.py" not in text
 
 

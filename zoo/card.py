@@ -12,9 +12,77 @@ LIMITATIONS = """## Intended use and limitations
   or treatment decisions.
 - Trained on the data named above only; performance on other hospitals, scanners, body parts or populations is unknown.
 - Radiograph classifiers learn shortcuts: metal hardware, casts, side markers and text burnt into the image correlate
-  with labels. Check the Grad-CAM maps (`python -m demo`) before trusting a prediction.
+  with labels. Check the Grad-CAM maps (`bone-zoo demo`) before trusting a prediction.
 - Probabilities are uncalibrated; the stored threshold was chosen on the validation split (Youden's J).
 """
+
+
+# Jinja templates rendered by huggingface_hub's ModelCard.from_template (card_data = the YAML of ModelCardData)
+MEMBER_TEMPLATE = """---
+{{ card_data }}
+---
+
+# bone-zoo member: `{{ name }}`
+
+Normal/abnormal classifier for musculoskeletal radiographs (MURA-style), one member of a
+[bone-zoo](https://github.com/bone-zoo/bone-zoo) ensemble.
+
+## Model
+- Backbone: **{{ name }}** ({{ spec.description }}; source `{{ spec.source }}`), 1-channel input, stem adapted by
+  summing RGB kernels.
+- Head: MLP {{ cfg.head_hidden }} with BatchNorm, dropout {{ cfg.dropout }}, ReLU; one logit (sigmoid = P(abnormal)).
+- Input: grayscale, aspect-preserving resize to {{ cfg.img_size }} px with zero padding, normalised with
+  mean {{ cfg.mean }} / std {{ cfg.std }}. Decision threshold: {{ "%.4f"|format(cfg.get("threshold", 0.5)) }}.
+
+## Training recipe
+- Data: `{{ train.get("dataset_name", "unknown") }}` ({{ train.get("n_train_images", "?") }} training images,
+  {{ train.get("n_val_studies", "?") }} validation studies, split by study).
+- Weighted BCE (pos_weight {{ train.get("pos_weight", "?") }}), Adam lr {{ train.get("lr") }}, \
+StepLR({{ train.get("step_size") }}, {{ train.get("gamma") }}), {{ train.get("epochs") }} epochs (best epoch \
+{{ metrics.get("best_epoch", "?") }} by validation AUC), batch {{ train.get("batch_size") }}, seed \
+{{ train.get("seed") }}, pretrained: {{ train.get("pretrained") }}, mixed precision \
+{{ train.get("mixed_precision", "no") }}.
+- Augmentation: rotation ±{{ train.get("rotation") }}°, horizontal flip {{ train.get("hflip") }}, translation \
+{{ train.get("translate") }}.
+
+## Validation metrics (study level, mean of image probabilities)
+| metric | value |
+|---|---|
+{% for k, v in metrics.items() %}| {{ k }} | {{ "%.4f"|format(v) if v is float else v }} |
+{% endfor %}
+## How to use
+```python
+from huggingface_hub import snapshot_download
+from zoo import BoneClassifier
+{{ load }}
+```
+Or the whole ensemble, after `pip install bone-zoo`: `bone-zoo predict --models hf://{{ where }} --data DIR \
+-output preds.csv`.
+
+{{ limitations }}"""
+
+RUN_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_id }}: a bone-zoo ensemble
+
+{{ members|length }} members, one folder each (`model.safetensors`, `config.json`, `README.md`):
+{% for m in members %}- [`{{ m }}`](./{{ m }}/README.md)
+{% endfor %}
+## Leaderboard (validation split, study level)
+{{ leaderboard }}
+
+## How to use
+```bash
+pip install bone-zoo
+bone-zoo predict --models hf://{{ repo_id }} --data DIR -output preds.csv      # the whole ensemble
+hf download {{ repo_id }} --local-dir weights/ && bone-zoo predict --models weights/ --data DIR -output preds.csv
+bone-zoo demo --hub {{ repo_id }}                                               # Gradio demo with Grad-CAM
+bone-zoo space ORG/DEMO --models hf://{{ repo_id }} --push                      # the demo as a Hugging Face Space
+```
+
+{{ limitations }}"""
 
 
 def _dataset_names(cfg: dict[str, Any]) -> list[str]:
@@ -49,10 +117,6 @@ def _card_data(extra_tags: list[str], **kwargs) -> ModelCardData:
                          tags=BASE_TAGS + extra_tags, **kwargs)
 
 
-def _card(data: ModelCardData, body: str) -> ModelCard:
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-
-
 def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str | None = None) -> ModelCard:
     """The README.md of one member folder: YAML metadata with a model-index, recipe, data, usage, limitations."""
     from zoo.registry import get_backbone
@@ -70,63 +134,12 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
         f'path = snapshot_download("{where}", allow_patterns="{subfolder}/*")\n'
         f'model = BoneClassifier.from_pretrained(f"{{path}}/{subfolder}")'
     )
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    body = f"""# bone-zoo member: `{name}`
-
-Normal/abnormal classifier for musculoskeletal radiographs (MURA-style), one member of a
-[bone-zoo](https://github.com/bone-zoo/bone-zoo) ensemble.
-
-## Model
-- Backbone: **{name}** ({spec.description}; source `{spec.source}`), 1-channel input, stem adapted by summing RGB kernels.
-- Head: MLP {cfg.get("head_hidden")} with BatchNorm, dropout {cfg.get("dropout")}, ReLU; one logit (sigmoid = P(abnormal)).
-- Input: grayscale, aspect-preserving resize to {cfg.get("img_size")} px with zero padding, normalised with
-  mean {cfg.get("mean")} / std {cfg.get("std")}. Decision threshold: {cfg.get("threshold", 0.5):.4f}.
-
-## Training recipe
-- Data: `{train.get("dataset_name", "unknown")}` ({train.get("n_train_images", "?")} training images,
-  {train.get("n_val_studies", "?")} validation studies, split by study).
-- Weighted BCE (pos_weight {train.get("pos_weight", "?")}), Adam lr {train.get("lr")}, StepLR({train.get("step_size")},
-  {train.get("gamma")}), {train.get("epochs")} epochs (best epoch {metrics.get("best_epoch", "?")} by validation AUC),
-  batch {train.get("batch_size")}, seed {train.get("seed")}, pretrained: {train.get("pretrained")}.
-- Augmentation: rotation ±{train.get("rotation")}°, horizontal flip {train.get("hflip")}, translation {train.get("translate")}.
-
-## Validation metrics (study level, mean of image probabilities)
-| metric | value |
-|---|---|
-{rows}
-
-## How to use
-```python
-from huggingface_hub import snapshot_download
-from zoo import BoneClassifier
-{load}
-```
-Or the whole ensemble, after `pip install bone-zoo`: `bone-zoo predict --models hf://{where} --data DIR -output preds.csv`.
-
-{LIMITATIONS}"""
-    return _card(data, body)
+    return ModelCard.from_template(data, template_str=MEMBER_TEMPLATE, name=name, spec=spec, cfg=cfg, train=train,
+                                   metrics=metrics, load=load, where=where, limitations=LIMITATIONS)
 
 
 def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None) -> ModelCard:
     """README.md at the root of a run repo: the ensemble as one name, with its leaderboard."""
     data = _card_data(["ensemble"], datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1])
-    listing = "\n".join(f"- [`{m}`](./{m}/README.md)" for m in members)
-    body = f"""# {repo_id}: a bone-zoo ensemble
-
-{len(members)} members, one folder each (`model.safetensors`, `config.json`, `README.md`):
-{listing}
-
-## Leaderboard (validation split, study level)
-{leaderboard_md}
-
-## How to use
-```bash
-pip install bone-zoo
-bone-zoo predict --models hf://{repo_id} --data DIR -output preds.csv      # the whole ensemble
-hf download {repo_id} --local-dir weights/ && bone-zoo predict --models weights/ --data DIR -output preds.csv
-bone-zoo demo --hub {repo_id}                                               # Gradio demo with Grad-CAM
-bone-zoo space ORG/DEMO --models hf://{repo_id} --push                      # the demo as a Hugging Face Space
-```
-
-{LIMITATIONS}"""
-    return _card(data, body)
+    return ModelCard.from_template(data, template_str=RUN_TEMPLATE, repo_id=repo_id, members=members,
+                                   leaderboard=leaderboard_md, limitations=LIMITATIONS)
