@@ -1,0 +1,177 @@
+"""Honest probabilities and triage: temperature scaling, calibration metrics, and conformal triage.
+
+- :class:`Calibrator`: ``p' = sigmoid((logit(p) - bias) / temperature)``, fitted by maximum likelihood on validation
+  (or out-of-fold) study probabilities: temperature scaling (Guo et al. 2017) with a bias term, which the weighted BCE
+  needs (its optimum shifts logits by about log(pos_weight), which no temperature can undo). Monotone: AUC unchanged.
+- :func:`ece`, :func:`brier`, :func:`plot_reliability`: expected calibration error (equal-width bins), Brier score,
+  reliability diagram.
+- :class:`Triage`: each study becomes ``normal``, ``abnormal`` or ``uncertain``. A study is decided when its
+  confidence ``max(p, 1 - p)`` reaches a threshold chosen on calibration studies by Learn-then-Test (Angelopoulos,
+  Bates et al. 2021): every threshold of a fixed grid gets an exact binomial test of "error among decided > alpha",
+  Bonferroni-corrected. With probability at least ``1 - delta`` over the calibration set, the error rate among
+  decided studies of new exchangeable data is at most ``alpha`` for the threshold kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class Calibrator:
+    """``sigmoid((logit(p) - bias) / temperature)``; the identity is ``Calibrator(1.0, 0.0)``."""
+
+    temperature: float = 1.0
+    bias: float = 0.0
+    n: int = 0  # calibration studies it was fitted on
+
+    @classmethod
+    def fit(cls, y: np.ndarray, p: np.ndarray) -> Calibrator:
+        """Maximum-likelihood fit on labelled studies (NaN rows ignored); the identity if a class is missing."""
+        from sklearn.linear_model import LogisticRegression
+
+        y, p = np.asarray(y, float), np.asarray(p, float)
+        keep = ~np.isnan(y) & ~np.isnan(p)
+        y, z = y[keep].astype(int), _logit(p[keep])
+        if len(np.unique(y)) < 2:
+            return cls(n=int(len(y)))
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)  # Platt form of temperature + bias
+        a, c = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if a <= 1e-3:  # scores carry no ranking signal: keep the identity rather than invert or flatten them
+            return cls(n=int(len(y)))
+        return cls(temperature=1.0 / a, bias=-c / a, n=int(len(y)))
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=float)
+        out = 1.0 / (1.0 + np.exp(-(_logit(p) - self.bias) / self.temperature))
+        return np.where(np.isnan(p), np.nan, out)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Calibrator:
+        return cls(**{k: d[k] for k in ("temperature", "bias", "n") if k in d}) if d else cls()
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error with ``bins`` equal-width bins (NaN rows ignored)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    y, p = y[keep], p[keep]
+    if len(y) == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(y[m].mean() - p[m].mean())
+    return float(total / len(y))
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    return float(np.mean((p[keep] - y[keep]) ** 2)) if keep.any() else float("nan")
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, bins: int = 10,
+                     title: str = "Reliability (study level)") -> Path:
+    """Reliability diagram: observed abnormal rate against mean predicted probability per bin, ECE in the legend."""
+    from matplotlib.figure import Figure
+
+    from zoo.atomic import save_figure
+
+    fig = Figure(figsize=(5.5, 5), dpi=120)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfect calibration")
+    for name, (y, p) in curves.items():
+        y, p = np.asarray(y, float), np.asarray(p, float)
+        keep = ~np.isnan(y) & ~np.isnan(p)
+        y, p = y[keep], p[keep]
+        if len(y) == 0:
+            continue
+        idx = np.minimum((p * bins).astype(int), bins - 1)
+        xs = [p[idx == b].mean() for b in range(bins) if (idx == b).any()]
+        ys = [y[idx == b].mean() for b in range(bins) if (idx == b).any()]
+        bold = name.lower().startswith("ensemble")
+        ax.plot(xs, ys, "o-", lw=2.5 if bold else 1.2, color="black" if bold else None,
+                label=f"{name} (ECE {ece(y, p, bins):.3f})")
+    ax.set(xlabel="mean predicted P(abnormal)", ylabel="observed abnormal rate", title=title, xlim=(0, 1),
+           ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _binom_cdf(k: int, n: int, q: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, q): the p-value of seeing only k errors in n decisions if the error rate were q."""
+    return float(sum(math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(0, k + 1)))
+
+
+GRID = tuple(np.round(np.arange(0.5, 0.99, 0.02), 2))  # candidate confidence thresholds, fixed before seeing data
+
+
+@dataclass
+class Triage:
+    """Decide a study when its confidence ``max(p, 1 - p)`` is at least ``threshold`` (> 1: never decide)."""
+
+    alpha: float
+    threshold: float
+    delta: float = 0.1
+    n: int = 0
+
+    @classmethod
+    def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1) -> Triage:
+        """Learn-then-Test on calibration studies: each threshold of a fixed grid is tested for "error among decided
+        <= alpha" (exact binomial test of H0: error > alpha), Bonferroni-corrected at level ``delta``; the lowest
+        threshold that passes (most studies decided) is kept. None passes: nothing is decided."""
+        if not 0 < alpha < 1:
+            raise ValueError(f"the triage error rate must be in (0, 1), not {alpha}")
+        y, p = np.asarray(y, float), np.asarray(p, float)
+        keep = ~np.isnan(y) & ~np.isnan(p)
+        y, p = y[keep], p[keep]
+        conf = np.maximum(p, 1 - p)
+        wrong = (p >= 0.5).astype(float) != y
+        threshold = 1.1
+        for lam in sorted(GRID, reverse=True):
+            decided = conf >= lam
+            n = int(decided.sum())
+            if n and _binom_cdf(int(wrong[decided].sum()), n, alpha) <= delta / len(GRID):
+                threshold = float(lam)
+        return cls(alpha=float(alpha), threshold=threshold, delta=float(delta), n=int(len(y)))
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=float)
+        conf = np.maximum(p, 1 - p)
+        out = np.where(p >= 0.5, "abnormal", "normal").astype(object)
+        out[(conf < self.threshold) | np.isnan(p)] = "uncertain"
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def triage_summary(y: np.ndarray, verdicts: np.ndarray) -> dict[str, float]:
+    """Share of studies decided and the error rate among the decided ones (labelled studies only)."""
+    y = np.asarray(y, float)
+    verdicts = np.asarray(verdicts, dtype=object)
+    keep = ~np.isnan(y)
+    y, verdicts = y[keep], verdicts[keep]
+    decided = verdicts != "uncertain"
+    wrong = decided & ((verdicts == "abnormal").astype(float) != y)
+    n_dec = int(decided.sum())
+    return {"n": int(len(y)), "decided": n_dec, "share_decided": n_dec / len(y) if len(y) else float("nan"),
+            "error_among_decided": float(wrong.sum() / n_dec) if n_dec else float("nan")}
