@@ -155,3 +155,35 @@ def test_cam_dir_writes_an_overlay_per_image_and_member(run, tmp_path):
         assert len(files) == 3
         with warnings.catch_warnings():
             assert np.asarray(Image.open(files[0])).shape == (RUN_SIZE, RUN_SIZE, 3)
+
+
+def test_calibrated_scores_triage_column_and_report(run, tmp_path):
+    """Default: calibrated scores; --no-calibrate: the raw ones (a monotone map apart, per member); --triage adds a
+    column from {normal, abnormal, uncertain}; report.md carries ECE, Brier, a reliability diagram and triage."""
+    args = ["--data", run["data"], "--models", run["out"], "--quiet", "--evaluate"]
+    p = run_script("predict.py", *args, "--triage", "0.05", "-output", tmp_path / "cal.csv", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cal = pd.read_csv(tmp_path / "cal.csv")
+    assert list(cal.columns) == ["id", "label", "triage"]
+    assert set(cal["triage"]) <= {"normal", "abnormal", "uncertain"}
+    report = (tmp_path / "report.md").read_text()
+    assert "| ece" in report.replace("|   ece", "| ece") and "## Triage" in report and "ensemble_raw" in report
+    assert (tmp_path / "reliability.png").stat().st_size > 5000
+    p = run_script("predict.py", *args, "--no-calibrate", "-output", tmp_path / "raw.csv", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    raw = pd.read_csv(tmp_path / "raw.csv")
+    assert list(raw.columns) == ["id", "label"] and not np.allclose(raw["label"], cal["label"])
+    p = run_script("predict.py", *args, "--no-calibrate", "--triage", "0.05", "-output", tmp_path / "x.csv",
+                   cwd=tmp_path)
+    assert p.returncode == 2 and "drop --no-calibrate" in p.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_members_store_their_calibration(run):
+    from zoo.calibration import Calibrator
+    from zoo.members import read_member_config
+
+    for name in TINY:
+        cfg = read_member_config(run["out"] / name)
+        cal = Calibrator.from_dict(cfg["calibration"])
+        assert cal.n == cfg["metrics"]["n_val_studies"] and cal.temperature > 0
+        assert 0 <= cfg["metrics"]["val_ece"] <= 1

@@ -13,7 +13,9 @@ LIMITATIONS = """## Intended use and limitations
 - Trained on the data named above only; performance on other hospitals, scanners, body parts or populations is unknown.
 - Radiograph classifiers learn shortcuts: metal hardware, casts, side markers and text burnt into the image correlate
   with labels. Check the Grad-CAM maps (`bone-zoo demo`) before trusting a prediction.
-- Probabilities are uncalibrated; the stored threshold was chosen on the validation split (Youden's J).
+- Raw probabilities are not calibrated; `config.json` holds a temperature-and-bias calibration fitted on the validation
+  split, which `bone-zoo predict` and the demo apply (`--no-calibrate` gives the raw score). The stored threshold was
+  chosen on the validation split (Youden's J), on raw scores.
 """
 
 

@@ -6,6 +6,7 @@ PyTorch is imported only by the torch backend, so ``--backend onnx`` / ``onnx-in
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,17 @@ from zoo.metrics import aggregate_studies
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 __all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
+
+
+@dataclass
+class Calibrated:
+    """Output of :meth:`Ensemble.calibrate`."""
+
+    studies: pd.DataFrame  # member columns and ``ensemble`` calibrated; ``ensemble_raw`` as combined before
+    threshold: float  # the members' thresholds mapped through the same calibrations and combined
+    calibrator: object  # the ensemble's zoo.calibration.Calibrator
+    triage: object | None  # zoo.calibration.Triage, when asked for
+    n_validation: int  # validation studies the ensemble calibration was fitted on (0: identity)
 
 
 class Ensemble:
@@ -90,6 +102,45 @@ class Ensemble:
     def threshold(self) -> float:
         """The decision threshold of the ensemble (the combiner's)."""
         return self.combiner.threshold()
+
+    def validation_studies(self) -> pd.DataFrame | None:
+        """The members' own validation predictions on the studies they all have: ``id, label`` and one column per
+        member (raw scores); None when a member has no val_predictions.csv or they share no study."""
+        frames = [m.val_predictions() for m in self.members]
+        if any(f is None for f in frames):
+            return None
+        df = frames[0][["id", "label"]].copy()
+        for m, f in zip(self.members, frames):
+            df = df.merge(f[["id", "prob"]].rename(columns={"prob": m.name}), on="id")
+        return df if len(df) else None
+
+    def calibrate(self, studies: pd.DataFrame, triage: float | None = None) -> Calibrated:
+        """Calibrated study scores: each member's own calibration on its column, the combiner, then an ensemble
+        calibration (and, with ``triage``, a :class:`zoo.calibration.Triage` at that error rate) fitted on the members'
+        validation studies for exactly these members and this combiner. ``ensemble_raw`` keeps the raw score."""
+        from zoo.calibration import Calibrator, Triage
+
+        out = studies.copy()
+        out["ensemble_raw"] = out["ensemble"]
+        for m in self.members:
+            out[m.name] = m.calibrator(out[m.name].to_numpy(dtype=float))
+        val = self.validation_studies()
+        ens_cal, tri = Calibrator(), None
+        if val is not None:
+            for m in self.members:
+                val[m.name] = m.calibrator(val[m.name].to_numpy(dtype=float))
+            val_score = self.combine(val).to_numpy()
+            ens_cal = Calibrator.fit(val["label"].to_numpy(), val_score)
+            if triage is not None:
+                tri = Triage.fit(val["label"].to_numpy(), ens_cal(val_score), triage)
+        elif triage is not None:
+            raise MemberError("--triage needs the members' validation predictions (val_predictions.csv, written by "
+                              "training and pushed to the Hub with the member); none shared by these members")
+        out["ensemble"] = ens_cal(self.combine(out).to_numpy())
+        member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
+                                           for m in self.members}])
+        threshold = float(ens_cal(self.combine(member_thresholds).to_numpy())[0])
+        return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val))
 
     def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
         """``paths`` decoded once at each member image size: ``{size: ImageArray}``."""

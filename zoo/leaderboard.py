@@ -10,8 +10,8 @@ import pandas as pd
 from zoo.members import finished_members
 from zoo.metrics import plot_roc
 
-COLUMNS = ["backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity", "threshold",
-           "best_epoch", "params", "train_time_s"]
+COLUMNS = ["backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity", "val_ece",
+           "threshold", "best_epoch", "params", "train_time_s"]
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:

@@ -133,6 +133,20 @@ class Member:
         return float(self.config.get("threshold", 0.5))
 
     @property
+    def calibrator(self):
+        """The member's calibration (zoo.calibration.Calibrator; the identity for members trained before it)."""
+        from zoo.calibration import Calibrator
+
+        return Calibrator.from_dict(self.config.get("calibration"))
+
+    def val_predictions(self):
+        """Its validation studies as trained (``id, label, prob``), or None if the folder has no val_predictions.csv."""
+        import pandas as pd
+
+        f = self.folder / "val_predictions.csv"
+        return pd.read_csv(f, dtype={"id": str}) if f.is_file() else None
+
+    @property
     def val_auc(self) -> float:
         auc = (self.config.get("metrics") or {}).get("val_auc")
         return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")

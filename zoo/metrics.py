@@ -65,7 +65,9 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
 def metrics_table(
     studies: pd.DataFrame, columns: list[str], thresholds: Mapping[str, float] | None = None, by_part: bool = True
 ) -> pd.DataFrame:
-    """One row per (model column, body part or "ALL") with :func:`binary_metrics`."""
+    """One row per (model column, body part or "ALL") with :func:`binary_metrics`, ECE and Brier score."""
+    from zoo.calibration import brier, ece
+
     thresholds = thresholds or {}
     rows = []
     groups = [("ALL", studies)]
@@ -74,7 +76,9 @@ def metrics_table(
     for col in columns:
         for part, df in groups:
             m = binary_metrics(df["label"].to_numpy(), df[col].to_numpy(), thresholds.get(col, 0.5))
-            rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m})
+            y, p = df["label"].to_numpy(), df[col].to_numpy()
+            rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m, "ece": ece(y, p),
+                         "brier": brier(y, p)})
     return pd.DataFrame(rows)
 
 

@@ -46,6 +46,7 @@ class BoneClassifier(
         threshold: float = 0.5,
         training: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.spec = get_backbone(backbone)
@@ -59,6 +60,7 @@ class BoneClassifier(
         self.threshold = float(threshold)
         self.training_config = dict(training or {})
         self.metrics = dict(metrics or {})
+        self.calibration = dict(calibration or {})  # zoo.calibration.Calibrator fitted on validation studies
         self.backbone = create_backbone(backbone, pretrained=False, img_size=self.img_size)
         self.head = MLPHead(self.backbone.num_features, self.head_hidden, self.dropout)
 
@@ -83,6 +85,7 @@ class BoneClassifier(
             "threshold": self.threshold,
             "training": self.training_config,
             "metrics": self.metrics,
+            "calibration": self.calibration,
         }
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zoo.atomic import save_figure, write_csv, write_text
+from zoo.calibration import Calibrator, brier, ece
 from zoo.checkpoint import Checkpoint
 from zoo.data import Dataset, ImageArray, load_images, split_by_study, studies
 from zoo.data.transforms import train_augment
@@ -304,19 +305,21 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         acc.unwrap_model(model).load_state_dict(self.checkpoint.best_weights())
         st, _ = self.validate(model, val_loader, data)
-        thr = best_threshold(st["label"].to_numpy(), st["prob"].to_numpy())
-        m = binary_metrics(st["label"].to_numpy(), st["prob"].to_numpy(), thr)
+        y, p = st["label"].to_numpy(), st["prob"].to_numpy()
+        thr = best_threshold(y, p)
+        m = binary_metrics(y, p, thr)
+        cal = Calibrator.fit(y, p)  # on the validation studies: applied by predict.py and the demo
         net: BoneClassifier = acc.unwrap_model(model)
         metrics = {
             "backbone": cfg.backbone, "val_auc": m["auc"], "val_kappa": m["kappa"], "val_accuracy": m["accuracy"],
             "val_sensitivity": m["sensitivity"], "val_specificity": m["specificity"], "threshold": thr,
             "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "params": sum(p.numel() for p in net.parameters()), "train_time_s": round(state["train_time_s"], 2),
-            "n_val_studies": m["n"],
+            "n_val_studies": m["n"], "val_ece": ece(y, p), "val_brier": brier(y, p),
         }
         if self.is_main:
             train_st = studies(self.dataset.train)
-            net.threshold, net.metrics = thr, metrics
+            net.threshold, net.metrics, net.calibration = thr, metrics, cal.to_dict()
             net.training_config = {
                 **{k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
                 "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo.atomic import write_csv
+from zoo.atomic import write_csv, write_text
+from zoo.calibration import plot_reliability, triage_summary
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import LayoutError, load_dataset, report_unreadable
-from zoo.ensemble import BACKENDS, Ensemble, MemberError
+from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError
 from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
 
@@ -43,6 +44,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold")
     a("--threshold", type=float, default=None, help="decision threshold for --binary and the report (default: the "
       "members' stored validation thresholds, combined like their probabilities)")
+    a("--calibrate", action=argparse.BooleanOptionalAction, default=True, help="apply each member's stored "
+      "calibration and an ensemble calibration refitted on the members' validation predictions; --no-calibrate "
+      "writes the raw scores (default: %(default)s)")
+    a("--triage", type=float, default=None, metavar="ALPHA", help="add a column triage = normal / abnormal / "
+      "uncertain, deciding only where the error rate among decided studies is guaranteed <= ALPHA (conformal, "
+      "Learn-then-Test on the members' validation studies), e.g. --triage 0.05")
     a("--missing-value", type=float, default=0.5, help="label written for a study with no readable image "
       "(reported on stderr; default %(default)s)")
     a("--evaluate", action="store_true", help="the test split is labelled (test_labels.csv or MURA valid): write "
@@ -63,14 +70,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir: Path, title: str) -> pd.DataFrame:
-    """report.md + roc.png from the study table whose 'ensemble' column is what went into the CSV."""
+def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir: Path, title: str,
+                 calibrated: Calibrated | None = None, triage: pd.Series | None = None) -> pd.DataFrame:
+    """report.md, roc.png and reliability.png from the study table whose 'ensemble' column is what went into the
+    CSV (calibrated unless --no-calibrate; then ``ensemble_raw`` is the raw row); a triage section with --triage."""
     labelled = studies[studies["label"].notna()]
-    cols = ens.names + ["ensemble"]
-    thresholds = {m.name: m.threshold for m in ens.members} | {"ensemble": threshold}
+    cols = ens.names + ["ensemble"] + (["ensemble_raw"] if "ensemble_raw" in studies else [])
+    member_thr = {m.name: float(m.calibrator([m.threshold])[0]) if calibrated else m.threshold for m in ens.members}
+    thresholds = member_thr | {"ensemble": threshold, "ensemble_raw": ens.threshold()}
     table = metrics_table(labelled, cols, thresholds)
     show = table.copy()
-    for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity"):
+    for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity", "ece", "brier"):
         show[c] = show[c].map(fmt)
     overall = show[show["part"] == "ALL"].drop(columns="part")
     per_part = show[show["part"] != "ALL"]
@@ -78,17 +88,37 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
         f"# Evaluation: {title}", "",
         f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {ens.method} of "
         f"{len(ens.members)} member(s); study score = aggregate of image probabilities. "
-        "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV.", "",
-        "## Overall", "", overall.to_markdown(index=False), "",
-        "## Per body part", "", per_part.to_markdown(index=False), "",
-        "![ROC](roc.png)", "",
+        "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
+        + (f"Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
+           f"{calibrated.n_validation} validation studies); `ensemble_raw` is the uncalibrated ensemble."
+           if calibrated else "Scores are raw (--no-calibrate)."), "",
+        "## Overall", "", overall.to_markdown(index=False, disable_numparse=True), "",
+        "## Per body part", "", per_part.to_markdown(index=False, disable_numparse=True), "",
+        "![ROC](roc.png) ![Reliability](reliability.png)", "",
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text("\n".join(lines))
+    if triage is not None:
+        lines += _triage_lines(labelled, triage.loc[labelled.index], calibrated.triage)
+    write_text(out_dir / "report.md", "\n".join(lines))
+    plot_reliability({c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in cols},
+                     out_dir / "reliability.png", title=f"Reliability, study level: {title}")
     curves = {c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in ens.names}
     curves[f"ensemble ({ens.method})"] = (labelled["label"].to_numpy(), labelled["ensemble"].to_numpy())
     plot_roc(curves, out_dir / "roc.png", title=f"ROC, study level: {title}")
     return table
+
+
+def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]:
+    rows = [{"part": "ALL", **triage_summary(labelled["label"].to_numpy(), verdicts.to_numpy())}]
+    for part, df in labelled.groupby("part", sort=True):
+        rows.append({"part": part, **triage_summary(df["label"].to_numpy(), verdicts.loc[df.index].to_numpy())})
+    table = pd.DataFrame(rows)
+    for c in ("share_decided", "error_among_decided"):
+        table[c] = table[c].map(fmt)
+    return ["## Triage", "", f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} "
+            f"validation studies, guarantee with probability {1 - tri.delta:.2f}); a study is decided when "
+            f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)."
+                                                        if tri.threshold > 1 else "."), "",
+            table.to_markdown(index=False, disable_numparse=True), ""]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -126,10 +156,24 @@ def main(args: argparse.Namespace) -> int:
     if missing.any():
         print(f"warning: {int(missing.sum())} study(ies) have no readable image; written with label "
               f"{args.missing_value}: {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
-    threshold = args.threshold if args.threshold is not None else ens.threshold()
+    calibrated = None
+    if args.calibrate:
+        try:
+            calibrated = ens.calibrate(st, args.triage)
+        except MemberError as exc:
+            return fail(str(exc))
+        st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
+    elif args.triage is not None:
+        return fail("--triage works on calibrated scores; drop --no-calibrate")
+    threshold = args.threshold if args.threshold is not None else (
+        calibrated.threshold if calibrated else ens.threshold())
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
     if args.binary:
         sub["abnormal"] = (sub["label"] >= threshold).astype(int)
+    triage = None
+    if calibrated is not None and calibrated.triage is not None:
+        triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)
+        sub["triage"] = triage.to_numpy()
     out = write_csv(sub, args.output, float_format="%.6f")
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
     if args.cam_dir:
@@ -140,10 +184,11 @@ def main(args: argparse.Namespace) -> int:
     if args.evaluate:
         st = st.assign(ensemble=sub["label"].to_numpy())  # exactly the CSV's scores
         report_dir = Path(args.report_dir) if args.report_dir else out.parent
-        table = write_report(st, ens, threshold, report_dir, dataset.name)
-        overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity"]]
+        table = write_report(st, ens, threshold, report_dir, dataset.name, calibrated, triage)
+        overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity",
+                                                 "ece", "brier"]]
         print(overall.to_markdown(index=False, floatfmt=".3f"))
-        print(f"wrote {report_dir / 'report.md'} and {report_dir / 'roc.png'}", file=sys.stderr)
+        print(f"wrote {report_dir / 'report.md'}, roc.png and reliability.png", file=sys.stderr)
     return 0
 
 
