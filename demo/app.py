@@ -77,6 +77,9 @@ class Analysis:
     panels: list[tuple[np.ndarray, str]]  # (RGB image, caption): originals, member overlays, fused heatmaps
     spread: float  # max - min of member probabilities
     skipped: list[str]  # unreadable uploads
+    calibrated: float = float("nan")  # the calibrated ensemble probability (predict.py's default score)
+    triage: str = "unavailable"  # normal / abnormal / uncertain at ``triage_rate``, or why it is unavailable
+    triage_rate: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -95,7 +98,7 @@ def _check_files(files: list[str]) -> list[str]:
 
 
 def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None,
-            combiner: str = "mean") -> Analysis:
+            combiner: str = "mean", triage: float | None = 0.05) -> Analysis:
     """The whole demo as a pure function: image files of one study + member names + CAM method -> Analysis.
 
     Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
@@ -115,8 +118,16 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
             f"{Path(p).name}: {e.split(': ', 1)[-1]}" for p, e in ex.errors.items()))
     member_probs = ex.member_probs
-    prob = float(ens.combine(pd.DataFrame([member_probs.to_dict()])).iloc[0])
-    thr = ens.threshold()
+    study = pd.DataFrame([member_probs.to_dict()])
+    study["ensemble"] = ens.combine(study)
+    prob, thr = float(study["ensemble"].iloc[0]), ens.threshold()
+    try:  # what predict.py writes by default: calibrated, with conformal triage at the chosen rate
+        cal = ens.calibrate(study, triage)
+        calibrated = float(cal.studies["ensemble"].iloc[0])
+        verdict = str(cal.triage(np.array([calibrated]))[0]) if cal.triage is not None else "not asked"
+    except MemberError:  # members without validation predictions: no triage guarantee to give
+        calibrated = float(ens.calibrate(study).studies["ensemble"].iloc[0])
+        verdict = "unavailable (members have no val_predictions.csv)"
     panels: list[tuple[np.ndarray, str]] = []
     for j, i in enumerate(ex.readable):
         name, base = Path(paths[i]).name, ex.bases[j]
@@ -132,13 +143,16 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         "verdict": ["abnormal" if member_probs[m.name] >= m.threshold else "normal" for m in ens.members],
     })
     spread = float(member_probs.max() - member_probs.min())
-    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()])
+    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()],
+                    calibrated, verdict, triage)
 
 
 def summary_markdown(a: Analysis) -> str:
     agree = ("members agree" if a.spread < 0.15 else "members disagree: treat with caution") if len(a.members) > 1 \
         else "single member: no spread"
     lines = [f"## {a.verdict}: P(abnormal) = {a.probability:.3f}",
+             f"Calibrated P(abnormal) = {a.calibrated:.3f}. **Triage** at error rate {a.triage_rate}: "
+             f"**{a.triage}** (conformal: decided only where the error among decided studies is guaranteed).",
              f"Threshold {a.threshold:.3f} (members' validation thresholds). Spread between members "
              f"{a.spread:.3f}: {agree}.",
              "_Research tool, not a medical device._"]
@@ -162,9 +176,9 @@ def example_files(n_each: int = 2) -> list[list[str]]:
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     choices = pool.choices()
 
-    def run(files, members, method, combiner="mean"):
+    def run(files, members, method, combiner="mean", triage=0.05):
         try:
-            a = analyse(files, members, method, pool, combiner)
+            a = analyse(files, members, method, pool, combiner, triage)
         except AnalysisError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:  # never a stack trace in the UI
@@ -185,6 +199,9 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 members = gr.CheckboxGroup(choices=choices, value=[v for _, v in choices[:2]],
                                            label="Ensemble members", elem_id="members")
                 method = gr.Radio(list(LABELS), value="Grad-CAM", label="CAM method", elem_id="method")
+                rate = gr.Slider(0.01, 0.2, value=0.05, step=0.01, label="Triage error rate", elem_id="triage",
+                                 info="decide normal/abnormal only where the error among decided studies is "
+                                 "guaranteed below this rate; otherwise uncertain")
                 combiner = gr.Radio(list_combiners(), value="mean", label="Ensemble method", elem_id="combiner",
                                     info=describe_combiners())
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
@@ -194,7 +211,8 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 table = gr.Dataframe(label="Members", elem_id="table", interactive=False)
         gallery = gr.Gallery(label="Original, member Grad-CAMs and the fused ensemble heatmap", columns=4,
                              elem_id="heatmaps", height="auto", format="png")
-        button.click(run, [files, members, method, combiner], [verdict, label, table, gallery], api_name="analyse",
+        button.click(run, [files, members, method, combiner, rate], [verdict, label, table, gallery],
+                     api_name="analyse",
                      concurrency_limit=1)
         if examples:
             try:

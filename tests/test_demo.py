@@ -208,3 +208,10 @@ def test_demo_uses_the_chosen_combiner(pool, xray):
     assert a.probability == pytest.approx(float(probs @ (w / w.sum())), abs=1e-3)
     with pytest.raises(AnalysisError, match="unknown ensemble method"):
         analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "nope")
+
+
+def test_demo_shows_calibrated_probability_and_triage(pool, xray):
+    a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "mean", 0.1)
+    assert 0 <= a.calibrated <= 1 and a.triage in {"normal", "abnormal", "uncertain"} and a.triage_rate == 0.1
+    md = summary_markdown(a)
+    assert "Triage" in md and a.triage in md and "Calibrated P(abnormal)" in md
