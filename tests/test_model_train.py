@@ -141,3 +141,21 @@ def test_train_all_help_explains_every_flag(tmp_path):
     for flag in ("--data", "--models", "--epochs", "--img-size", "--batch-size", "--lr", "--out", "--device",
                  "--pretrained", "--no-pretrained", "--seed", "--resume", "--push-to-hub", "--patience"):
         assert flag in out
+
+
+@pytest.mark.slow
+def test_semi_supervised_run_uses_the_unlabelled_studies(tmp_path, synthetic_root):
+    out = tmp_path / "w"
+    proc = run_script("train_all.py", "--data", synthetic_root, "--models", "resnet10t", "--epochs", "2",
+                      "--img-size", RUN_SIZE, "--lr", "1e-3", "--out", out, "--semi-supervised",
+                      "--pseudo-confidence", "0.7", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads((out / "round1" / "resnet10t" / "config.json").read_text())["training"]
+    second = json.loads((out / "resnet10t" / "config.json").read_text())["training"]
+    used = second["semi_supervised"]
+    assert first["semi_supervised"] is None and used["unlabelled_studies"] == first["n_unlabelled_studies"] > 0
+    assert used["pseudo_labelled_studies"] > 0
+    assert second["n_train_images"] > first["n_train_images"]  # the pseudo-labelled images joined training
+    assert second["n_val_images"] == first["n_val_images"]  # validation keeps real labels only
+    assert "pseudo-labelled by a first-round ensemble" in (out / "resnet10t" / "README.md").read_text()
+    assert pd.read_csv(out / "leaderboard.csv")["backbone"].tolist() == ["resnet10t"]

@@ -46,7 +46,10 @@ StepLR({{ train.get("step_size") }}, {{ train.get("gamma") }}), {{ train.get("ep
 {{ train.get("mixed_precision", "no") }}.
 - Augmentation: rotation ±{{ train.get("rotation") }}°, horizontal flip {{ train.get("hflip") }}, translation \
 {{ train.get("translate") }}.
-
+{% if train.get("semi_supervised") %}- Semi-supervised: {{ train.semi_supervised.pseudo_labelled_studies }} of \
+{{ train.semi_supervised.unlabelled_studies }} unlabelled training studies pseudo-labelled by a first-round ensemble \
+(confidence >= {{ train.semi_supervised.min_confidence }}, soft targets) and added to the training split.
+{% endif %}
 ## Validation metrics (study level, mean of image probabilities)
 | metric | value |
 |---|---|

@@ -168,7 +168,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset, out_dir: str | Path, images: ImageArray | None = None,
-                 accelerator=None):
+                 accelerator=None, pseudo: pd.DataFrame | None = None, pseudo_record: dict | None = None):
         self.cfg = config
         self.dataset = dataset
         self.out = Path(out_dir)
@@ -178,6 +178,9 @@ class Trainer:
         self.micro_batch = micro_batch(config, self.device.type)
         self.checkpoint = Checkpoint(self.out / "checkpoint")
         self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
+        if pseudo is not None and len(pseudo):  # pseudo-labelled unlabelled studies: training only, soft targets
+            self.train_df = pd.concat([self.train_df, pseudo[self.train_df.columns]], ignore_index=True)
+        self.pseudo_record = pseudo_record  # what --semi-supervised used (None: labelled studies only)
         self.images = images  # decoded images at cfg.img_size (shared by members of one run)
         self.unreadable: dict[str, str] = {}  # path -> why, among this member's images
         self.pos_weight: float | None = None  # set from the readable training split
@@ -197,8 +200,8 @@ class Trainer:
     # -- parts --------------------------------------------------------------------------------------------------
     def prepare_data(self) -> TrainData:
         cfg = self.cfg
-        if self.images is None or self.images.size != cfg.img_size:
-            paths = pd.concat([self.train_df, self.val_df])["path"].tolist()
+        paths = pd.concat([self.train_df, self.val_df])["path"].tolist()
+        if self.images is None or self.images.size != cfg.img_size or not set(paths) <= set(self.images.paths):
             with self.accelerator.main_process_first():  # the main process fills the disk cache, the others read it
                 self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet or not self.is_main)
         index = self.images.index()
@@ -325,7 +328,8 @@ class Trainer:
                 "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],
-                "n_unlabelled_studies": int(train_st["label"].isna().sum()), "pos_weight": round(self.pos_weight, 4),
+                "n_unlabelled_studies": int(train_st["label"].isna().sum()),
+                "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
                 "unreadable_images": len(self.unreadable), "device": self.device.type,
             }
             net.save_member(self.out)

@@ -78,6 +78,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--seed", type=int, default=d.seed, help="seed for the split, init, shuffling and augmentation "
       "(default %(default)s)")
     a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones")
+    a("--semi-supervised", action="store_true", help="use the unlabelled training studies: train, pseudo-label "
+      "the ones the calibrated ensemble is confident about (soft targets), train again with them; round 1 is kept "
+      "in OUT/round1/")
+    a("--pseudo-confidence", type=float, default=0.9, help="with --semi-supervised: minimum max(p, 1-p) of the "
+      "ensemble for a pseudo-label (default %(default)s)")
     a("--synthetic-studies", type=int, default=SyntheticSpec.n_train, help="training studies in the synthetic set "
       "(default %(default)s)")
     a("--push-to-hub", default=None, metavar="ORG/NAME", help="upload the run when it finishes: one model repo, "
@@ -136,29 +141,54 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    images = None
     unreadable: dict[str, str] = {}
     t0 = time.perf_counter()
-    for i, name in enumerate(models, 1):
-        cfg = config_for(args, name)
-        say(f"\n[{i}/{len(models)}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}", flush=True)
-        try:
-            trainer = Trainer(cfg, dataset, out / name, images=images, accelerator=acc)
-            result = trainer.fit(resume=args.resume)
-            images = trainer.images  # decoded once, shared by every member at this size
-            unreadable.update(trainer.unreadable)
-            if result.get("skipped"):
-                say(f"[{name}] already trained, skipped (val AUC {result['val_auc']:.4f})", flush=True)
-            else:
-                say(f"[{name}] val AUC {result['val_auc']:.4f}  kappa {result['val_kappa']:.3f}", flush=True)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted during {name}; `--resume` continues from its last epoch", file=sys.stderr)
+
+    def train_round(run_dir: Path, pseudo=None, record=None, label: str = "") -> bool:
+        """Every member into ``run_dir``; False when interrupted (Ctrl-C)."""
+        images = None
+        for i, name in enumerate(models, 1):
+            cfg = config_for(args, name)
+            say(f"\n[{i}/{len(models)}{label}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}",
+                flush=True)
+            try:
+                trainer = Trainer(cfg, dataset, run_dir / name, images=images, accelerator=acc, pseudo=pseudo,
+                                  pseudo_record=record)
+                result = trainer.fit(resume=args.resume)
+                images = trainer.images  # decoded once, shared by every member at this size
+                unreadable.update(trainer.unreadable)
+                if result.get("skipped"):
+                    say(f"[{name}] already trained, skipped (val AUC {result['val_auc']:.4f})", flush=True)
+                else:
+                    say(f"[{name}] val AUC {result['val_auc']:.4f}  kappa {result['val_kappa']:.3f}", flush=True)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted during {name}; `--resume` continues from its last epoch", file=sys.stderr)
+                return False
+            except Exception as exc:  # one failing member must not stop the zoo
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                print(f"[{name}] FAILED: {failed[name]}", file=sys.stderr, flush=True)
+                if not args.quiet:
+                    traceback.print_exc()
+        return True
+
+    if not args.semi_supervised:
+        if not train_round(out):
             return 130
-        except Exception as exc:  # one failing member must not stop the zoo
-            failed[name] = f"{type(exc).__name__}: {exc}"
-            print(f"[{name}] FAILED: {failed[name]}", file=sys.stderr, flush=True)
-            if not args.quiet:
-                traceback.print_exc()
+    else:
+        from zoo.ensemble import Ensemble
+        from zoo.members import finished_members
+        from zoo.semisupervised import pseudo_labels
+
+        if not train_round(out / "round1", label=", round 1"):
+            return 130
+        unlabelled = dataset.train[dataset.train["label"].isna()]
+        ens = Ensemble.from_paths([str(d) for d in finished_members(out / "round1")], device=args.device)
+        pseudo, record = pseudo_labels(ens, unlabelled, args.pseudo_confidence, args.cache_dir)
+        say(f"\nsemi-supervised: {record['pseudo_labelled_studies']} of {record['unlabelled_studies']} unlabelled "
+            f"studies pseudo-labelled by the round-1 ensemble (confidence >= {args.pseudo_confidence}); round 2 "
+            f"trains with them (round 1 stays in {out / 'round1'}/)", flush=True)
+        if not train_round(out, pseudo, record, label=", round 2"):
+            return 130
     if not main_proc:
         return 1 if failed else 0
     report_unreadable(unreadable)
