@@ -26,12 +26,16 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--triage", type=float, default=0.05)
+    p.add_argument("--semi-supervised", action="store_true", help="instead: train with --semi-supervised and compare "
+                   "the test AUC of round 1 (labelled only) and round 2 (with pseudo-labels)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
     args = p.parse_args()
     if not Path(args.data).is_dir():
         print(f"skip: {args.data} not present")
         return 0
     out = Path(args.out)
+    if args.semi_supervised:
+        return semi_supervised(args, out / "semi")
     run = out / "weights"
     if not (run / "leaderboard.csv").is_file():
         subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
@@ -46,6 +50,26 @@ def main() -> int:
         print(report[report.index("## Overall"):report.index("## Per body part")])
         if "## Triage" in report:
             print(report[report.index("## Triage"):])
+    return 0
+
+
+def semi_supervised(args, out: Path) -> int:
+    import json
+
+    if not (out / "weights" / "leaderboard.csv").is_file():
+        subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
+                        "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
+                        "--out", str(out / "weights"), "--semi-supervised", "--quiet"], check=True)
+    used = json.loads((out / "weights" / args.models[0] / "config.json").read_text())["training"]["semi_supervised"]
+    print(f"pseudo-labels: {used}")
+    for name, run in (("round 1 (labelled only)", out / "weights" / "round1"), ("round 2 (+ pseudo-labels)",
+                                                                              out / "weights")):
+        folder = out / f"{name.split()[0]}{name.split()[1]}"  # round1, round2
+        subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
+                        "--evaluate", "--quiet", "-output", str(Path(folder) / "test.csv")], check=True)
+        report = (Path(folder) / "report.md").read_text()
+        print(f"\n### test split, {name}\n")
+        print(report[report.index("## Overall"):report.index("## Per body part")])
     return 0
 
 
