@@ -187,3 +187,20 @@ def test_members_store_their_calibration(run):
         cal = Calibrator.from_dict(cfg["calibration"])
         assert cal.n == cfg["metrics"]["n_val_studies"] and cal.temperature > 0
         assert 0 <= cfg["metrics"]["val_ece"] <= 1
+
+
+def test_calibrated_threshold_is_chosen_on_validation_for_every_combiner(run):
+    """The calibrated ensemble threshold is Youden's J on the calibrated validation scores, whatever the combiner
+    (a rank ensemble included: combining one row of member thresholds would rank it 1.0)."""
+    from zoo.metrics import best_threshold
+
+    ds = load_dataset(run["data"])
+    for method in ("mean", "weighted", "rank"):
+        ens = Ensemble.from_paths([str(run["out"])], method=method)
+        st = ens.predict_studies(ds.test, quiet=True)
+        cal = ens.calibrate(st)
+        val = ens.validation_studies()
+        for m in ens.members:
+            val[m.name] = m.calibrator(val[m.name].to_numpy(dtype=float))
+        expected = best_threshold(val["label"].to_numpy(), cal.calibrator(ens.combine(val).to_numpy()))
+        assert cal.threshold == pytest.approx(expected) and 0 < cal.threshold < 1, method

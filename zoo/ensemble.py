@@ -15,7 +15,7 @@ import pandas as pd
 from zoo.combiners import create_combiner
 from zoo.data import ImageArray, load_images
 from zoo.members import Member, MemberError, resolve_member_dirs, unique_names
-from zoo.metrics import aggregate_studies
+from zoo.metrics import aggregate_studies, best_threshold
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 __all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
@@ -26,7 +26,7 @@ class Calibrated:
     """Output of :meth:`Ensemble.calibrate`."""
 
     studies: pd.DataFrame  # member columns and ``ensemble`` calibrated; ``ensemble_raw`` as combined before
-    threshold: float  # the members' thresholds mapped through the same calibrations and combined
+    threshold: float  # Youden's J on the calibrated validation scores (without them: calibrated member thresholds)
     calibrator: object  # the ensemble's zoo.calibration.Calibrator
     triage: object | None  # zoo.calibration.Triage, when asked for
     n_validation: int  # validation studies the ensemble calibration was fitted on (0: identity)
@@ -137,9 +137,14 @@ class Ensemble:
             raise MemberError("--triage needs the members' validation predictions (val_predictions.csv, written by "
                               "training and pushed to the Hub with the member); none shared by these members")
         out["ensemble"] = ens_cal(self.combine(out).to_numpy())
-        member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
-                                           for m in self.members}])
-        threshold = float(ens_cal(self.combine(member_thresholds).to_numpy())[0])
+        if val is not None:  # chosen on the calibrated validation scores, as each member's own threshold was
+            threshold = best_threshold(val["label"].to_numpy(), ens_cal(val_score))
+        elif self.method == "rank":  # ranks ignore monotone member calibrations; the ensemble one is the identity
+            threshold = self.threshold()
+        else:
+            member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
+                                               for m in self.members}])
+            threshold = float(self.combine(member_thresholds).iloc[0])
         return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val))
 
     def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
