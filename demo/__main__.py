@@ -1,3 +1,3 @@
-from demo.app import get_args_parser, main
+from demo.cli import get_args_parser, main
 
 main(get_args_parser().parse_args())

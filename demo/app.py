@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 from dataclasses import dataclass, field
@@ -238,24 +237,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bone-zoo demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="weights", help="run folder with member sub-folders (default %(default)s)")
-    p.add_argument("--hub", default=None, metavar="ORG/NAME", help="load the members of a Hub repo instead")
-    p.add_argument("--host", default=None, help="address to serve on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860)")
-    p.add_argument("--share", action="store_true", help="a public gradio.live link (needs internet)")
-    return p
-
-
-def main(args: argparse.Namespace) -> None:
-    pool = MemberPool.from_source(args.weights, args.hub)
-    if not pool.folders:
-        print(f"warning: no members in {args.hub or args.weights}; train some with `python train_all.py`")
-    build_demo(pool).launch(server_name=args.host, server_port=args.port, share=args.share,
-                            max_file_size=f"{MAX_FILE_MB}mb")
-
-
 if __name__ == "__main__":
+    from demo.cli import get_args_parser, main
+
     main(get_args_parser().parse_args())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, brier, ece
 from zoo.checkpoint import Checkpoint
+from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
 from zoo.data import Dataset, ImageArray, load_images, split_by_study, studies
 from zoo.data.transforms import train_augment
 from zoo.engine import evaluate, train_one_epoch
@@ -32,50 +33,6 @@ from zoo.loss import WeightedBCE, positive_weight
 from zoo.metrics import aggregate_studies, best_threshold, binary_metrics
 from zoo.model import BoneClassifier
 from zoo.runtime import native_bf16, tune_allocator
-
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-
-
-@dataclass
-class TrainConfig:
-    """How one member is trained. Defaults are the seed project's recipe."""
-
-    backbone: str = "regnet_x_800mf"
-    epochs: int = 20
-    img_size: int = 512
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    step_size: int = 5
-    gamma: float = 0.1
-    patience: int = 0  # early stopping after this many epochs without a better val AUC; 0 = off
-    val_fraction: float = 0.2
-    seed: int = 0
-    pretrained: bool = False
-    pretrained_weights: str | None = None  # a .safetensors file, or a folder of <backbone>.safetensors files
-    rotation: float = 30.0
-    hflip: bool = True
-    translate: float = 0.1
-    head_hidden: list[int] = field(default_factory=lambda: [1024, 512])
-    dropout: float = 0.3
-    pos_weight: float | None = None  # None: n_neg / n_pos of the training split
-    mean: float = 0.449
-    std: float = 0.226
-    mixed_precision: str = "auto"  # auto = bf16 where native (GPU, AVX512-BF16/AMX CPU); no | bf16 | fp16 (scaled)
-    grad_accum: int = 1  # optimizer step every N batches (effective batch = batch_size x N x processes)
-    micro_batch: int = 0  # forward/backward in chunks of this many images (0 = auto: 8 on CPU, the batch on GPU)
-    compile: bool = False  # torch.compile the model
-    device: str = "auto"
-    workers: int = -1  # DataLoader workers; -1 = auto (0 on CPU, up to 8 on CUDA)
-    cache_dir: str | None = None  # decoded-image cache; None = ~/.cache/bone-zoo/images, "" = in memory
-    quiet: bool = False
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "quiet")  # how it ran, not what was trained: not in config.json
 
 
 def resolve_precision(requested: str, device_type: str) -> str:

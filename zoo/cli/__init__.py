@@ -15,7 +15,7 @@ import difflib
 import importlib
 import sys
 
-COMMANDS = {"train": "zoo.cli.train", "predict": "zoo.cli.predict", "demo": "demo.app", "push": "zoo.cli.push",
+COMMANDS = {"train": "zoo.cli.train", "predict": "zoo.cli.predict", "demo": "demo.cli", "push": "zoo.cli.push",
             "export": "zoo.cli.export", "list": "zoo.cli.listing", "space": "zoo.cli.space"}
 
 

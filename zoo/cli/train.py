@@ -17,9 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from zoo import leaderboard
+from zoo.config import PRECISIONS, TrainConfig
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
-from zoo.registry import describe_backbones, resolve_backbones
-from zoo.train import PRECISIONS, TrainConfig, Trainer, make_accelerator
 
 DEFAULT_MODELS = ["regnet_x_800mf", "regnety_016", "resnet50", "densenet169", "efficientnet_b0"]
 QUICK_MODELS = ["regnetx_002", "resnet10t"]
@@ -100,6 +99,8 @@ def config_for(args: argparse.Namespace, backbone: str) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from zoo.registry import describe_backbones, resolve_backbones  # the registry imports PyTorch: not for --help
+
     if args.list_models:
         print(describe_backbones())
         return 0
@@ -108,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
         for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
+    from zoo.train import Trainer, make_accelerator  # PyTorch and Accelerate: only when training
+
     try:
         models = resolve_backbones(args.models or (QUICK_MODELS if synthetic else DEFAULT_MODELS))
         acc = make_accelerator(config_for(args, models[0]))  # one per process, shared by every member
