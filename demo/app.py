@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +39,15 @@ class MemberPool:
     folders: dict[str, Path]
     precision: str = "auto"  # inference precision of the members (zoo.inference.resolve_precision)
     _loaded: dict[str, Member] = field(default_factory=dict)
+    _ensembles: dict[tuple, Ensemble] = field(default_factory=dict)
 
     @classmethod
     def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
         """Members named like ``--models``: folders, run folders, wildcards, ``hf://`` ids (none found: empty)."""
         try:
             dirs = resolve_member_dirs([str(s) for s in specs])
-        except MemberError:
+        except MemberError as exc:  # the app still starts, says there are no members, and the console says why
+            warnings.warn(f"no members for the demo: {exc}", stacklevel=2)
             dirs = []
         return cls({d.name: d for d in dirs}, precision)
 
@@ -55,8 +58,13 @@ class MemberPool:
 
     def choices(self) -> list[tuple[str, str]]:
         out = []
-        for name, folder in self.folders.items():
-            auc = (read_member_config(folder).get("metrics") or {}).get("val_auc")
+        for name, folder in list(self.folders.items()):
+            try:
+                auc = (read_member_config(folder).get("metrics") or {}).get("val_auc")
+            except MemberError as exc:  # a broken member is left out of the choices, said once on the console
+                warnings.warn(f"member left out of the demo: {exc}", stacklevel=2)
+                self.folders.pop(name)
+                continue
             out.append((f"{name} (val AUC {auc:.3f})" if isinstance(auc, float) else name, name))
         return out
 
@@ -64,8 +72,19 @@ class MemberPool:
         if name not in self.folders:
             raise AnalysisError(f"unknown member {name!r}; available: {', '.join(self.folders) or 'none'}")
         if name not in self._loaded:
-            self._loaded[name] = Member(name, self.folders[name], load_model(self.folders[name], "cpu"))
+            try:
+                self._loaded[name] = Member(name, self.folders[name], load_model(self.folders[name], "cpu"))
+            except MemberError as exc:
+                raise AnalysisError(f"Member {name} cannot be used: {exc}") from None
         return self._loaded[name]
+
+    def ensemble(self, names: list[str], combiner: str) -> Ensemble:
+        """The ensemble of these members with this combiner, kept: a fitted combiner (``auto``, ``select``) learns
+        from the members' validation predictions once, not on every request."""
+        key = (tuple(names), combiner)
+        if key not in self._ensembles:
+            self._ensembles[key] = Ensemble([self.member(m) for m in names], combiner, precision=self.precision)
+        return self._ensembles[key]
 
 
 @dataclass
@@ -97,7 +116,7 @@ def _check_files(files: list[str]) -> list[str]:
 
 
 def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None,
-            combiner: str = "mean", triage: float | None = 0.05) -> Analysis:
+            combiner: str = "auto", triage: float | None = 0.05) -> Analysis:
     """The whole demo as a pure function: image files of one study + member names + CAM method -> Analysis.
 
     Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
@@ -109,7 +128,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     if not members:
         raise AnalysisError("Pick at least one ensemble member.")
     try:
-        ens = Ensemble([pool.member(m) for m in members], combiner, precision=pool.precision)
+        ens = pool.ensemble(list(members), combiner)
     except KeyError as exc:
         raise AnalysisError(str(exc.args[0])) from None
     ex = explain_study(ens, paths, method)  # one batched CAM pass per member: its maps and its probabilities
@@ -175,7 +194,7 @@ def example_files(n_each: int = 2) -> list[list[str]]:
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     choices = pool.choices()
 
-    def run(files, members, method, combiner="mean", triage=0.05):
+    def run(files, members, method, combiner="auto", triage=0.05):
         try:
             a = analyse(files, members, method, pool, combiner, triage)
         except AnalysisError as exc:
@@ -201,7 +220,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 rate = gr.Slider(0.01, 0.2, value=0.05, step=0.01, label="Triage error rate", elem_id="triage",
                                  info="decide normal/abnormal only where the error among decided studies is "
                                  "guaranteed below this rate; otherwise uncertain")
-                combiner = gr.Radio(list_combiners(), value="mean", label="Ensemble method", elem_id="combiner",
+                combiner = gr.Radio(list_combiners(), value="auto", label="Ensemble method", elem_id="combiner",
                                     info=describe_combiners())
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):

@@ -13,6 +13,7 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network (ImageNet weights: random init)
 os.environ.setdefault("BONE_ZOO_EXAMPLES", "0")  # the module-level demo is not given examples in tests
 os.environ.setdefault("BONE_ZOO_WEIGHTS", str(Path(tempfile.gettempdir()) / "bone-zoo-no-weights"))
 os.environ["BONE_ZOO_CACHE"] = tempfile.mkdtemp(prefix="bone-zoo-cache-")
@@ -80,6 +81,6 @@ def trained_run(tmp_path_factory, synthetic_root) -> dict:
     """train_all.py on the synthetic set: 2 tiny backbones, 2 epochs, RUN_SIZE px (the end-to-end run of the spine)."""
     out = tmp_path_factory.mktemp("run") / "weights"
     t0 = time.perf_counter()
-    proc = run_script("train_all.py", "--data", synthetic_root, "--models", *TINY, "--epochs", "2",
+    proc = run_script("train_all.py", "--data", synthetic_root, "--models", *TINY, "--epochs", "2", "--recipe", "seed",
                       "--img-size", RUN_SIZE, "--lr", "1e-3", "--out", out, "--quiet", cwd=out.parent)
     return {"out": out, "proc": proc, "seconds": time.perf_counter() - t0, "data": synthetic_root}

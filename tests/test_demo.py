@@ -31,7 +31,7 @@ def xray(trained_run):
 
 
 def test_analyse_study(pool, xray):
-    a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool)
+    a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, combiner="mean")
     assert 0 <= a.probability <= 1
     assert a.members["member"].tolist() == TINY
     assert np.isclose(a.probability, a.members["probability"].mean(), atol=1e-3)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("step", "cosine")
 
 
 @dataclass
@@ -16,10 +18,15 @@ class TrainConfig:
     epochs: int = 20
     img_size: int = 512
     batch_size: int = 16
+    recipe: str = "seed"  # the preset these values came from (zoo.recipes); flags override it
+    optimizer: str = "adam"  # adam | adamw
     lr: float = 1e-4
     weight_decay: float = 0.0
+    scheduler: str = "step"  # step (StepLR per epoch) | cosine (linear warm-up, then cosine decay, per step)
     step_size: int = 5
     gamma: float = 0.1
+    warmup_epochs: float = 0.0  # with --scheduler cosine
+    ema_decay: float = 0.0  # weight EMA (timm ModelEmaV3), validated and exported when > 0
     patience: int = 0  # early stopping after this many epochs without a better val AUC; 0 = off
     val_fraction: float = 0.2
     seed: int = 0
@@ -28,6 +35,14 @@ class TrainConfig:
     rotation: float = 30.0
     hflip: bool = True
     translate: float = 0.1
+    crop_scale: float = 1.0  # random resized crop: minimum area fraction (1.0 = off)
+    brightness: float = 0.0  # random brightness factor in [1 - b, 1 + b]
+    contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]
+    gamma_jitter: float = 0.0  # random gamma in [1 - g, 1 + g]
+    label_smoothing: float = 0.0  # targets y(1 - e) + e/2
+    mixup: float = 0.0  # mixup Beta(a, a) parameter (0 = off)
+    folds: int = 1  # k-fold cross-validation over labelled studies (1 = one validation split of val_fraction)
+    fold: int = 0  # which fold this member validates on (0 .. folds-1)
     head_hidden: list[int] = field(default_factory=lambda: [1024, 512])
     dropout: float = 0.3
     pos_weight: float | None = None  # None: n_neg / n_pos of the training split

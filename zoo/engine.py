@@ -18,13 +18,15 @@ from zoo.data.transforms import to_input
 
 
 def train_one_epoch(
-    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float, ema=None,
-    step_scheduler: Callable[[], None] | None = None, desc: str = "train", quiet: bool = False,
+    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float,
+    on_step: Callable[[], None] | None = None, mixup: float = 0.0, desc: str = "train", quiet: bool = False,
 ) -> float:
     """One pass over ``loader``; returns the mean training loss over every process's samples.
 
-    ``ema`` (a ``timm.utils.ModelEmaV3``) is updated after each optimizer step; ``step_scheduler`` is called after each
-    optimizer step too (per-step schedules such as warm-up + cosine), never inside an accumulation window.
+    ``on_step`` is called after each optimizer step, never inside an accumulation window (per-step learning-rate
+    schedules such as warm-up + cosine, the weight EMA).
+    ``mixup`` > 0 blends each batch with a shuffled copy of itself, images and targets alike, by a factor drawn from
+    Beta(mixup, mixup) (Zhang et al. 2018).
     """
     model.train()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of losses, samples)
@@ -32,15 +34,17 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True, unit="batch")
     for step, (x, y, _) in enumerate(bar):
         with accelerator.accumulate(model):
-            loss = loss_fn(model(to_input(x, mean, std)), y)
+            x = to_input(x, mean, std)
+            if mixup > 0 and len(y) > 1:
+                lam = float(np.random.default_rng(torch.randint(2**31, ()).item()).beta(mixup, mixup))
+                perm = torch.randperm(len(y), device=x.device)
+                x, y = lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+            loss = loss_fn(model(x), y)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-            if step_scheduler is not None:
-                step_scheduler()
+        if accelerator.sync_gradients and on_step is not None:
+            on_step()
         total[0] += loss.detach().double() * len(y)
         total[1] += len(y)
         if show and step % 10 == 0:
@@ -62,7 +66,8 @@ def evaluate(model: torch.nn.Module, loader, accelerator, n_items: int, *, mean:
     model.eval()
     positions, probs = [], []
     for x, _, pos in loader:
-        p = torch.sigmoid(model(to_input(x, mean, std)).float().reshape(-1))
+        with accelerator.autocast():  # also for a model that was not prepared (the weight EMA)
+            p = torch.sigmoid(model(to_input(x, mean, std)).float().reshape(-1))
         pos, p = accelerator.gather_for_metrics((pos, p))
         positions.append(pos.cpu())
         probs.append(p.float().cpu())

@@ -5,6 +5,7 @@ PyTorch is imported only by the torch backend, so ``--backend onnx`` / ``onnx-in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,43 @@ from zoo.metrics import aggregate_studies, best_threshold
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 __all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
+
+
+@dataclass
+class Group:
+    """What the combiner sees as one voter: a member, or the k fold members of one backbone (``--folds``), whose
+    study score is the mean of theirs and whose validation predictions are their out-of-fold predictions."""
+
+    name: str
+    members: list[Member]
+
+    def val_predictions(self, calibrated: bool = False) -> pd.DataFrame | None:
+        """``id, label, prob`` over the members' validation studies (each member's calibration applied if asked);
+        None when a member has none."""
+        frames = []
+        for m in self.members:
+            f = m.val_predictions()
+            if f is None:
+                return None
+            if calibrated:
+                f = f.assign(prob=m.calibrator(f["prob"].to_numpy(dtype=float)))
+            frames.append(f[["id", "label", "prob"]])
+        df = pd.concat(frames, ignore_index=True)
+        return df.groupby("id", sort=True).agg({"label": "first", "prob": "mean"}).reset_index()
+
+    @functools.cached_property
+    def val_auc(self) -> float:
+        """The member's validation AUC; for fold members, the AUC of their out-of-fold predictions."""
+        if len(self.members) == 1:
+            return self.members[0].val_auc
+        from zoo.metrics import binary_metrics
+
+        v = self.val_predictions(calibrated=True)  # fold models' scores put on one scale before pooling
+        return float("nan") if v is None else binary_metrics(v["label"].to_numpy(), v["prob"].to_numpy())["auc"]
+
+    @property
+    def threshold(self) -> float:
+        return float(np.mean([m.threshold for m in self.members]))
 
 
 @dataclass
@@ -39,7 +77,11 @@ class Ensemble:
         if not members:
             raise MemberError("an ensemble needs at least one member")
         self.members = members
-        self.method = method  # a registered combiner (zoo.combiners), built for these members
+        groups: dict[str, list[Member]] = {}
+        for m in members:
+            groups.setdefault(m.group, []).append(m)
+        self.groups = [Group(name, ms) for name, ms in groups.items()]  # the combiner's voters
+        self.method = method  # a registered combiner (zoo.combiners), built (and fitted) for these groups
         self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -87,31 +129,49 @@ class Ensemble:
 
     @method.setter
     def method(self, name: str) -> None:
-        self.combiner = create_combiner(name, self.members)
+        self.combiner = create_combiner(name, self.groups)
+        if self.combiner.fitted:  # learns from the validation (out-of-fold) predictions, never from test studies
+            val = self.validation_studies(calibrated=True)  # the scale calibrate() combines them on
+            if val is not None:
+                self.combiner.fit(val[self.group_names].to_numpy(dtype=float), val["label"].to_numpy(dtype=int))
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
 
     def weights(self) -> np.ndarray:
-        """The combiner's member weights, normalised to sum 1."""
+        """The combiner's weights, one per group (a member, or one backbone's fold members), normalised to sum 1."""
         w = self.combiner.weights()
         return w / w.sum()
 
+    def with_groups(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """``scores`` with a column per fold group (the mean of its members' columns) where it has none."""
+        out = scores.copy()
+        for g in self.groups:
+            if g.name not in out.columns:
+                out[g.name] = out[[m.name for m in g.members]].mean(axis=1)
+        return out
+
     def combine(self, scores: pd.DataFrame) -> pd.Series:
-        """Ensemble score per row from the member columns of ``scores`` (NaN-aware), by the chosen combiner."""
-        return pd.Series(self.combiner.combine(scores[self.names].to_numpy(dtype=float)), index=scores.index,
-                         name="ensemble")
+        """Ensemble score per row from the member columns of ``scores`` (NaN-aware): fold members averaged into
+        their group, then the chosen combiner over the groups."""
+        groups = self.with_groups(scores)[self.group_names].to_numpy(dtype=float)
+        return pd.Series(self.combiner.combine(groups), index=scores.index, name="ensemble")
 
     def threshold(self) -> float:
         """The decision threshold of the ensemble (the combiner's)."""
         return self.combiner.threshold()
 
-    def validation_studies(self) -> pd.DataFrame | None:
-        """The members' own validation predictions on the studies they all have: ``id, label`` and one column per
-        member (raw scores); None when a member has no val_predictions.csv or they share no study."""
-        frames = [m.val_predictions() for m in self.members]
+    def validation_studies(self, calibrated: bool = False) -> pd.DataFrame | None:
+        """The validation predictions of every group on the studies they all have: ``id, label`` and one column per
+        group (a member's own validation split, or a backbone's out-of-fold predictions; with ``calibrated``, each
+        member's calibration applied first); None when a member has no val_predictions.csv or they share no study."""
+        frames = [g.val_predictions(calibrated) for g in self.groups]
         if any(f is None for f in frames):
             return None
         df = frames[0][["id", "label"]].copy()
-        for m, f in zip(self.members, frames):
-            df = df.merge(f[["id", "prob"]].rename(columns={"prob": m.name}), on="id")
+        for g, f in zip(self.groups, frames):
+            df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
         return df if len(df) else None
 
     def calibrate(self, studies: pd.DataFrame, triage: float | None = None) -> Calibrated:
@@ -124,11 +184,11 @@ class Ensemble:
         out["ensemble_raw"] = out["ensemble"]
         for m in self.members:
             out[m.name] = m.calibrator(out[m.name].to_numpy(dtype=float))
-        val = self.validation_studies()
+        out = out.drop(columns=[g.name for g in self.groups if len(g.members) > 1], errors="ignore")
+        out = self.with_groups(out)  # fold groups: the mean of their calibrated members
+        val = self.validation_studies(calibrated=True)
         ens_cal, tri = Calibrator(), None
         if val is not None:
-            for m in self.members:
-                val[m.name] = m.calibrator(val[m.name].to_numpy(dtype=float))
             val_score = self.combine(val).to_numpy()
             ens_cal = Calibrator.fit(val["label"].to_numpy(), val_score)
             if triage is not None:
@@ -143,7 +203,7 @@ class Ensemble:
             threshold = self.threshold()
         else:
             member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
-                                               for m in self.members}])
+                                               for m in self.members}])  # fold groups average them
             threshold = float(self.combine(member_thresholds).iloc[0])
         return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val))
 
@@ -191,10 +251,11 @@ class Ensemble:
 
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
         """One row per study: ``id, part, label``, each member's study probability (``aggregate`` of its readable
-        images) and ``ensemble`` (members combined with ``self.method``). Studies with no readable image get NaN.
+        images), each fold group's (the mean of its fold members) and ``ensemble`` (the groups combined with
+        ``self.method``). Studies with no readable image get NaN.
         Extra keyword arguments go to :meth:`predict_images`; its errors are in ``result.attrs["errors"]``."""
         img, errors = self.predict_images(images, **kwargs)
-        st = aggregate_studies(img, self.names, aggregate)
+        st = self.with_groups(aggregate_studies(img, self.names, aggregate))
         st["ensemble"] = self.combine(st)
         st.attrs["errors"] = errors
         st.attrs["image_predictions"] = img

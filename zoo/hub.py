@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from zoo import leaderboard
+from zoo.atomic import write_text
 from zoo.card import member_card, run_card
 from zoo.members import MEMBER_FILES, TRAINING_FILES, MemberError, member_subfolders, members_in, read_member_config
 
@@ -54,11 +55,11 @@ def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
     if not members:
         raise FileNotFoundError(f"{run_dir}: no member folders to push (train with `python train_all.py`)")
     for d in members:
-        member_card(read_member_config(d), repo_id=repo_id, subfolder=d.name).save(d / "README.md")
+        write_text(d / "README.md", str(member_card(read_member_config(d), repo_id=repo_id, subfolder=d.name)))
     board = leaderboard.write(run_dir)
     dataset = read_member_config(members[0]).get("training", {}).get("dataset_name")
     md = leaderboard.to_markdown(board) if not board.empty else "(no finished members)"
-    run_card(repo_id, md, [d.name for d in members], dataset).save(run_dir / "README.md")
+    write_text(run_dir / "README.md", str(run_card(repo_id, md, [d.name for d in members], dataset)))
     return md
 
 
@@ -81,3 +82,19 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool | None = None, 
         ignore_patterns=["*/checkpoint/*", ".*"],
     )
     return str(getattr(info, "commit_url", info))
+
+
+def hub_reachable(timeout: float = 3.0, host: str = "huggingface.co", port: int = 443) -> tuple[bool, str]:
+    """Whether pretrained weights can be fetched now, decided within ``timeout`` seconds (never a long network wait):
+    False at once under ``HF_HUB_OFFLINE=1``, else a TCP connection to the Hub. Returns (reachable, why not)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return False, f"{host} not reachable within {timeout:.0f} s ({type(exc).__name__})"
+    return True, ""

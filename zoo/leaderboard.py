@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.atomic import write_csv, write_text
 from zoo.members import finished_members
 from zoo.metrics import plot_roc
 
@@ -35,13 +36,46 @@ def write(run_dir: str | Path) -> pd.DataFrame:
     df = collect(run_dir)
     if df.empty:
         return df
-    df.to_csv(run_dir / "leaderboard.csv", index=False)
-    (run_dir / "leaderboard.md").write_text(to_markdown(df) + "\n")
+    write_csv(df, run_dir / "leaderboard.csv")
+    oof, cv_table = out_of_fold(run_dir)
+    write_text(run_dir / "leaderboard.md", to_markdown(df) + "\n" + cv_table)
     curves = {}
     for name in df["backbone"]:
         vp = run_dir / name / "val_predictions.csv"
         if vp.is_file():
             v = pd.read_csv(vp)
             curves[name] = (v["label"].to_numpy(), v["prob"].to_numpy())
+    if oof is not None:
+        for g in oof.columns[2:]:
+            curves[f"{g} (out-of-fold)"] = (oof["label"].to_numpy(), oof[g].to_numpy())
     plot_roc(curves, run_dir / "roc.png", title="Validation ROC (study level)")
     return df
+
+
+def out_of_fold(run_dir: str | Path) -> tuple[pd.DataFrame | None, str]:
+    """For a ``--folds`` run: ``id, label`` and one column per backbone with its out-of-fold validation predictions
+    (every labelled study once; each fold member's calibration applied, so the folds share one scale), written to
+    ``oof_predictions.csv``, and a markdown table of their AUCs; (None, "") when no member was trained with folds."""
+    from zoo.ensemble import Ensemble
+    from zoo.members import Member
+
+    run_dir = Path(run_dir)
+    members = [Member(d.name, d) for d in finished_members(run_dir)]
+    if not any(m.group != m.name for m in members):
+        return None, ""
+    ens = Ensemble(members)
+    groups = [g for g in ens.groups if len(g.members) > 1]
+    frames = [g.val_predictions(calibrated=True) for g in groups]
+    df = None
+    for g, f in zip(groups, frames):
+        if f is None:
+            continue
+        f = f.rename(columns={"prob": g.name})
+        df = f if df is None else df.merge(f.drop(columns="label"), on="id", how="outer")
+    if df is None:
+        return None, ""
+    write_csv(df, run_dir / "oof_predictions.csv")
+    rows = [{"backbone": g.name, "folds": len(g.members), "out-of-fold AUC": g.val_auc,
+             "studies": int(df[g.name].notna().sum())} for g in groups]
+    table = pd.DataFrame(rows).sort_values("out-of-fold AUC", ascending=False).to_markdown(index=False, floatfmt=".3f")
+    return df, "\n## Cross-validated (out-of-fold predictions, every labelled study once)\n\n" + table + "\n"

@@ -21,10 +21,14 @@ def positive_weight(labels: Sequence[float] | np.ndarray) -> float:
 
 
 class WeightedBCE(nn.Module):
-    """``BCEWithLogitsLoss(pos_weight=n_neg/n_pos)``; takes logits of shape (B,) or (B, 1) and 0/1 targets."""
+    """``BCEWithLogitsLoss(pos_weight=n_neg/n_pos)``; takes logits of shape (B,) or (B, 1) and targets in [0, 1]
+    (0/1 labels, soft pseudo-labels or mixed targets). ``smoothing`` e moves targets to ``y(1 - e) + e/2``."""
 
-    def __init__(self, pos_weight: float = 1.0):
+    def __init__(self, pos_weight: float = 1.0, smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), not {smoothing}")
+        self.smoothing = float(smoothing)
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
 
     @classmethod
@@ -34,6 +38,7 @@ class WeightedBCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.reshape(-1).float()
-        return nn.functional.binary_cross_entropy_with_logits(
-            logits, target.reshape(-1).to(logits.dtype), pos_weight=self.pos_weight
-        )
+        target = target.reshape(-1).to(logits.dtype)
+        if self.smoothing:
+            target = target * (1 - self.smoothing) + self.smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)

@@ -27,8 +27,18 @@ class MemberError(ValueError):
 
 
 def read_member_config(folder: str | Path) -> dict[str, Any]:
-    """config.json of a member folder, without building the model."""
-    return json.loads((Path(folder) / "config.json").read_text())
+    """config.json of a member folder, without building the model; a missing or broken one is a
+    :class:`MemberError` that names it."""
+    f = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise MemberError(f"{f}: missing; a member folder holds model.safetensors + config.json") from exc
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise MemberError(f"{f}: not valid JSON ({exc}); copy or download the member again") from exc
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), str):
+        raise MemberError(f"{f}: not a bone-zoo member config (no \"backbone\"); copy or download it again")
+    return cfg
 
 
 def is_member_dir(folder: str | Path) -> bool:
@@ -71,7 +81,7 @@ def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights
             found = members_in(Path(spec))
             if not found:
                 raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
-                                  " train some with `python train_all.py`")
+                                  f"{_pickles_note(Path(spec))} train some with `python train_all.py`")
         else:
             pool = members_in(Path(weights_dir))
             found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
@@ -84,6 +94,19 @@ def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights
     return out
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _pickles_note(folder: Path) -> str:
+    """What a folder without members holds instead, when it is pickled weights (which are never loaded)."""
+    found = [p for p in (list(folder.glob("*")) + list(folder.glob("*/*")) if folder.is_dir() else [])
+             if p.suffix in PICKLE_SUFFIXES]
+    if not found:
+        return ""
+    return (f" {', '.join(str(p) for p in found[:3])} is never loaded (pickled weights can run code): convert it to "
+            "model.safetensors where you trust it;")
+
+
 def unique_names(folders: list[Path]) -> list[str]:
     """Member names for display: the folder name, prefixed by its run folder where two would clash."""
     names = [f.name for f in folders]
@@ -93,11 +116,25 @@ def unique_names(folders: list[Path]) -> list[str]:
 def load_model(folder: Path, device: str = "cpu"):
     """A member's network (a ``zoo.BoneClassifier``), ready for inference on ``device``; weights that do not match
     config.json are a :class:`MemberError`. PyTorch is imported here, not when this module is."""
+    from safetensors import SafetensorError
+
     from zoo.inference import prepare_model, resolve_device
     from zoo.model import BoneClassifier
+    from zoo.registry import list_backbones
 
+    backbone = read_member_config(folder)["backbone"]
+    if backbone not in list_backbones():
+        raise MemberError(f"{Path(folder) / 'config.json'}: backbone {backbone!r} is not registered here (a plugin "
+                          "package not installed, or a newer bone-zoo?); `python train_all.py --list-models` lists "
+                          "the registered ones")
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        raise MemberError(f"{weights}: missing;{_pickles_note(Path(folder))}")
     try:
         return prepare_model(BoneClassifier.load(folder), resolve_device(str(device)))
+    except SafetensorError as exc:
+        raise MemberError(f"{weights}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
+                          "member again") from exc
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
@@ -145,6 +182,15 @@ class Member:
 
         f = self.folder / "val_predictions.csv"
         return pd.read_csv(f, dtype={"id": str}) if f.is_file() else None
+
+    @property
+    def group(self) -> str:
+        """The name shared by the k fold members of one backbone (``resnet10t-fold2`` -> ``resnet10t``); a member
+        trained on one split is its own group."""
+        t = self.config.get("training") or {}
+        suffix = f"-fold{t.get('fold', 0)}"
+        return self.name[: -len(suffix)] if int(t.get("folds", 1) or 1) > 1 and self.name.endswith(suffix) \
+            else self.name
 
     @property
     def val_auc(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, brier, ece
 from zoo.checkpoint import Checkpoint
 from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
-from zoo.data import Dataset, ImageArray, load_images, split_by_study, studies
+from zoo.data import Dataset, ImageArray, fold_split, load_images, split_by_study, studies
 from zoo.data.transforms import train_augment
 from zoo.engine import evaluate, train_one_epoch
 from zoo.inference import ArrayDataset, auto_workers
@@ -134,7 +135,10 @@ class Trainer:
         self.device = self.accelerator.device
         self.micro_batch = micro_batch(config, self.device.type)
         self.checkpoint = Checkpoint(self.out / "checkpoint")
-        self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
+        if config.folds > 1:  # k-fold: this member validates on fold `fold`; its val predictions are out-of-fold
+            self.train_df, self.val_df = fold_split(dataset.train, config.folds, config.fold, config.seed)
+        else:
+            self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
         if pseudo is not None and len(pseudo):  # pseudo-labelled unlabelled studies: training only, soft targets
             self.train_df = pd.concat([self.train_df, pseudo[self.train_df.columns]], ignore_index=True)
         self.pseudo_record = pseudo_record  # what --semi-supervised used (None: labelled studies only)
@@ -167,7 +171,8 @@ class Trainer:
         train_df, val_df = ok(self.train_df), ok(self.val_df)
         used = set(self.train_df["path"]) | set(self.val_df["path"])
         self.unreadable = {p: e for p, e in self.images.errors.items() if p in used}
-        aug = train_augment(cfg.rotation, cfg.hflip, cfg.translate)
+        aug = train_augment(cfg.rotation, cfg.hflip, cfg.translate, size=cfg.img_size, crop_scale=cfg.crop_scale,
+                            brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma_jitter)
         return TrainData(train_df, val_df,
                          ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug),
                          ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()))
@@ -182,7 +187,9 @@ class Trainer:
         val = DataLoader(data.val_ds, batch_size=cfg.batch_size * 2, shuffle=False, **common)
         return self.accelerator.prepare_data_loader(train), self.accelerator.prepare_data_loader(val)
 
-    def build(self) -> tuple[BoneClassifier, torch.optim.Optimizer, Any]:
+    def build(self, steps_per_epoch: int) -> tuple[BoneClassifier, torch.optim.Optimizer, Any]:
+        """Model, optimizer (Adam, or AdamW without decay on norms and biases) and schedule (StepLR stepped per
+        epoch, or linear warm-up + cosine decay stepped per optimizer step)."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         model = BoneClassifier.new(
@@ -190,8 +197,21 @@ class Trainer:
             head_hidden=cfg.head_hidden, dropout=cfg.dropout, mean=cfg.mean, std=cfg.std,
         )
         model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        if cfg.optimizer == "adamw":
+            from timm.optim import param_groups_weight_decay
+
+            opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"--optimizer must be adam or adamw, not {cfg.optimizer!r}")
+        if cfg.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        elif cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
+                round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+        else:
+            raise ValueError(f"--scheduler must be step or cosine, not {cfg.scheduler!r}")
         return model, opt, sched
 
     def validate(self, model, loader, data: TrainData) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -214,25 +234,44 @@ class Trainer:
         data = self.prepare_data()
         self.pos_weight = cfg.pos_weight if cfg.pos_weight is not None else positive_weight(data.train_df["label"])
         train_loader, val_loader = self.loaders(data)
-        model, opt, sched = self.build()
-        loss_fn = WeightedBCE(self.pos_weight).to(acc.device)
+        model, opt, sched = self.build(steps_per_epoch=math.ceil(len(train_loader) / acc.gradient_accumulation_steps))
+        loss_fn = WeightedBCE(self.pos_weight, cfg.label_smoothing).to(acc.device)
         model, opt = acc.prepare(model, opt)
-        state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "train_time_s": 0.0}
+        ema = None
+        if cfg.ema_decay > 0:  # validated and exported instead of the raw weights
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(acc.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True)
+        state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "train_time_s": 0.0, "steps": 0}
         if resume:
-            restored = self.checkpoint.restore(acc.unwrap_model(model), opt.optimizer, sched, acc.scaler)
+            restored = self.checkpoint.restore(acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
+                                               ema=None if ema is None else ema.module)
             if restored is not None:
-                state = restored
+                state = {"steps": 0, **restored}
                 self.log(f"resuming after epoch {state['epoch']}")
+
+        def on_step() -> None:  # after each optimizer step
+            state["steps"] += 1
+            if cfg.scheduler == "cosine":
+                sched.step()
+            if ema is not None:
+                ema.update(acc.unwrap_model(model), step=state["steps"])
+
+        scored = model if ema is None else ema.module  # what is validated, kept as best and exported
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
             train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
-            train_loss = train_one_epoch(model, train_loader, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std,
-                                         desc=f"{cfg.backbone} {epoch}/{cfg.epochs}", quiet=cfg.quiet)
-            train_s = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]
-            sched.step()
-            _, m = self.validate(model, val_loader, data)
+            train_loss = train_one_epoch(model, train_loader, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std,
+                                         on_step=on_step, mixup=cfg.mixup, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
+                                         quiet=cfg.quiet)
+            train_s = time.perf_counter() - t0
+            if cfg.scheduler == "step":
+                sched.step()
+            if ema is not None:
+                self._sync_ema(ema.module)
+            _, m = self.validate(scored, val_loader, data)
             state["train_time_s"] += time.perf_counter() - t0
             auc = m["auc"] if not math.isnan(m["auc"]) else -1.0
             best = auc > state["best_auc"]
@@ -244,14 +283,25 @@ class Trainer:
                    "time_s": round(time.perf_counter() - t0, 3)}
             if self.is_main:
                 self._append_log(row, epoch)
-                self.checkpoint.save(state, acc.unwrap_model(model), opt.optimizer, sched, acc.scaler, best=best)
+                self.checkpoint.save(state, acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
+                                     ema=None if ema is None else ema.module, best=best)
             acc.wait_for_everyone()
             self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
                      f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
             if cfg.patience and epoch - state["best_epoch"] >= cfg.patience:
                 self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
                 break
-        return self.export(model, val_loader, data, state)
+        return self.export(scored, val_loader, data, state)
+
+    def _sync_ema(self, module: torch.nn.Module) -> None:
+        """Under DDP every process keeps its own EMA, and BatchNorm statistics differ between processes: the main
+        process's EMA is given to all, so every shard is validated (and the member exported) with the same weights."""
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            with torch.no_grad():
+                for t in list(module.parameters()) + list(module.buffers()):
+                    t.copy_(broadcast(t.detach().clone(), from_process=0))
 
     def _append_log(self, row: dict, epoch: int) -> None:
         """metrics.jsonl, rewritten atomically; rows of epochs after ``epoch`` (left by a killed run) are dropped."""
@@ -296,6 +346,19 @@ class Trainer:
             self.checkpoint.clear()
         acc.wait_for_everyone()
         return metrics
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step: linear warm-up to 1 over ``warmup_steps``, then cosine decay to
+    ``floor`` at ``total_steps`` (for ``torch.optim.lr_scheduler.LambdaLR``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
 
 
 def plot_curves(jsonl: Path, path: Path, title: str) -> None:

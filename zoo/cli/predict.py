@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from zoo.atomic import write_csv, write_text
@@ -37,8 +38,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default: every member under --weights)")
     a("--weights", default="weights", help="run folder searched by default and by wildcards (default %(default)s)")
     a("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// members")
-    a("--ensemble", choices=list_combiners(), default="mean", help="how members are combined, any registered "
-      f"combiner (plugins: entry-point group bone_zoo.combiners): {describe_combiners()} (default %(default)s)")
+    a("--ensemble", choices=list_combiners(), default="auto", help="how members are combined (fold members of one "
+      "backbone are first averaged into one voter), any registered combiner (plugins: entry-point group "
+      f"bone_zoo.combiners): {describe_combiners()} (default %(default)s)")
     a("--aggregate", choices=AGGREGATES, default="mean", help="study score from its images (default %(default)s)")
     a("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
     a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold")
@@ -53,7 +55,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--missing-value", type=float, default=0.5, help="label written for a study with no readable image "
       "(reported on stderr; default %(default)s)")
     a("--evaluate", action="store_true", help="the test split is labelled (test_labels.csv or MURA valid): write "
-      "report.md and roc.png with AUC, kappa, accuracy, sensitivity, specificity per member, ensemble and body part")
+      "report.md, metrics.csv and roc.png with AUC, kappa, accuracy, sensitivity, specificity per member, ensemble "
+      "and body part")
     a("--report-dir", default=None, help="where report.md and roc.png go (default: the output CSV's folder)")
     a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder")
     a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
@@ -75,8 +78,11 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     """report.md, roc.png and reliability.png from the study table whose 'ensemble' column is what went into the
     CSV (calibrated unless --no-calibrate; then ``ensemble_raw`` is the raw row); a triage section with --triage."""
     labelled = studies[studies["label"].notna()]
-    cols = ens.names + ["ensemble"] + (["ensemble_raw"] if "ensemble_raw" in studies else [])
+    bags = [g.name for g in ens.groups if len(g.members) > 1]  # a backbone's fold members averaged
+    cols = ens.names + bags + ["ensemble"] + (["ensemble_raw"] if "ensemble_raw" in studies else [])
     member_thr = {m.name: float(m.calibrator([m.threshold])[0]) if calibrated else m.threshold for m in ens.members}
+    member_thr |= {g.name: float(np.mean([member_thr[m.name] for m in g.members])) for g in ens.groups
+                   if len(g.members) > 1}
     thresholds = member_thr | {"ensemble": threshold, "ensemble_raw": ens.threshold()}
     table = metrics_table(labelled, cols, thresholds)
     show = table.copy()
@@ -86,8 +92,9 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     per_part = show[show["part"] != "ALL"]
     lines = [
         f"# Evaluation: {title}", "",
-        f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {ens.method} of "
-        f"{len(ens.members)} member(s); study score = aggregate of image probabilities. "
+        f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {_method(ens)} of "
+        f"{len(ens.members)} member(s)" + (f" in {len(ens.groups)} group(s) (fold members averaged)"
+                                           if bags else "") + "; study score = aggregate of image probabilities. "
         "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
         + (f"Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
            f"{calibrated.n_validation} validation studies); `ensemble_raw` is the uncalibrated ensemble."
@@ -99,12 +106,22 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     if triage is not None:
         lines += _triage_lines(labelled, triage.loc[labelled.index], calibrated.triage)
     write_text(out_dir / "report.md", "\n".join(lines))
+    write_csv(table, out_dir / "metrics.csv")
     plot_reliability({c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in cols},
                      out_dir / "reliability.png", title=f"Reliability, study level: {title}")
-    curves = {c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in ens.names}
+    curves = {c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in ens.names + bags}
     curves[f"ensemble ({ens.method})"] = (labelled["label"].to_numpy(), labelled["ensemble"].to_numpy())
     plot_roc(curves, out_dir / "roc.png", title=f"ROC, study level: {title}")
     return table
+
+
+def _method(ens: Ensemble) -> str:
+    """The combiner, and for ``auto`` what it chose on the validation predictions and why."""
+    c = ens.combiner
+    if getattr(c, "scores", None):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in c.scores.items())
+        return f"auto -> **{c.chosen.name}** (cross-validated AUC on the validation predictions: {scores})"
+    return ens.method
 
 
 def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]:
@@ -133,6 +150,8 @@ def main(args: argparse.Namespace) -> int:
             dataset = load_dataset(args.data)
     except LayoutError as exc:
         return fail(str(exc))
+    for note in dataset.notes:  # what was skipped or assumed in the folder, said once
+        print(f"note: {note}", file=sys.stderr)
     test = dataset.test
     if test.empty:
         return fail(f"{args.data}: no test images (expected images in {Path(args.data) / 'test'}/ or MURA's valid "

@@ -17,8 +17,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from zoo import leaderboard
-from zoo.config import PRECISIONS, TrainConfig
+from zoo.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
+from zoo.recipes import DEFAULT_RECIPE, RECIPES, describe_recipes, get_recipe
 
 DEFAULT_MODELS = ["regnet_x_800mf", "regnety_016", "resnet50", "densenet169", "efficientnet_b0"]
 QUICK_MODELS = ["regnetx_002", "resnet10t"]
@@ -37,27 +38,46 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       help=f"backbones or wildcards ('regnet*'). Default: {' '.join(DEFAULT_MODELS)} with --data, "
       f"{' '.join(QUICK_MODELS)} on synthetic data. --list-models shows all")
     a("--list-models", action="store_true", help="print the registered backbones and exit")
-    a("--epochs", type=int, default=None, help=f"epochs per member (default {d.epochs}; 3 on synthetic data)")
-    a("--img-size", type=int, default=None, help=f"square input size in px (default {d.img_size}; 96 on synthetic)")
+    a("--recipe", choices=list(RECIPES), default=None, help="training preset; a flag given here overrides its value. "
+      f"{describe_recipes()}. Default: {DEFAULT_RECIPE} with --data, seed (faster settings) on synthetic data")
+    a("--budget-minutes", type=float, default=None, metavar="M", help="fit the zoo to M minutes of training on this "
+      "machine: measures each candidate backbone's speed here, then picks backbones, image size, folds and epochs "
+      "(flags you give are kept) and says what it chose")
+    a("--folds", type=int, default=None, metavar="K", help="K-fold cross-validation: K members per backbone, every "
+      "labelled study validated once; out-of-fold predictions go to OUT/oof_predictions.csv and fit the ensemble "
+      "(default 1: one validation split)")
+    a("--epochs", type=int, default=None, help="epochs per member (recipe: seed 20, modern 30; 3 on synthetic data)")
+    a("--img-size", type=int, default=None, help="square input size in px (recipe: seed 512, modern 256; 96 on "
+      "synthetic)")
     a("--batch-size", type=int, default=d.batch_size, help="batch size (default %(default)s)")
-    a("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr}; 1e-3 on synthetic data)")
-    a("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay (default %(default)s)")
-    a("--step-size", type=int, default=d.step_size, help="StepLR step in epochs (default %(default)s)")
-    a("--gamma", type=float, default=d.gamma, help="StepLR factor (default %(default)s)")
+    a("--optimizer", choices=OPTIMIZERS, default=None, help="adam or adamw (recipe)")
+    a("--lr", type=float, default=None, help="learning rate (recipe: seed 1e-4, modern 1e-3; 1e-3 on synthetic)")
+    a("--weight-decay", type=float, default=None, help="weight decay (recipe)")
+    a("--scheduler", choices=SCHEDULERS, default=None, help="step: StepLR per epoch; cosine: linear warm-up then "
+      "cosine decay per step (recipe)")
+    a("--step-size", type=int, default=None, help="StepLR step in epochs (recipe)")
+    a("--gamma", type=float, default=None, help="StepLR factor (recipe)")
+    a("--warmup-epochs", type=float, default=None, help="cosine schedule warm-up in epochs (recipe)")
+    a("--ema-decay", type=float, default=None, help="weight EMA decay, validated and exported; 0 = off (recipe)")
     a("--patience", type=int, default=d.patience, help="early stop after N epochs without a better val AUC; 0 = off "
       "(default %(default)s)")
     a("--val-fraction", type=float, default=d.val_fraction, help="share of labelled studies held out for "
-      "validation, split by study (default %(default)s)")
-    a("--pretrained", action=argparse.BooleanOptionalAction, default=d.pretrained,
-      help="start from ImageNet weights (timm/torchvision download; needs internet unless --pretrained-weights) "
-      "(default: %(default)s)")
+      "validation, split by study, without --folds (default %(default)s)")
+    a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+      help="start from ImageNet weights (timm/torchvision). Default: on with --data when the weights are reachable "
+      "(cached, or the Hub answers within seconds), else random init with a warning; off on synthetic data")
     a("--pretrained-weights", default=None, metavar="PATH",
       help="offline ImageNet weights: a .safetensors file, or a folder of <backbone>.safetensors files")
-    a("--rotation", type=float, default=d.rotation, help="augmentation: max rotation in degrees (default %(default)s)")
-    a("--hflip", action=argparse.BooleanOptionalAction, default=d.hflip, help="augmentation: horizontal flip "
-      "(default: %(default)s)")
-    a("--translate", type=float, default=d.translate, help="augmentation: max translation, fraction of the size "
-      "(default %(default)s)")
+    a("--rotation", type=float, default=None, help="augmentation: max rotation in degrees (recipe)")
+    a("--hflip", action=argparse.BooleanOptionalAction, default=None, help="augmentation: horizontal flip (recipe)")
+    a("--translate", type=float, default=None, help="augmentation: max translation, fraction of the size (recipe)")
+    a("--crop-scale", type=float, default=None, help="augmentation: random resized crop keeping at least this "
+      "share of the area; 1 = off (recipe)")
+    a("--brightness", type=float, default=None, help="augmentation: brightness jitter (recipe)")
+    a("--contrast", type=float, default=None, help="augmentation: contrast jitter (recipe)")
+    a("--gamma-jitter", type=float, default=None, help="augmentation: gamma jitter (recipe)")
+    a("--label-smoothing", type=float, default=None, help="BCE label smoothing (recipe)")
+    a("--mixup", type=float, default=None, help="mixup Beta(a, a) parameter; 0 = off (recipe)")
     a("--head-hidden", type=int, nargs="+", default=d.head_hidden, help="MLP head widths (default %(default)s)")
     a("--dropout", type=float, default=d.dropout, help="head dropout (default %(default)s)")
     a("--pos-weight", type=float, default=None, help="BCE positive weight (default: n_neg/n_pos of the train split)")
@@ -92,10 +112,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def config_for(args: argparse.Namespace, backbone: str) -> TrainConfig:
+def config_for(args: argparse.Namespace, backbone: str, fold: int = 0) -> TrainConfig:
+    """TrainConfig defaults <- the recipe <- the flags given (a flag left at None keeps the recipe's value)."""
     names = {f.name for f in fields(TrainConfig)}
+    recipe = get_recipe(args.recipe or "seed")
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return TrainConfig(**{**values, "backbone": backbone})
+    return TrainConfig(**{**recipe.values, **values, "recipe": recipe.name, "backbone": backbone,
+                          "folds": max(1, args.folds or 1), "fold": fold})
+
+
+def member_runs(args: argparse.Namespace, models: list[str]) -> list[tuple[str, TrainConfig]]:
+    """(member folder name, config) for each member: one per backbone, or ``NAME-foldK`` for K folds."""
+    folds = max(1, args.folds or 1)
+    if folds == 1:
+        return [(name, config_for(args, name)) for name in models]
+    return [(f"{name}-fold{k}", config_for(args, name, k)) for name in models for k in range(folds)]
+
+
+def budget_plan(args: argparse.Namespace, dataset, acc, say, given: list[str] | None):
+    """--budget-minutes: measure, choose, and write the choice into ``args`` (flags given stay); returns the backbones
+    and the accelerator for the chosen settings. Under DDP the main process decides for everyone."""
+    from accelerate.utils import broadcast_object_list
+
+    from zoo.budget import plan
+    from zoo.train import make_accelerator
+
+    recipe = get_recipe(args.recipe)
+    chosen = [None]
+    if acc.is_main_process:
+        n = int(dataset.train["label"].notna().sum())
+        say(f"budget: measuring candidate backbones on this machine ({acc.device}) ...", flush=True)
+        p = plan(args.budget_minutes, recipe, config_for(args, (given or recipe.budget["models"])[0]), n, models=given,
+                 img_size=args.img_size, folds=args.folds, epochs=args.epochs,
+                 say=lambda m: say(m, flush=True))
+        chosen = [(p.models, p.img_size, p.folds, p.epochs)]
+    if acc.num_processes > 1:
+        broadcast_object_list(chosen)
+    models, args.img_size, args.folds, args.epochs = chosen[0]
+    return models, make_accelerator(config_for(args, models[0]))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,8 +159,10 @@ def main(args: argparse.Namespace) -> int:
         print(describe_backbones())
         return 0
     synthetic = args.data is None
+    if args.recipe is None:
+        args.recipe = "seed" if synthetic else DEFAULT_RECIPE
     if synthetic:
-        for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3}.items():
+        for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3, "pretrained": False}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
     from zoo.train import Trainer, make_accelerator  # PyTorch and Accelerate: only when training
@@ -135,9 +191,26 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     say(dataset.summary(), flush=True)
+    if args.pretrained is None:  # real data: ImageNet weights when they can be had, as the original used
+        if args.pretrained_weights:
+            args.pretrained = True
+        else:
+            from zoo.hub import hub_reachable
+
+            args.pretrained, why = hub_reachable()
+            if not args.pretrained:
+                print(f"WARNING: ImageNet weights are not reachable ({why}): training from RANDOM INIT, which needs "
+                      "more epochs and scores lower. Give --pretrained-weights DIR (NAME.safetensors files) to use "
+                      "downloaded weights, or --no-pretrained to silence this.", file=sys.stderr, flush=True)
     if dataset.train["label"].notna().sum() == 0:
         print(f"error: {root}: no labelled training images (train.csv labels 0/1)", file=sys.stderr)
         return 2
+    if args.budget_minutes is not None:
+        try:
+            models, acc = budget_plan(args, dataset, acc, say, models if args.models else None)
+        except (ValueError, KeyError) as exc:
+            print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
     if acc.num_processes > 1:
         say(f"distributed: {acc.num_processes} processes ({acc.distributed_type}), mixed precision "
             f"{acc.mixed_precision}", flush=True)
@@ -150,10 +223,10 @@ def main(args: argparse.Namespace) -> int:
     def train_round(run_dir: Path, pseudo=None, record=None, label: str = "") -> bool:
         """Every member into ``run_dir``; False when interrupted (Ctrl-C)."""
         images = None
-        for i, name in enumerate(models, 1):
-            cfg = config_for(args, name)
-            say(f"\n[{i}/{len(models)}{label}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}",
-                flush=True)
+        runs = member_runs(args, models)
+        for i, (name, cfg) in enumerate(runs, 1):
+            say(f"\n[{i}/{len(runs)}{label}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}, "
+                f"recipe {cfg.recipe}" + (f", fold {cfg.fold + 1}/{cfg.folds}" if cfg.folds > 1 else ""), flush=True)
             try:
                 trainer = Trainer(cfg, dataset, run_dir / name, images=images, accelerator=acc, pseudo=pseudo,
                                   pseudo_record=record)

@@ -1,4 +1,5 @@
-"""Tensor transforms: the seed's augmentation (rotation, flip, translation) and normalisation."""
+"""Tensor transforms: training augmentation (the seed's rotation, flip, translation; the modern recipe's crop and
+intensity jitter) and normalisation."""
 
 from __future__ import annotations
 
@@ -6,13 +7,40 @@ import torch
 from torchvision.transforms import v2
 
 
-def train_augment(rotation: float = 30.0, hflip: bool = True, translate: float = 0.1) -> v2.Compose:
-    """Random rotation ±``rotation``°, horizontal flip, translation ``translate`` (fraction); 0/False disables."""
+class RandomGamma(torch.nn.Module):
+    """Gamma correction with gamma drawn from [1 - g, 1 + g] (X-ray exposure and post-processing curves vary)."""
+
+    def __init__(self, g: float):
+        super().__init__()
+        self.g = float(g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma = 1.0 + (torch.rand(()).item() * 2 - 1) * self.g
+        return v2.functional.adjust_gamma(x, gamma)
+
+
+def train_augment(rotation: float = 30.0, hflip: bool = True, translate: float = 0.1, *, size: int | None = None,
+                  crop_scale: float = 1.0, brightness: float = 0.0, contrast: float = 0.0,
+                  gamma: float = 0.0) -> v2.Compose:
+    """Augmentation of uint8 (1, S, S) images; a 0/False/1.0 argument disables its step.
+
+    Random resized crop back to ``size`` keeping at least ``crop_scale`` of the area (aspect 3:4..4:3), horizontal flip,
+    rotation ±``rotation``° with translation ``translate`` (fraction of the size), then brightness, contrast and gamma
+    jitter (each a factor drawn from [1 - v, 1 + v]).
+    """
     ops: list = []
+    if crop_scale < 1.0:
+        if not size:
+            raise ValueError("a random resized crop needs the output size")
+        ops.append(v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True))
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     if rotation or translate:
         ops.append(v2.RandomAffine(degrees=rotation, translate=(translate, translate) if translate else None))
+    if brightness or contrast:
+        ops.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
+    if gamma:
+        ops.append(RandomGamma(gamma))
     return v2.Compose(ops)
 
 
