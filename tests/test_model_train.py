@@ -42,7 +42,11 @@ def test_save_load_round_trip_is_identical(tmp_path):
                            metrics={"val_auc": 0.9}).eval()
     model.save_member(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg == model.get_config()  # config is the constructor
+    import hashlib
+
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    assert cfg.pop("weights_sha256") == hashlib.sha256(weights).hexdigest()  # ties the config to its weights
+    assert cfg == model.get_config()  # the rest is the constructor
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.safetensors", "config.json", "README.md"}
     again = BoneClassifier.load(tmp_path / "m")
     x = torch.randn(2, 1, 64, 64)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,7 +111,10 @@ class BoneClassifier(
         tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
         try:
             self.save_pretrained(tmp, config=self.get_config())
-            for name in MEMBER_FILES:
+            cfg = json.loads((tmp / "config.json").read_text())
+            cfg[WEIGHTS_HASH] = file_sha256(tmp / "model.safetensors")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+            for name in MEMBER_FILES:  # each rename is atomic; the hash ties the config to its weights between them
                 os.replace(tmp / name, folder / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -131,6 +138,43 @@ class BoneClassifier(
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", **hub_kwargs) -> BoneClassifier:
-        """Load a member from a folder (or a Hub id) in eval mode; weights must match the config exactly."""
-        model = cls.from_pretrained(str(path), map_location=str(device), strict=True, **hub_kwargs)
-        return model.eval()
+        """Load a member from a folder (or a Hub id) in eval mode; weights must match the config exactly.
+
+        A folder's config.json names the SHA-256 of its model.safetensors (``weights_sha256``, written by
+        :meth:`save_member`): weights that are not the config's (a member being rewritten at this moment, or one file
+        replaced by hand) are never used together; the load is retried while a writer finishes, then refused.
+        """
+        if not Path(path).is_dir():
+            return cls.from_pretrained(str(path), map_location=str(device), strict=True, **hub_kwargs).eval()
+        from safetensors.torch import load as load_safetensors
+
+        folder = Path(path)
+        for attempt in range(RETRIES):  # config and weights are each read once, as bytes, and checked together
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            data = (folder / "model.safetensors").read_bytes()
+            expected = config.get(WEIGHTS_HASH)
+            if expected is None or hashlib.sha256(data).hexdigest() == expected:
+                params = inspect.signature(cls.__init__).parameters
+                model = cls(**{k: v for k, v in config.items() if k in params and k != "self"})
+                model.load_state_dict(load_safetensors(data), strict=True)
+                return model.to(device).eval()
+            time.sleep(0.02 * (attempt + 1))  # a writer between its renames is done within milliseconds
+        raise WeightsMismatch(f"{folder}: model.safetensors is not the one its config.json names ({WEIGHTS_HASH}): "
+                              "damaged or truncated, replaced by hand, or being rewritten. Copy or download the whole "
+                              "member folder again")
+
+
+WEIGHTS_HASH = "weights_sha256"
+RETRIES = 8
+
+
+class WeightsMismatch(ValueError):
+    """A member folder whose weights are not the ones its config.json names."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

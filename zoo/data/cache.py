@@ -73,6 +73,35 @@ def _decode_all(paths: list[str], size: int, out: np.ndarray, workers: int, quie
     return errors
 
 
+def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """A complete cache entry, memory-mapped; None (and the pieces removed) for a missing or damaged one, which is
+    then decoded again. Complete = its metadata, written last, is there and the array has the expected shape."""
+    if not (meta.is_file() and data.is_file()):
+        return None
+    try:
+        json.loads(meta.read_text())["errors"]  # noqa: B018
+        arr = np.load(data, mmap_mode="r")
+        if arr.shape == shape and arr.dtype == np.uint8:
+            return arr
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    data.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+    return None
+
+
+def _remove_stale(folder: Path) -> None:
+    """Temporary files of decoders that were killed (their process is gone)."""
+    for tmp in folder.glob("*.tmp*"):
+        try:
+            pid = int(tmp.name.split(".")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
 def load_images(
     paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = False
 ) -> ImageArray:
@@ -87,9 +116,10 @@ def load_images(
         folder.mkdir(parents=True, exist_ok=True)
         key = _key(paths, size)
         data, meta = folder / f"{key}.npy", folder / f"{key}.json"
-        if meta.is_file() and data.is_file():
+        _remove_stale(folder)
+        arr = _open_entry(data, meta, (len(paths), size, size))
+        if arr is not None:
             errors = json.loads(meta.read_text())["errors"]
-            arr = np.load(data, mmap_mode="r")
         else:
             tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from contextlib import contextmanager
@@ -16,6 +17,24 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 
 class ImageReadError(ValueError):
     """A file that cannot be decoded as an image at all."""
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) decoded: 64 Mpx unless ``BONE_ZOO_MAX_PIXELS`` says otherwise. Radiographs
+    are under 30 Mpx; a larger header is refused before any pixel is decoded (a decompression bomb inflates a small
+    file into gigabytes), as Pillow's own guard does at 179 Mpx."""
+    return int(os.environ.get("BONE_ZOO_MAX_PIXELS", 64_000_000))
+
+
+BOMB_HINT = ("refused before decoding (decompression-bomb guard). Downscale it, or raise BONE_ZOO_MAX_PIXELS if it "
+             "is a genuine image")
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    limit = max_pixels()
+    if width * height > limit:
+        raise ImageReadError(f"{path}: {width}x{height} px ({width * height / 1e6:.0f} Mpx) is over the "
+                             f"{limit / 1e6:.0f} Mpx limit, {BOMB_HINT}")
 
 
 class TruncatedImageWarning(UserWarning):
@@ -36,9 +55,14 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install 'bone-zoo[dicom]')") from exc
     try:
         ds = pydicom.dcmread(str(path))
+        _check_size(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0))
         arr = ds.pixel_array
+    except ImageReadError:
+        raise
     except Exception as exc:
-        raise ImageReadError(f"{path}: not a readable DICOM ({exc})") from exc
+        hint = " (compressed pixel data: pip install pylibjpeg pylibjpeg-libjpeg, or gdcm)" \
+            if "decode" in str(exc).lower() or "plugin" in str(exc).lower() else ""
+        raise ImageReadError(f"{path}: not a readable DICOM ({str(exc).splitlines()[0][:200]}){hint}") from exc
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare for radiographs)
         arr = arr[..., :3].mean(-1)
     elif arr.ndim == 3:  # multi-frame: first frame
@@ -115,10 +139,15 @@ def decode(path: str | Path) -> tuple[np.ndarray, bool]:
         return _read_dicom(path), False
     try:
         with _GATE.strict(), Image.open(path) as img:
+            _check_size(path, *img.size)  # from the header: nothing decoded yet
             img.load()
             return _pil_to_gray(img), False
     except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError) as exc:
         raise ImageReadError(f"{path}: not an image ({type(exc).__name__})") from exc
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, should BONE_ZOO_MAX_PIXELS be raised past it
+        raise ImageReadError(f"{path}: {str(exc).split(',')[0]}, {BOMB_HINT}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if "truncated" not in str(exc).lower() and "premature end" not in str(exc).lower():
             raise ImageReadError(f"{path}: cannot decode ({exc})") from exc

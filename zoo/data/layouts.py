@@ -17,8 +17,8 @@ import pandas as pd
 from zoo.data.io import IMAGE_SUFFIXES
 
 COLUMNS = ["path", "id", "part", "label"]
-# HAND_7c61ce2000_image3.png -> part HAND, study 7c61ce2000, image 3
-NAME_RE = re.compile(r"^(?P<part>[A-Za-z]+)_(?P<study>[0-9A-Za-z]+)_image(?P<n>\d+)$", re.IGNORECASE)
+# HAND_7c61ce2000_image3.png -> part HAND, study 7c61ce2000, image 3 (study ids may hold underscores and dashes)
+NAME_RE = re.compile(r"^(?P<part>[A-Za-z]+)_(?P<study>[0-9A-Za-z][0-9A-Za-z_\-]*)_image(?P<n>\d+)$", re.IGNORECASE)
 MURA_RE = re.compile(r"XR_(?P<part>[A-Z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_(?P<tag>positive|negative)")
 
 
@@ -65,8 +65,9 @@ def studies(images: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def read_label_csv(path: str | Path) -> pd.Series:
-    """``id,label`` csv -> Series id -> float label (0/1; NaN for ``NA`` or empty). Bad rows are one clear error."""
+def read_label_csv(path: str | Path, notes: list[str] | None = None) -> pd.Series:
+    """``id,label`` csv -> Series id -> float label (0/1; NaN for ``NA`` or empty). Bad rows are one clear error;
+    what is tolerated (repeated rows with the same label) goes to ``notes``, or is warned when none is given."""
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
@@ -84,10 +85,23 @@ def read_label_csv(path: str | Path) -> pd.Series:
         raise LayoutError(
             f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} for {df['id'].iloc[i]!r} is not 0, 1, NA or empty"
         )
-    dup = df["id"].duplicated()
-    if dup.any():
-        raise LayoutError(f"{path}: id {df['id'][dup].iloc[0]!r} appears more than once")
-    return pd.Series(labels.to_numpy(dtype=float), index=df["id"].str.strip(), name="label")
+    ids = df["id"].str.strip()
+    table = pd.DataFrame({"id": ids, "label": labels.to_numpy(dtype=float), "line": np.arange(len(df)) + 2})
+    dup = table[table["id"].duplicated(keep=False)]
+    for sid, rows in dup.groupby("id", sort=False):
+        if rows["label"].nunique(dropna=False) > 1:
+            shown = ", ".join(f"line {ln}: {lab:g}" if lab == lab else f"line {ln}: NA"
+                              for ln, lab in zip(rows["line"], rows["label"]))
+            raise LayoutError(f"{path}: id {sid!r} has conflicting labels ({shown}); keep one row per study")
+    if len(dup):
+        note = f"{path}: {dup['id'].nunique()} id(s) repeated with the same label (e.g. {dup['id'].iloc[0]!r}); " \
+            "each kept once"
+        if notes is None:
+            warnings.warn(note, stacklevel=2)
+        else:
+            notes.append(note)
+        table = table.drop_duplicates("id")
+    return pd.Series(table["label"].to_numpy(), index=table["id"], name="label")
 
 
 def parse_image_name(path: Path) -> tuple[str, str] | None:
@@ -102,18 +116,34 @@ def parse_image_name(path: Path) -> tuple[str, str] | None:
 def scan_competition_folder(folder: Path, notes: list[str] | None = None) -> pd.DataFrame:
     """Image table of one competition folder (``train/`` or ``test/``), labels NaN. Files whose names do not
     follow ``PART_<study>_image<N>`` become single-image studies named after the file (noted)."""
-    rows, odd = [], []
+    rows, odd, stray, undecodable = [], [], [], []
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (Python keeps them as surrogates): unprintable
+            undecodable.append(p.name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace"))
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            stray.append(p.name)
             continue
         parsed = parse_image_name(p)
         if parsed is None:
             odd.append(p.name)
             parsed = (p.stem, p.stem.split("_")[0].upper() if "_" in p.stem else "UNKNOWN")
         rows.append((str(p), parsed[0], parsed[1], np.nan))
-    if odd and notes is not None:
-        notes.append(f"{folder}: {len(odd)} file(s) not named PART_<study>_image<N> (each kept as its own study): "
-                     + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""))
+    if notes is not None:
+        if odd:
+            notes.append(f"{folder}: {len(odd)} file(s) not named PART_<study>_image<N> (each kept as its own "
+                         "study): " + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""))
+        if stray:
+            notes.append(f"{folder}: {len(stray)} file(s) skipped, not images by their extension "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): " + ", ".join(stray[:5])
+                         + (" ..." if len(stray) > 5 else ""))
+        if undecodable:
+            notes.append(f"{folder}: {len(undecodable)} file(s) skipped, their names are not valid UTF-8 (rename "
+                         "them): " + ", ".join(undecodable[:5]))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -138,7 +168,7 @@ def load_competition(root: Path) -> Dataset:
         images = scan_competition_folder(folder, notes) if folder.is_dir() else pd.DataFrame(columns=COLUMNS)
         csv = next((root / c for c in csv_names if (root / c).is_file()), None)
         if csv is not None and not images.empty:
-            images = _attach_labels(images, read_label_csv(csv), csv, notes)
+            images = _attach_labels(images, read_label_csv(csv, notes), csv, notes)
         splits[split] = images
     return Dataset(root, "competition", splits["train"], splits["test"], notes)
 
