@@ -189,3 +189,24 @@ def test_train_all_budget_says_what_it_chose(tmp_path, synthetic_root):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "budget: budget 0 min" not in p.stdout and "budget:" in p.stdout and "resnet10t" in p.stdout
     assert finished_members(tmp_path / "w")
+
+
+def test_pretrained_is_the_default_with_data_and_falls_back_at_once_offline(trained_run, monkeypatch):
+    import socket
+    import time
+
+    from zoo.hub import hub_reachable
+
+    t0 = time.perf_counter()
+    assert hub_reachable() == (False, "HF_HUB_OFFLINE is set")  # tests run offline (conftest)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    def unreachable(address, timeout):
+        assert timeout <= 3  # never a long network wait
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    ok, why = hub_reachable()
+    assert not ok and "not reachable within 3 s" in why and time.perf_counter() - t0 < 1
+    # the end-to-end run was given --data and no --pretrained flag: it said loudly that it starts from random init
+    assert "RANDOM INIT" in trained_run["proc"].stderr

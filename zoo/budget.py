@@ -10,6 +10,7 @@ between the recipe's minimum and maximum. Flags the user gave (``--models``, ``-
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -40,10 +41,10 @@ class Plan:
                 f"{self.estimate_s / 60:.1f} min of training (measured here: {per})")
 
 
-def measure(cfg: TrainConfig, steps: int = 2) -> tuple[float, float]:
+def measure(cfg: TrainConfig, steps: int = 4) -> tuple[float, float]:
     """Seconds per image of one training step (augmentation, forward, backward, optimizer) and of validation for
     ``cfg``'s backbone, image size, micro-batch, augmentation and precision, on CPU or the default GPU; the first
-    step (warm-up) is not counted."""
+    steps (warm-up) are not counted; the median of ``steps`` timed steps is."""
     from zoo.data.transforms import train_augment
     from zoo.model import BoneClassifier
     from zoo.train import make_accelerator, micro_batch
@@ -71,12 +72,15 @@ def measure(cfg: TrainConfig, steps: int = 2) -> tuple[float, float]:
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(2):  # warm-up: oneDNN/cuDNN pick their kernels on the first steps
         step()
-    _sync(acc.device)
-    train = (time.perf_counter() - t0) / (steps * mb)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(acc.device)
+        times.append(time.perf_counter() - t0)
+    train = statistics.median(times) / mb  # the median step: a busy moment of the machine does not decide
     model.eval()
     with torch.inference_mode(), acc.autocast():
         model(x)

@@ -204,8 +204,8 @@ class Select(Combiner):
     def fit(self, scores: np.ndarray, labels: np.ndarray) -> Select:
         """Each bag: a bootstrap sample of the validation studies; start from its best member, then add (with
         replacement) the member that raises the sample's AUC most, 4 x members times (at most 25), keeping the best
-        prefix. The
-        weights are how often each member was picked, summed over bags (Caruana et al.'s bagged selection)."""
+        prefix. The weights are how often each member was picked, summed over bags (Caruana et al.'s bagged
+        selection)."""
         x, y = np.asarray(scores, float), np.asarray(labels, float)
         rng = np.random.default_rng(0)
         counts = np.zeros(x.shape[1])
