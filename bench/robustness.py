@@ -32,9 +32,9 @@ from badinputs import IMAGE_CASES  # noqa: E402
 
 
 def first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("error", "warning", "note", "UserWarn",
-                                                                               "[", "skipped", "/"))]
-    msg = next((ln for ln in lines if "error" in ln.lower() or "skipped" in ln or "refused" in ln), "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("error", "warning", "note", "[",
+                                                                               "skipped", "/"))]
+    msg = next((ln for ln in lines if ln.startswith(("error", "note")) or "skipped" in ln or "refused" in ln), "")
     return (msg or (lines[0] if lines else "")).replace("|", "\\|")[:160]
 
 

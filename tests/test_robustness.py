@@ -331,7 +331,7 @@ def _pickle_instead(folder, marker):
 MEMBER_CASES = {
     "config names an unknown backbone": (_unknown_backbone, "is not registered"),
     "tampered config (head size)": (_tampered_head, "do not match its config.json"),
-    "safetensors of the wrong shape": (_wrong_shape, "do not match its config.json"),
+    "safetensors of the wrong shape": (_wrong_shape, "is not the one its config.json names"),
     "truncated safetensors": (_truncated, "damaged"),
     "config.json not JSON": (_broken_config, "not valid JSON"),
     "a .bin pickle beside the weights": (_pickle_beside, None),  # loads the safetensors, never the pickle

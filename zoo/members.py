@@ -119,7 +119,7 @@ def load_model(folder: Path, device: str = "cpu"):
     from safetensors import SafetensorError
 
     from zoo.inference import prepare_model, resolve_device
-    from zoo.model import BoneClassifier
+    from zoo.model import BoneClassifier, WeightsMismatch
     from zoo.registry import list_backbones
 
     backbone = read_member_config(folder)["backbone"]
@@ -132,6 +132,8 @@ def load_model(folder: Path, device: str = "cpu"):
         raise MemberError(f"{weights}: missing;{_pickles_note(Path(folder))}")
     try:
         return prepare_model(BoneClassifier.load(folder), resolve_device(str(device)))
+    except WeightsMismatch as exc:  # its own message says what happened and what to do
+        raise MemberError(str(exc)) from exc
     except SafetensorError as exc:
         raise MemberError(f"{weights}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
                           "member again") from exc
