@@ -87,7 +87,7 @@ def test_predict_killed_at_any_moment_leaves_old_or_new_output(trained_run, tmp_
     full = time.monotonic() - t0
     n = pd.read_csv(out).shape[0]
     out.write_text(old)
-    for frac in (0.5, 0.8, 0.9, 0.95, 0.98, 1.0):
+    for frac in (0.6, 0.9, 0.97, 1.0):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(full * frac)
         proc.send_signal(signal.SIGKILL)
@@ -95,7 +95,6 @@ def test_predict_killed_at_any_moment_leaves_old_or_new_output(trained_run, tmp_
         text = out.read_text()
         assert text == old or (len(pd.read_csv(out)) == n and pd.read_csv(out)["label"].notna().all()), frac
         out.write_text(old)
-    assert not [p for p in tmp_path.iterdir() if p.name != "pred.csv" and not p.name.startswith(".pred")] or True
 
 
 def _member(threshold: float, fill: float) -> BoneClassifier:

@@ -260,22 +260,32 @@ def test_predict_folder_cases(case, mini, trained_run, tmp_path):
             assert says in p.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(FOLDER_CASES))
-def test_train_all_folder_cases(case, mini, tmp_path):
-    mutate, expect, says = FOLDER_CASES[case]
+ERROR_CASES = [c for c, (_, expect, _) in FOLDER_CASES.items() if expect == "error"]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_train_all_folder_errors(case, mini, tmp_path):
+    mutate, _, says = FOLDER_CASES[case]
     mutate(mini)
     p = run_script("train_all.py", "--data", mini, "--models", "resnet10t", "--epochs", "1", "--img-size", "32",
                    "--recipe", "seed", "--no-pretrained", "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
     assert "Traceback" not in p.stderr
-    if expect == "error":
-        assert p.returncode == 2 and says in p.stderr
-        assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())  # nothing half-written
-    else:
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert (tmp_path / "w" / "resnet10t" / "metrics.json").is_file()
-        if expect == "note":
-            assert says in p.stdout + p.stderr
+    assert p.returncode == 2 and says in p.stderr
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_train_all_with_every_tolerated_folder_case_at_once(mini, tmp_path):
+    """The cases that are notes (or nothing) all in one folder: one training run says each note and trains."""
+    tolerated = [c for c in FOLDER_CASES if c not in ERROR_CASES]
+    for case in tolerated:
+        FOLDER_CASES[case][0](mini)
+    p = run_script("train_all.py", "--data", mini, "--models", "resnet10t", "--epochs", "1", "--img-size", "32",
+                   "--recipe", "seed", "--no-pretrained", "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert (tmp_path / "w" / "resnet10t" / "metrics.json").is_file()
+    for case in tolerated:
+        assert FOLDER_CASES[case][2] in p.stdout + p.stderr, case
 
 
 # -- members --------------------------------------------------------------------------------------------------------
