@@ -210,3 +210,12 @@ def test_pretrained_is_the_default_with_data_and_falls_back_at_once_offline(trai
     assert not ok and "not reachable within 3 s" in why and time.perf_counter() - t0 < 1
     # the end-to-end run was given --data and no --pretrained flag: it said loudly that it starts from random init
     assert "RANDOM INIT" in trained_run["proc"].stderr
+
+
+def test_bone_zoo_list_names_every_recipe_and_combiner(capsys):
+    from zoo.cli import main
+    from zoo.combiners import list_combiners
+
+    assert main(["list", "resnet10t"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{r}:" in out for r in RECIPES) and all(f"{c}:" in out for c in list_combiners())

@@ -1,4 +1,4 @@
-"""``bone-zoo list``: the registered backbones and ensemble combiners (built-in and plugins)."""
+"""``bone-zoo list``: the registered backbones and ensemble combiners (built-in and plugins), and the recipes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from zoo.combiners import describe_combiners
+    from zoo.recipes import describe_recipes
     from zoo.registry import describe_backbones
 
     print(describe_backbones(args.pattern or None))
     print(f"\nensemble combiners: {describe_combiners()}")
+    print(f"\ntraining recipes (train_all.py --recipe): {describe_recipes()}")
     return 0
