@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,17 @@ class Group:
 
     name: str
     members: list[Member]
+    _val: dict[bool, pd.DataFrame | None] = field(default_factory=dict, repr=False)
 
     def val_predictions(self, calibrated: bool = False) -> pd.DataFrame | None:
         """``id, label, prob`` over the members' validation studies (each member's calibration applied if asked);
-        None when a member has none."""
+        None when a member has none. Read once per group (fitting the combiner, calibrating and the OOF AUC all
+        use it)."""
+        if calibrated not in self._val:
+            self._val[calibrated] = self._read_val(calibrated)
+        return self._val[calibrated]
+
+    def _read_val(self, calibrated: bool) -> pd.DataFrame | None:
         frames = []
         for m in self.members:
             f = m.val_predictions()
@@ -145,7 +152,8 @@ class Ensemble:
         return w / w.sum()
 
     def with_groups(self, scores: pd.DataFrame) -> pd.DataFrame:
-        """``scores`` with a column per fold group (the mean of its members' columns) where it has none."""
+        """``scores`` with a column per fold group (the mean of its members' columns) where it has none (validation
+        tables hold group columns only)."""
         out = scores.copy()
         for g in self.groups:
             if g.name not in out.columns:

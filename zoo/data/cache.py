@@ -73,16 +73,17 @@ def _decode_all(paths: list[str], size: int, out: np.ndarray, workers: int, quie
     return errors
 
 
-def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """A complete cache entry, memory-mapped; None (and the pieces removed) for a missing or damaged one, which is
-    then decoded again. Complete = its metadata, written last, is there and the array has the expected shape."""
+def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, dict[str, str]] | None:
+    """A complete cache entry: (memory-mapped array, unreadable files); None (and the pieces removed) for a missing
+    or damaged one, which is then decoded again. Complete = its metadata, written last, is there and the array has the
+    expected shape."""
     if not (meta.is_file() and data.is_file()):
         return None
     try:
-        json.loads(meta.read_text())["errors"]  # noqa: B018
+        errors = json.loads(meta.read_text())["errors"]
         arr = np.load(data, mmap_mode="r")
         if arr.shape == shape and arr.dtype == np.uint8:
-            return arr
+            return arr, errors
     except (OSError, ValueError, KeyError, EOFError):
         pass
     data.unlink(missing_ok=True)
@@ -117,9 +118,9 @@ def load_images(
         key = _key(paths, size)
         data, meta = folder / f"{key}.npy", folder / f"{key}.json"
         _remove_stale(folder)
-        arr = _open_entry(data, meta, (len(paths), size, size))
-        if arr is not None:
-            errors = json.loads(meta.read_text())["errors"]
+        entry = _open_entry(data, meta, (len(paths), size, size))
+        if entry is not None:
+            arr, errors = entry
         else:
             tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
