@@ -98,6 +98,7 @@ class Analysis:
     calibrated: float = float("nan")  # the calibrated ensemble probability (predict.py's default score)
     triage: str = "unavailable"  # normal / abnormal / uncertain at ``triage_rate``, or why it is unavailable
     triage_rate: float | None = None
+    triage_note: str = ""  # when these members can decide no study at this rate: what their validation showed
 
     @property
     def verdict(self) -> str:
@@ -143,9 +144,11 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         cal = ens.calibrate(study, triage)
         calibrated = float(cal.studies["ensemble"].iloc[0])
         verdict = str(cal.triage(np.array([calibrated]))[0]) if cal.triage is not None else "not asked"
+        note = (f"These members decide no study at this rate: {cal.triage.explain()}."
+                if cal.triage is not None and cal.triage.threshold > 1 else "")
     except MemberError:  # members without validation predictions: no triage guarantee to give
         calibrated = float(ens.calibrate(study).studies["ensemble"].iloc[0])
-        verdict = "unavailable (members have no val_predictions.csv)"
+        verdict, note = "unavailable (members have no val_predictions.csv)", ""
     panels: list[tuple[np.ndarray, str]] = []
     for j, i in enumerate(ex.readable):
         name, base = Path(paths[i]).name, ex.bases[j]
@@ -162,7 +165,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     })
     spread = float(member_probs.max() - member_probs.min())
     return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()],
-                    calibrated, verdict, triage)
+                    calibrated, verdict, triage, note)
 
 
 def summary_markdown(a: Analysis) -> str:
@@ -170,7 +173,8 @@ def summary_markdown(a: Analysis) -> str:
         else "single member: no spread"
     lines = [f"## {a.verdict}: P(abnormal) = {a.probability:.3f}",
              f"Calibrated P(abnormal) = {a.calibrated:.3f}. **Triage** at error rate {a.triage_rate}: "
-             f"**{a.triage}** (conformal: decided only where the error among decided studies is guaranteed).",
+             f"**{a.triage}** (conformal: decided only where the error among decided studies is guaranteed)."
+             + (f" {a.triage_note}" if a.triage_note else ""),
              f"Threshold {a.threshold:.3f} (members' validation thresholds). Spread between members "
              f"{a.spread:.3f}: {agree}.",
              "_Research tool, not a medical device._"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zoo.calibration import Calibrator, Triage, brier, ece, triage_summary
+from zoo.calibration import Calibrator, Triage, brier, ece, ece_check, triage_summary
 
 
 def _overconfident(n, rng, sd=1.5, scale=3.0, shift=1.0):
@@ -28,6 +28,28 @@ def test_calibration_lowers_ece_on_an_overconfident_set_and_keeps_the_ranking():
     assert Calibrator.fit(np.ones(5), np.linspace(0.1, 0.9, 5)) == Calibrator(n=5)  # one class: identity
 
 
+def test_ece_check_tells_sampling_noise_from_miscalibration():
+    """On calibrated scores the p-value is about uniform (rejects ~5% at 0.05) and the expected ECE matches what is
+    observed; on the over-confident set it rejects every time."""
+    rejected, observed, expected = 0, [], []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        p = 1 / (1 + np.exp(-rng.normal(-1.0, 1.2, 217)))  # a hand-radiograph-sized test split, ~30% abnormal
+        y = (rng.random(217) < p).astype(float)
+        c = ece_check(y, p, n_sim=500, seed=seed)
+        assert c["ece"] == pytest.approx(ece(y, p)) and c["low"] <= c["expected"] <= c["high"] and c["n"] == 217
+        rejected += c["p_value"] < 0.05
+        observed.append(c["ece"])
+        expected.append(c["expected"])
+    assert rejected / 200 <= 0.1  # nominal 0.05, tolerance for 200 seeds
+    assert np.mean(observed) == pytest.approx(np.mean(expected), rel=0.1)
+    assert 0.03 < np.mean(expected) < 0.08  # a perfectly calibrated model shows this much ECE on 217 studies
+    for seed in range(5):
+        y, p = _overconfident(217, np.random.default_rng(seed))
+        assert ece_check(y, p, n_sim=500)["p_value"] < 0.01
+    assert np.isnan(ece_check(np.array([np.nan]), np.array([0.3]))["p_value"])
+
+
 def test_triage_error_among_decided_stays_within_the_rate_over_many_seeds():
     """Guarantee: P(error among decided > alpha) <= delta over calibration sets. Tested on 200 seeds with 300
     calibration and 2000 test studies; tolerance 0.01 for the test set's own sampling noise."""
@@ -50,5 +72,10 @@ def test_triage_abstains_when_nothing_can_be_guaranteed():
     y = (rng.random(200) < 0.5).astype(float)
     t = Triage.fit(y, rng.random(200), 0.05)  # scores unrelated to the labels
     assert t.threshold > 1 and set(t(rng.random(50))) == {"uncertain"}
+    assert t.val_decided > 0 and t.val_error > 0.2 and "too many errors" in t.explain()  # says why, with numbers
+    y, p = _overconfident(2000, rng, sd=4.0, scale=1.0, shift=0.0)  # calibrated and confident: decides
+    t = Triage.fit(y, p, 0.05)
+    assert t.threshold <= 1 and t.val_threshold == t.threshold and t.val_error <= 0.05 and t.val_decided > 500
+    assert f"decided {t.val_decided}" in t.explain()
     with pytest.raises(ValueError):
         Triage.fit(y, rng.random(200), 0)

@@ -169,6 +169,9 @@ def test_calibrated_scores_triage_column_and_report(run, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| ece" in report.replace("|   ece", "| ece") and "## Triage" in report and "ensemble_raw" in report
     assert (tmp_path / "reliability.png").stat().st_size > 5000
+    metrics = pd.read_csv(tmp_path / "metrics.csv")  # the ECE next to what a calibrated model would show here
+    assert metrics["ece_if_calibrated"].between(0, 1).all() and metrics["ece_p"].between(0, 1).all()
+    assert "ece_if_calibrated" in report and "on the " in report.split("## Triage")[1]  # what validation showed
     p = run_script("predict.py", *args, "--no-calibrate", "-output", tmp_path / "raw.csv", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     raw = pd.read_csv(tmp_path / "raw.csv")

@@ -65,8 +65,10 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
 def metrics_table(
     studies: pd.DataFrame, columns: list[str], thresholds: Mapping[str, float] | None = None, by_part: bool = True
 ) -> pd.DataFrame:
-    """One row per (model column, body part or "ALL") with :func:`binary_metrics`, ECE and Brier score."""
-    from zoo.calibration import brier, ece
+    """One row per (model column, body part or "ALL") with :func:`binary_metrics`, ECE, the ECE a perfectly
+    calibrated model would show on the same studies and the p-value of the difference
+    (:func:`zoo.calibration.ece_check`), and the Brier score."""
+    from zoo.calibration import brier, ece_check
 
     thresholds = thresholds or {}
     rows = []
@@ -77,8 +79,9 @@ def metrics_table(
         for part, df in groups:
             m = binary_metrics(df["label"].to_numpy(), df[col].to_numpy(), thresholds.get(col, 0.5))
             y, p = df["label"].to_numpy(), df[col].to_numpy()
-            rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m, "ece": ece(y, p),
-                         "brier": brier(y, p)})
+            check = ece_check(y, p)
+            rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m, "ece": check["ece"],
+                         "ece_if_calibrated": check["expected"], "ece_p": check["p_value"], "brier": brier(y, p)})
     return pd.DataFrame(rows)
 
 

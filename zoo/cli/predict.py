@@ -86,7 +86,8 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     thresholds = member_thr | {"ensemble": threshold, "ensemble_raw": ens.threshold()}
     table = metrics_table(labelled, cols, thresholds)
     show = table.copy()
-    for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity", "ece", "brier"):
+    for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity", "ece", "ece_if_calibrated",
+              "ece_p", "brier"):
         show[c] = show[c].map(fmt)
     overall = show[show["part"] == "ALL"].drop(columns="part")
     per_part = show[show["part"] != "ALL"]
@@ -100,6 +101,10 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
            f"{calibrated.n_validation} validation studies); `ensemble_raw` is the uncalibrated ensemble."
            if calibrated else "Scores are raw (--no-calibrate)."), "",
         "## Overall", "", overall.to_markdown(index=False, disable_numparse=True), "",
+        f"`ece_if_calibrated`: the mean ECE a perfectly calibrated model with the same scores would show on these "
+        f"{len(labelled)} studies (labels redrawn from the scores, 2000 times); `ece_p`: the share of those draws at "
+        "least as far off as the observed ECE. A small `ece_p` (< 0.05) is evidence of miscalibration; otherwise the "
+        "ECE is within what chance gives on this many studies.", "",
         "## Per body part", "", per_part.to_markdown(index=False, disable_numparse=True), "",
         "![ROC](roc.png) ![Reliability](reliability.png)", "",
     ]
@@ -133,8 +138,8 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
         table[c] = table[c].map(fmt)
     return ["## Triage", "", f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} "
             f"validation studies, guarantee with probability {1 - tri.delta:.2f}); a study is decided when "
-            f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)."
-                                                        if tri.threshold > 1 else "."), "",
+            f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)"
+                                                        if tri.threshold > 1 else "") + f"; {tri.explain()}.", "",
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
@@ -205,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         report_dir = Path(args.report_dir) if args.report_dir else out.parent
         table = write_report(st, ens, threshold, report_dir, dataset.name, calibrated, triage)
         overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity",
-                                                 "ece", "brier"]]
+                                                 "ece", "ece_p", "brier"]]
         print(overall.to_markdown(index=False, floatfmt=".3f"))
         print(f"wrote {report_dir / 'report.md'}, roc.png and reliability.png", file=sys.stderr)
     return 0
