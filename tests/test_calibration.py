@@ -28,6 +28,18 @@ def test_calibration_lowers_ece_on_an_overconfident_set_and_keeps_the_ranking():
     assert Calibrator.fit(np.ones(5), np.linspace(0.1, 0.9, 5)) == Calibrator(n=5)  # one class: identity
 
 
+def test_calibration_stays_finite_on_separable_validation_scores():
+    """A few dozen validation studies that the scores separate perfectly (the synthetic quick run): the plain maximum
+    likelihood slope is unbounded and maps every score to 0 or 1; Platt's targets keep it finite and ordered."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30), np.ones(10)]
+    p = np.r_[rng.uniform(0.05, 0.4, 30), rng.uniform(0.45, 0.9, 10)]
+    cal = Calibrator.fit(y, p)
+    q = cal(np.array([0.05, 0.167, 0.42, 0.9]))
+    assert 0 < q[0] < q[1] < 0.1 and q[1] > 0.001 and 0.1 < q[2] < 0.9 and 0.9 < q[3] < 0.999  # ML: 1e-14 at 0.167
+    assert ece(y, cal(p)) < ece(y, p)
+
+
 def test_ece_check_tells_sampling_noise_from_miscalibration():
     """On calibrated scores the p-value is about uniform (rejects ~5% at 0.05) and the expected ECE matches what is
     observed; on the over-confident set it rejects every time."""

@@ -1,8 +1,9 @@
 """Honest probabilities and triage: temperature scaling, calibration metrics, and conformal triage.
 
-- :class:`Calibrator`: ``p' = sigmoid((logit(p) - bias) / temperature)``, fitted by maximum likelihood on validation
-  (or out-of-fold) study probabilities: temperature scaling (Guo et al. 2017) with a bias term, which the weighted BCE
-  needs (its optimum shifts logits by about log(pos_weight), which no temperature can undo). Monotone: AUC unchanged.
+- :class:`Calibrator`: ``p' = sigmoid((logit(p) - bias) / temperature)``, fitted by maximum likelihood (with Platt's
+  smoothed targets) on validation (or out-of-fold) study probabilities: temperature scaling (Guo et al. 2017) with a
+  bias term, which the weighted BCE needs (its optimum shifts logits by about log(pos_weight), which no temperature
+  can undo). Monotone: AUC unchanged.
 - :func:`ece`, :func:`brier`, :func:`plot_reliability`: expected calibration error (equal-width bins), Brier score,
   reliability diagram.
 - :func:`ece_check`: is an ECE evidence of miscalibration, or what a calibrated model shows on this few studies?
@@ -48,7 +49,14 @@ class Calibrator:
         y, z = y[keep].astype(int), _logit(p[keep])
         if len(np.unique(y)) < 2:
             return cls(n=int(len(y)))
-        lr = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)  # Platt form of temperature + bias
+        # Platt's (1999) targets: (N+ + 1) / (N+ + 2) for abnormal, 1 / (N- + 2) for normal instead of 1 and 0, as
+        # each study appearing twice, weighted. On separable validation scores (a few dozen studies, AUC ~1) the
+        # plain fit's slope runs off to infinity and turns every score into 0 or 1; this keeps it finite, and on
+        # hundreds of studies it changes little (it lowered held-out ECE and NLL of every FracAtlas member).
+        n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+        t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(  # the Platt form of temperature + bias
+            np.r_[z, z][:, None], np.r_[np.ones(len(z)), np.zeros(len(z))], sample_weight=np.r_[t, 1 - t])
         a, c = float(lr.coef_[0, 0]), float(lr.intercept_[0])
         if a <= 1e-3:  # scores carry no ranking signal: keep the identity rather than invert or flatten them
             return cls(n=int(len(y)))
