@@ -31,6 +31,8 @@ def main() -> int:
                    "the test AUC of round 1 (labelled only) and round 2 (with pseudo-labels), once per --seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --semi-supervised: training seeds; the "
                    "gain is reported per seed and as mean and standard deviation (default: 0)")
+    p.add_argument("--pseudo-confidence", type=float, default=0.9, help="with --semi-supervised: passed to "
+                   "train_all.py (default %(default)s; 0.5 uses every unlabelled study with its soft target)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
     args = p.parse_args()
     if not Path(args.data).is_dir():
@@ -65,16 +67,17 @@ def semi_supervised(args, out: Path) -> int:
 
     rows = []
     for seed in args.seeds:
-        weights = out / f"seed{seed}" / "weights"
+        weights = out / f"conf{args.pseudo_confidence}" / f"seed{seed}" / "weights"
         if not (weights / "leaderboard.csv").is_file():
             subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
                             "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-                            "--seed", str(seed), "--out", str(weights), "--semi-supervised", "--quiet"], check=True)
+                            "--seed", str(seed), "--out", str(weights), "--semi-supervised", "--pseudo-confidence",
+                            str(args.pseudo_confidence), "--quiet"], check=True)
         used = json.loads((weights / args.models[0] / "config.json").read_text())["training"]["semi_supervised"]
         row = {"seed": seed, "pseudo_labelled": used["pseudo_labelled_studies"],
                "pseudo_abnormal_share": used["pseudo_abnormal_share"]}
         for rnd, run in (("round1", weights / "round1"), ("round2", weights)):
-            folder = out / f"seed{seed}" / rnd
+            folder = weights.parent / rnd
             subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
                             "--evaluate", "--quiet", "-output", str(folder / "test.csv")], check=True,
                            stdout=subprocess.DEVNULL)
@@ -93,7 +96,7 @@ def semi_supervised(args, out: Path) -> int:
     sd = float(np.std(gains, ddof=1)) if len(gains) > 1 else float("nan")
     print(f"\nensemble AUC gain (round 2 - round 1): mean {gains.mean():+.3f}, sd {sd:.3f} over {len(gains)} seed(s); "
           f"per seed {', '.join(f'{g:+.3f}' for g in gains)}")
-    table.to_csv(out / "semi_supervised.csv", index=False)
+    table.to_csv(out / f"conf{args.pseudo_confidence}" / "semi_supervised.csv", index=False)
     return 0
 
 

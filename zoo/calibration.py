@@ -121,7 +121,10 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
 
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, bins: int = 10,
                      title: str = "Reliability (study level)") -> Path:
-    """Reliability diagram: observed abnormal rate against mean predicted probability per bin, ECE in the legend."""
+    """Reliability diagram: observed abnormal rate against mean predicted probability per bin, ECE in the legend.
+    The curve named ``ensemble`` gets consistency bars (Bröcker & Smith 2007): per bin, the 5-95% range of the
+    observed rate that a perfectly calibrated model would show on the same studies; a point outside its bar is
+    miscalibration, a point inside is within chance at this many studies."""
     from matplotlib.figure import Figure
 
     from zoo.atomic import save_figure
@@ -136,9 +139,16 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str
         if len(y) == 0:
             continue
         idx = np.minimum((p * bins).astype(int), bins - 1)
-        xs = [p[idx == b].mean() for b in range(bins) if (idx == b).any()]
-        ys = [y[idx == b].mean() for b in range(bins) if (idx == b).any()]
+        used = [b for b in range(bins) if (idx == b).any()]
+        xs = np.array([p[idx == b].mean() for b in used])
+        ys = [y[idx == b].mean() for b in used]
         bold = name.lower().startswith("ensemble")
+        if name == "ensemble":
+            draws = np.random.default_rng(0).random((2000, len(p))) < p  # labels of a perfectly calibrated model
+            rates = np.stack([draws[:, idx == b].mean(axis=1) for b in used], axis=1)
+            lo, hi = np.percentile(rates, [5, 95], axis=0)
+            ax.errorbar(xs, xs, yerr=[xs - lo, hi - xs], fmt="none", ecolor="grey", elinewidth=5, alpha=0.35,
+                        label="ensemble: 90% range if calibrated")
         ax.plot(xs, ys, "o-", lw=2.5 if bold else 1.2, color="black" if bold else None,
                 label=f"{name} (ECE {ece(y, p, bins):.3f})")
     ax.set(xlabel="mean predicted P(abnormal)", ylabel="observed abnormal rate", title=title, xlim=(0, 1),
