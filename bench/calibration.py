@@ -1,6 +1,6 @@
 """Calibration and triage on real radiographs: ECE before/after calibration and triage at a target error rate.
 
-  python bench/calibration.py                          # FracAtlas hand, 2 small members, 128 px, 6 epochs, CPU
+  python bench/calibration.py --seeds 0 1 2 3 4       # FracAtlas hand, 2 small members, 128 px, 6 epochs, CPU
   python bench/calibration.py --semi-supervised --seeds 0 1 2   # the pseudo-labelling gain, repeated over seeds
 
 Trains on ``train`` (validation split inside it), predicts ``test`` twice (raw with --no-calibrate, and calibrated
@@ -29,8 +29,8 @@ def main() -> int:
     p.add_argument("--triage", type=float, default=0.05)
     p.add_argument("--semi-supervised", action="store_true", help="instead: train with --semi-supervised and compare "
                    "the test AUC of round 1 (labelled only) and round 2 (with pseudo-labels), once per --seeds")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --semi-supervised: training seeds; the "
-                   "gain is reported per seed and as mean and standard deviation (default: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one run each; results per seed "
+                   "and their mean (default: 0)")
     p.add_argument("--pseudo-confidence", type=float, default=0.9, help="with --semi-supervised: passed to "
                    "train_all.py (default %(default)s; 0.5 uses every unlabelled study with its soft target)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
@@ -41,20 +41,61 @@ def main() -> int:
     out = Path(args.out)
     if args.semi_supervised:
         return semi_supervised(args, out / "semi")
-    run = out / "weights"
-    if not (run / "leaderboard.csv").is_file():
-        subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
-                        "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-                        "--out", str(run), "--quiet"], check=True)
-    print((run / "leaderboard.md").read_text())
-    for name, extra in (("raw", ["--no-calibrate"]), ("calibrated", ["--triage", str(args.triage)])):
-        subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
-                        "--evaluate", "--quiet", "-output", str(out / name / "test.csv"), *extra], check=True)
-        print(f"\n### test split, {name}\n")
-        report = (out / name / "report.md").read_text()
+    return calibration(args, out)
+
+
+def _metrics(folder: Path):
+    import pandas as pd
+
+    m = pd.read_csv(folder / "metrics.csv")
+    return m[m["part"] == "ALL"].set_index("model")
+
+
+def calibration(args, out: Path) -> int:
+    """Per seed: train, predict test raw (--no-calibrate) and calibrated with --triage; ECE before/after with what a
+    calibrated model would show on these studies, and the triage share decided / error among decided."""
+    import numpy as np
+    import pandas as pd
+
+    from zoo.calibration import triage_summary
+    from zoo.data import load_dataset
+
+    test = load_dataset(args.data).test
+    labels = test.groupby("id", as_index=False)["label"].first()
+    rows = []
+    for seed in args.seeds:
+        run = out / f"seed{seed}" / "weights"
+        if not (run / "leaderboard.csv").is_file():
+            subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
+                            "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
+                            "--seed", str(seed), "--out", str(run), "--quiet"], check=True)
+        for name, extra in (("raw", ["--no-calibrate"]), ("calibrated", ["--triage", str(args.triage)])):
+            subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
+                            "--evaluate", "--quiet", "-output", str(run.parent / name / "test.csv"), *extra],
+                           check=True, stdout=subprocess.DEVNULL)
+        raw, cal = _metrics(run.parent / "raw"), _metrics(run.parent / "calibrated")
+        report = (run.parent / "calibrated" / "report.md").read_text()
+        print(f"\n### seed {seed}, test split, calibrated\n")
         print(report[report.index("## Overall"):report.index("## Per body part")])
-        if "## Triage" in report:
-            print(report[report.index("## Triage"):])
+        print(report[report.index("## Triage"):])
+        pred = pd.read_csv(run.parent / "calibrated" / "test.csv").merge(labels, on="id", suffixes=("", "_true"))
+        tri = triage_summary(pred["label_true"].to_numpy(), pred["triage"].to_numpy())
+        for model in [*args.models, "ensemble"]:
+            rows.append({"seed": seed, "model": model, "auc": cal.loc[model, "auc"], "ece raw": raw.loc[model, "ece"],
+                         "ece calibrated": cal.loc[model, "ece"], "ece if calibrated": cal.loc[model,
+                                                                                             "ece_if_calibrated"],
+                         "ece p": cal.loc[model, "ece_p"], "brier raw": raw.loc[model, "brier"],
+                         "brier calibrated": cal.loc[model, "brier"],
+                         "triage share decided": tri["share_decided"] if model == "ensemble" else np.nan,
+                         "triage error among decided": tri["error_among_decided"] if model == "ensemble" else np.nan})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "calibration.csv", index=False)
+    print("\n### test split, per seed\n")
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    ens = table[table["model"] == "ensemble"]
+    print(f"\nensemble ECE calibrated: mean {ens['ece calibrated'].mean():.3f} over {len(ens)} seed(s) (raw "
+          f"{ens['ece raw'].mean():.3f}; a perfectly calibrated model would show {ens['ece if calibrated'].mean():.3f}"
+          f" on these studies); <= 0.05 in {int((ens['ece calibrated'] <= 0.05).sum())} of {len(ens)}")
     return 0
 
 
@@ -86,6 +127,8 @@ def semi_supervised(args, out: Path) -> int:
             for name in [*args.models, "ensemble"]:
                 row[f"{rnd} {name}"] = float(m.loc[name, "auc"])
             row[f"{rnd} ensemble ece"] = float(m.loc["ensemble", "ece"])
+            row[f"{rnd} ece if calibrated"] = float(m.loc["ensemble", "ece_if_calibrated"])
+            row[f"{rnd} ece p"] = float(m.loc["ensemble", "ece_p"])
         row["gain"] = row["round2 ensemble"] - row["round1 ensemble"]
         rows.append(row)
         print(pd.DataFrame([row]).to_markdown(index=False, floatfmt=".3f"), flush=True)
