@@ -84,7 +84,10 @@ def test_triage_abstains_when_nothing_can_be_guaranteed():
     y = (rng.random(200) < 0.5).astype(float)
     t = Triage.fit(y, rng.random(200), 0.05)  # scores unrelated to the labels
     assert t.threshold > 1 and set(t(rng.random(50))) == {"uncertain"}
-    assert t.val_decided > 0 and t.val_error > 0.2 and "too many errors" in t.explain()  # says why, with numbers
+    assert t.val_decided > 0 and t.val_error > 0.2 and "more errors than that" in t.explain()  # says why, in numbers
+    y, p = _overconfident(40, rng, sd=4.0, scale=1.0, shift=0.0)  # right, but too few to guarantee it
+    t = Triage.fit(y, p, 0.05)
+    assert t.threshold > 1 and t.val_error <= 0.05 and "too few studies" in t.explain()
     y, p = _overconfident(2000, rng, sd=4.0, scale=1.0, shift=0.0)  # calibrated and confident: decides
     t = Triage.fit(y, p, 0.05)
     assert t.threshold <= 1 and t.val_threshold == t.threshold and t.val_error <= 0.05 and t.val_decided > 500

@@ -218,9 +218,9 @@ class Triage:
                 f"{self.val_decided} with an error rate of {self.val_error:.3f}")
         if self.threshold <= 1:
             return seen
-        return (f"{seen} (the closest any threshold came): too many errors, or too few studies, to guarantee "
-                f"<= {self.alpha} with probability {1 - self.delta:.2f}. More validation studies (--folds) or a "
-                "stronger ensemble would decide some")
+        why = ("too few studies to guarantee it" if self.val_error <= self.alpha else "more errors than that")
+        return (f"{seen} (the closest any threshold came): {why} at <= {self.alpha} with probability "
+                f"{1 - self.delta:.2f}. More validation studies (--folds) or a stronger ensemble would decide some")
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=float)
