@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zoo.calibration import Calibrator, Triage, brier, ece, ece_check, triage_summary
+from zoo.calibration import Calibrator, Triage, brier, ece, ece_check, plot_reliability, triage_summary
 
 
 def _overconfident(n, rng, sd=1.5, scale=3.0, shift=1.0):
@@ -60,6 +60,15 @@ def test_ece_check_tells_sampling_noise_from_miscalibration():
         y, p = _overconfident(217, np.random.default_rng(seed))
         assert ece_check(y, p, n_sim=500)["p_value"] < 0.01
     assert np.isnan(ece_check(np.array([np.nan]), np.array([0.3]))["p_value"])
+
+
+def test_reliability_diagram_with_consistency_bars(tmp_path):
+    """Bins of one extreme study (their 90% range lies wholly above or below the bin's mean) and NaN rows draw."""
+    rng = np.random.default_rng(0)
+    p = np.r_[rng.uniform(0.1, 0.6, 60), 0.97, 0.02, np.nan]
+    y = np.r_[(rng.random(60) < p[:60]).astype(float), 1.0, 0.0, 1.0]
+    out = plot_reliability({"m": (y, p), "ensemble": (y, p)}, tmp_path / "r.png")
+    assert out.stat().st_size > 5000
 
 
 def test_triage_error_among_decided_stays_within_the_rate_over_many_seeds():

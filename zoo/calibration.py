@@ -147,8 +147,8 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str
             draws = np.random.default_rng(0).random((2000, len(p))) < p  # labels of a perfectly calibrated model
             rates = np.stack([draws[:, idx == b].mean(axis=1) for b in used], axis=1)
             lo, hi = np.percentile(rates, [5, 95], axis=0)
-            ax.errorbar(xs, xs, yerr=[xs - lo, hi - xs], fmt="none", ecolor="grey", elinewidth=5, alpha=0.35,
-                        label="ensemble: 90% range if calibrated")
+            # lo..hi need not straddle the bin's mean (one study at p = 0.97: the 5th percentile is already 1)
+            ax.vlines(xs, lo, hi, colors="grey", lw=5, alpha=0.35, label="ensemble: 90% range if calibrated")
         ax.plot(xs, ys, "o-", lw=2.5 if bold else 1.2, color="black" if bold else None,
                 label=f"{name} (ECE {ece(y, p, bins):.3f})")
     ax.set(xlabel="mean predicted P(abnormal)", ylabel="observed abnormal rate", title=title, xlim=(0, 1),
