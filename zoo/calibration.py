@@ -149,8 +149,8 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str
             lo, hi = np.percentile(rates, [5, 95], axis=0)
             # lo..hi need not straddle the bin's mean (one study at p = 0.97: the 5th percentile is already 1)
             ax.vlines(xs, lo, hi, colors="grey", lw=5, alpha=0.35, label="ensemble: 90% range if calibrated")
-        ax.plot(xs, ys, "o-", lw=2.5 if bold else 1.2, color="black" if bold else None,
-                label=f"{name} (ECE {ece(y, p, bins):.3f})")
+        ax.plot(xs, ys, "o:" if name.endswith("_raw") else "o-", lw=2.5 if bold else 1.2,
+                color="black" if bold else None, label=f"{name} (ECE {ece(y, p, bins):.3f})")
     ax.set(xlabel="mean predicted P(abnormal)", ylabel="observed abnormal rate", title=title, xlim=(0, 1),
            ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=7)
@@ -218,8 +218,8 @@ class Triage:
                 f"{self.val_decided} with an error rate of {self.val_error:.3f}")
         if self.threshold <= 1:
             return seen
-        why = ("too few studies to guarantee it" if self.val_error <= self.alpha else "more errors than that")
-        return (f"{seen} (the closest any threshold came): {why} at <= {self.alpha} with probability "
+        why = "too few studies" if self.val_error <= self.alpha else "too many errors"
+        return (f"{seen} (the closest any threshold came): {why} to guarantee <= {self.alpha} with probability "
                 f"{1 - self.delta:.2f}. More validation studies (--folds) or a stronger ensemble would decide some")
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
