@@ -2,6 +2,7 @@
 
   python bench/calibration.py --seeds 0 1 2 3 4       # FracAtlas hand, 2 small members, 128 px, 6 epochs, CPU
   python bench/calibration.py --semi-supervised --seeds 0 1 2   # the pseudo-labelling gain, repeated over seeds
+  python bench/calibration.py --compare-maps RUN        # calibration maps on a --folds run's out-of-fold predictions
 
 Trains on ``train`` (validation split inside it), predicts ``test`` twice (raw with --no-calibrate, and calibrated
 with --triage), and prints ECE / Brier / AUC of members and ensemble (raw vs calibrated) and the triage share decided
@@ -33,12 +34,19 @@ def main() -> int:
                    "and their mean (default: 0)")
     p.add_argument("--pseudo-confidence", type=float, default=0.9, help="with --semi-supervised: passed to "
                    "train_all.py (default %(default)s; 0.5 uses every unlabelled study with its soft target)")
+    p.add_argument("--compare-maps", metavar="RUN", default=None, help="instead: on RUN's validation (out-of-fold) "
+                   "predictions, fit each calibration map on all but --test-size studies and score it on the rest, "
+                   "over --splits random splits (what ECE a test split of that size can show)")
+    p.add_argument("--test-size", type=int, default=217, help="with --compare-maps (default: FracAtlas test, 217)")
+    p.add_argument("--splits", type=int, default=400, help="with --compare-maps (default %(default)s)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
     args = p.parse_args()
     if not Path(args.data).is_dir():
         print(f"skip: {args.data} not present")
         return 0
     out = Path(args.out)
+    if args.compare_maps:
+        return compare_maps(args)
     if args.semi_supervised:
         return semi_supervised(args, out / "semi")
     return calibration(args, out)
@@ -96,6 +104,62 @@ def calibration(args, out: Path) -> int:
     print(f"\nensemble ECE calibrated: mean {ens['ece calibrated'].mean():.3f} over {len(ens)} seed(s) (raw "
           f"{ens['ece raw'].mean():.3f}; a perfectly calibrated model would show {ens['ece if calibrated'].mean():.3f}"
           f" on these studies); <= 0.05 in {int((ens['ece calibrated'] <= 0.05).sum())} of {len(ens)}")
+    return 0
+
+
+def compare_maps(args) -> int:
+    """Calibration maps compared on held-out validation studies: mean ECE over random splits, how often it is <= 0.05,
+    the ECE a perfectly calibrated model would show on the same held-out studies, and the held-out log-loss."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    from scipy.optimize import minimize_scalar
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    from zoo.calibration import Calibrator, ece
+    from zoo.ensemble import Ensemble
+
+    warnings.filterwarnings("ignore")
+    ens = Ensemble.from_paths([args.compare_maps], method="mean")
+    val = ens.validation_studies(calibrated=False)  # raw out-of-fold scores, one column per backbone
+    s, y = val[ens.group_names].mean(axis=1).to_numpy(), val["label"].to_numpy(dtype=int)
+    eps = 1e-6
+    logit = lambda p: np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps)))  # noqa: E731
+    expit = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+
+    def bias_only(a, b):
+        z = logit(s)
+        nll = lambda c: -np.mean(y[a] * np.log(expit(z[a] + c) + eps) + (1 - y[a]) * np.log(1 - expit(z[a] + c) + eps))  # noqa: E731
+        return expit(z[b] + minimize_scalar(nll, bounds=(-5, 5), method="bounded").x)
+
+    def beta(a, b):  # Kull et al. 2017: logistic regression on ln p and -ln(1 - p)
+        x = lambda p: np.c_[np.log(np.clip(p, eps, 1)), -np.log(np.clip(1 - p, eps, 1))]  # noqa: E731
+        return LogisticRegression(C=1e6, max_iter=1000).fit(x(s[a]), y[a]).predict_proba(x(s[b]))[:, 1]
+
+    maps = {"none": lambda a, b: s[b], "bias only": bias_only,
+            "temperature + bias (zoo)": lambda a, b: Calibrator.fit(y[a], s[a])(s[b]), "beta": beta,
+            "isotonic": lambda a, b: IsotonicRegression(out_of_bounds="clip", y_min=1e-3, y_max=1 - 1e-3)
+            .fit(s[a], y[a]).predict(s[b])}
+    rng = np.random.default_rng(0)
+    splits = [rng.permutation(len(s)) for _ in range(args.splits)]
+    rows = []
+    for name, fit in maps.items():
+        e, floor, nll = [], [], []
+        draw = np.random.default_rng(1)
+        for perm in splits:
+            a, b = perm[args.test_size:], perm[:args.test_size]
+            p = np.clip(fit(a, b), eps, 1 - eps)
+            e.append(ece(y[b], p))
+            floor.append(ece((draw.random(len(p)) < p).astype(float), p))
+            nll.append(-np.mean(y[b] * np.log(p) + (1 - y[b]) * np.log(1 - p)))
+        e = np.array(e)
+        rows.append({"map": name, "mean ECE": e.mean(), "share <= 0.05": (e <= 0.05).mean(),
+                     "ECE if perfectly calibrated": np.mean(floor), "log-loss": np.mean(nll)})
+    print(f"{args.compare_maps}: {len(s)} validation studies; fit on {len(s) - args.test_size}, scored on "
+          f"{args.test_size}, {args.splits} random splits\n")
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
     return 0
 
 
