@@ -38,6 +38,8 @@ def main() -> int:
                    "predictions, fit each calibration map on all but --test-size studies and score it on the rest, "
                    "over --splits random splits (what ECE a test split of that size can show)")
     p.add_argument("--test-size", type=int, default=217, help="with --compare-maps (default: FracAtlas test, 217)")
+    p.add_argument("--fit-size", type=int, default=None, help="with --compare-maps: fit on this many studies (default: "
+                   "all but --test-size; 155 is a single run's validation split on FracAtlas)")
     p.add_argument("--splits", type=int, default=400, help="with --compare-maps (default %(default)s)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "calibration"))
     args = p.parse_args()
@@ -138,8 +140,13 @@ def compare_maps(args) -> int:
         x = lambda p: np.c_[np.log(np.clip(p, eps, 1)), -np.log(np.clip(1 - p, eps, 1))]  # noqa: E731
         return LogisticRegression(C=1e6, max_iter=1000).fit(x(s[a]), y[a]).predict_proba(x(s[b]))[:, 1]
 
+    def plain(a, b):  # temperature + bias by plain maximum likelihood, 0/1 targets (the zoo's before Platt's)
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit(s[a])[:, None], y[a])
+        return lr.predict_proba(logit(s[b])[:, None])[:, 1]
+
     maps = {"none": lambda a, b: s[b], "bias only": bias_only,
-            "temperature + bias (zoo)": lambda a, b: Calibrator.fit(y[a], s[a])(s[b]), "beta": beta,
+            "temperature + bias, 0/1 targets": plain,
+            "temperature + bias (zoo: Platt's targets)": lambda a, b: Calibrator.fit(y[a], s[a])(s[b]), "beta": beta,
             "isotonic": lambda a, b: IsotonicRegression(out_of_bounds="clip", y_min=1e-3, y_max=1 - 1e-3)
             .fit(s[a], y[a]).predict(s[b])}
     rng = np.random.default_rng(0)
@@ -149,7 +156,7 @@ def compare_maps(args) -> int:
         e, floor, nll = [], [], []
         draw = np.random.default_rng(1)
         for perm in splits:
-            a, b = perm[args.test_size:], perm[:args.test_size]
+            a, b = perm[args.test_size:][:args.fit_size], perm[:args.test_size]
             p = np.clip(fit(a, b), eps, 1 - eps)
             e.append(ece(y[b], p))
             floor.append(ece((draw.random(len(p)) < p).astype(float), p))
@@ -157,8 +164,9 @@ def compare_maps(args) -> int:
         e = np.array(e)
         rows.append({"map": name, "mean ECE": e.mean(), "share <= 0.05": (e <= 0.05).mean(),
                      "ECE if perfectly calibrated": np.mean(floor), "log-loss": np.mean(nll)})
-    print(f"{args.compare_maps}: {len(s)} validation studies; fit on {len(s) - args.test_size}, scored on "
-          f"{args.test_size}, {args.splits} random splits\n")
+    n_fit = len(splits[0][args.test_size:][:args.fit_size])
+    print(f"{args.compare_maps}: {len(s)} validation studies; fit on {n_fit}, scored on {args.test_size}, "
+          f"{args.splits} random splits\n")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
     return 0
 
