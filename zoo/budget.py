@@ -45,9 +45,8 @@ def measure(cfg: TrainConfig, steps: int = 4) -> tuple[float, float]:
     """Seconds per image of one training step (augmentation, forward, backward, optimizer) and of validation for
     ``cfg``'s backbone, image size, micro-batch, augmentation and precision, on CPU or the default GPU; the first
     steps (warm-up) are not counted; the median of ``steps`` timed steps is."""
-    from zoo.data.transforms import train_augment
     from zoo.model import BoneClassifier
-    from zoo.train import make_accelerator, micro_batch
+    from zoo.train import augmentation, make_accelerator, micro_batch
 
     acc = make_accelerator(cfg)
     mb = micro_batch(cfg, acc.device.type)
@@ -57,9 +56,7 @@ def measure(cfg: TrainConfig, steps: int = 4) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(mb, 1, cfg.img_size, cfg.img_size, device=acc.device).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(mb, device=acc.device) % 2).float()
-
-    aug = train_augment(cfg.rotation, cfg.hflip, cfg.translate, size=cfg.img_size, crop_scale=cfg.crop_scale,
-                        brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma_jitter)
+    aug = augmentation(cfg)
     img = torch.randint(0, 255, (1, cfg.img_size, cfg.img_size), dtype=torch.uint8)
 
     def step() -> None:

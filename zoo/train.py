@@ -171,8 +171,7 @@ class Trainer:
         train_df, val_df = ok(self.train_df), ok(self.val_df)
         used = set(self.train_df["path"]) | set(self.val_df["path"])
         self.unreadable = {p: e for p, e in self.images.errors.items() if p in used}
-        aug = train_augment(cfg.rotation, cfg.hflip, cfg.translate, size=cfg.img_size, crop_scale=cfg.crop_scale,
-                            brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma_jitter)
+        aug = augmentation(cfg)
         return TrainData(train_df, val_df,
                          ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug),
                          ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()))
@@ -346,6 +345,12 @@ class Trainer:
             self.checkpoint.clear()
         acc.wait_for_everyone()
         return metrics
+
+
+def augmentation(cfg: TrainConfig):
+    """The training augmentation ``cfg`` asks for (what training and the --budget-minutes speed measurement run)."""
+    return train_augment(cfg.rotation, cfg.hflip, cfg.translate, size=cfg.img_size, crop_scale=cfg.crop_scale,
+                         brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma_jitter)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.01) -> Callable[[int], float]:
