@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from zoo.data.io import ImageReadError, TruncatedImageWarning, load_resized
+from zoo.data.io import ImageReadError, TruncatedImageWarning, examples, load_resized
 
 
 def default_cache_dir() -> Path:
@@ -68,7 +68,7 @@ def _decode_all(paths: list[str], size: int, out: np.ndarray, workers: int, quie
             pass
     if truncated:
         warnings.warn(f"{len(truncated)} truncated image(s) read with Pillow's truncated mode (missing part is black):"
-                      f" {', '.join(truncated[:5])}{' ...' if len(truncated) > 5 else ''}", TruncatedImageWarning,
+                      f" {examples(truncated)}", TruncatedImageWarning,
                       stacklevel=3)
     return errors
 

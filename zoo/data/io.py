@@ -37,6 +37,11 @@ def _check_size(path: Path, width: int, height: int) -> None:
                              f"{limit / 1e6:.0f} Mpx limit, {BOMB_HINT}")
 
 
+def examples(names: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``names``, comma-separated, with " ..." when there are more (for notes and warnings)."""
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
 class TruncatedImageWarning(UserWarning):
     """A truncated file was read with Pillow's truncated-image mode: its missing part is grey/black."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.data.io import IMAGE_SUFFIXES
+from zoo.data.io import IMAGE_SUFFIXES, examples
 
 COLUMNS = ["path", "id", "part", "label"]
 # HAND_7c61ce2000_image3.png -> part HAND, study 7c61ce2000, image 3 (study ids may hold underscores and dashes)
@@ -136,14 +136,13 @@ def scan_competition_folder(folder: Path, notes: list[str] | None = None) -> pd.
     if notes is not None:
         if odd:
             notes.append(f"{folder}: {len(odd)} file(s) not named PART_<study>_image<N> (each kept as its own "
-                         "study): " + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""))
+                         f"study): {examples(odd)}")
         if stray:
             notes.append(f"{folder}: {len(stray)} file(s) skipped, not images by their extension "
-                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): " + ", ".join(stray[:5])
-                         + (" ..." if len(stray) > 5 else ""))
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): {examples(stray)}")
         if undecodable:
             notes.append(f"{folder}: {len(undecodable)} file(s) skipped, their names are not valid UTF-8 (rename "
-                         "them): " + ", ".join(undecodable[:5]))
+                         f"them): {examples(undecodable)}")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
