@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,6 +135,18 @@ def test_folds_run_writes_k_members_and_out_of_fold_predictions(fold_run, synthe
     cfg = json.loads((members[1] / "config.json").read_text())["training"]
     assert (cfg["folds"], cfg["fold"], cfg["recipe"], cfg["optimizer"]) == (3, 1, "modern", "adamw")
     assert "Cross-validated" in (fold_run / "leaderboard.md").read_text()
+
+
+def test_out_of_fold_table_leaves_out_a_backbone_whose_fold_lost_its_predictions(fold_run, tmp_path):
+    from zoo.leaderboard import out_of_fold
+
+    run = tmp_path / "run"
+    shutil.copytree(fold_run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    for k in range(3):  # a second backbone's folds, one of which has no val_predictions.csv
+        shutil.copytree(run / f"resnet10t-fold{k}", run / f"copy-fold{k}")
+    (run / "copy-fold1" / "val_predictions.csv").unlink()
+    df, table = out_of_fold(run)
+    assert list(df.columns) == ["id", "label", "resnet10t"] and "resnet10t" in table and "copy" not in table
 
 
 def test_fold_members_vote_as_one_group_fitted_on_out_of_fold_predictions(fold_run, synthetic_root):

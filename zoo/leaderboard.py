@@ -63,19 +63,16 @@ def out_of_fold(run_dir: str | Path) -> tuple[pd.DataFrame | None, str]:
     members = [Member(d.name, d) for d in finished_members(run_dir)]
     if not any(m.group != m.name for m in members):
         return None, ""
-    ens = Ensemble(members)
-    groups = [g for g in ens.groups if len(g.members) > 1]
-    frames = [g.val_predictions(calibrated=True) for g in groups]
+    kept = [(g, f) for g in Ensemble(members).groups if len(g.members) > 1
+            if (f := g.val_predictions(calibrated=True)) is not None]  # a fold member without them: left out
+    if not kept:
+        return None, ""
     df = None
-    for g, f in zip(groups, frames):
-        if f is None:
-            continue
+    for g, f in kept:
         f = f.rename(columns={"prob": g.name})
         df = f if df is None else df.merge(f.drop(columns="label"), on="id", how="outer")
-    if df is None:
-        return None, ""
     write_csv(df, run_dir / "oof_predictions.csv")
     rows = [{"backbone": g.name, "folds": len(g.members), "out-of-fold AUC": g.val_auc,
-             "studies": int(df[g.name].notna().sum())} for g in groups]
+             "studies": int(df[g.name].notna().sum())} for g, _ in kept]
     table = pd.DataFrame(rows).sort_values("out-of-fold AUC", ascending=False).to_markdown(index=False, floatfmt=".3f")
     return df, "\n## Cross-validated (out-of-fold predictions, every labelled study once)\n\n" + table + "\n"
