@@ -7,7 +7,7 @@ given on the command line wins over the recipe. No PyTorch import (``train_all.p
   AdamW with decoupled weight decay, linear warm-up then cosine decay per step, an exponential moving average of
   the weights (``timm.utils.ModelEmaV3``) that is validated and exported, X-ray-appropriate augmentation (random
   resized crop, brightness/contrast/gamma, plus the seed's rotation/flip/translation) and label smoothing.
-  Mixup is available (``--mixup``) but off: it did not help in bench/quality.py.
+  Mixup is available (``--mixup``) but off: it has not been measured (bench/README.md).
 """
 
 from __future__ import annotations
