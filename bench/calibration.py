@@ -54,9 +54,20 @@ def main() -> int:
     return calibration(args, out)
 
 
-def _metrics(folder: Path):
+def _train(args, seed: int, run: Path, *extra: str) -> None:
+    """train_all.py with the bench's members and settings into ``run``, unless it finished there before."""
+    if not (run / "leaderboard.csv").is_file():
+        subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
+                        "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
+                        "--seed", str(seed), "--out", str(run), "--quiet", *extra], check=True)
+
+
+def _evaluate(args, run: Path, folder: Path, *extra: str):
+    """predict.py --evaluate on the test split into ``folder``; its overall metrics, one row per model."""
     import pandas as pd
 
+    subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run), "--evaluate",
+                    "--quiet", "-output", str(folder / "test.csv"), *extra], check=True, stdout=subprocess.DEVNULL)
     m = pd.read_csv(folder / "metrics.csv")
     return m[m["part"] == "ALL"].set_index("model")
 
@@ -75,15 +86,9 @@ def calibration(args, out: Path) -> int:
     rows = []
     for seed in args.seeds:
         run = out / f"seed{seed}" / "weights"
-        if not (run / "leaderboard.csv").is_file():
-            subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
-                            "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-                            "--seed", str(seed), "--out", str(run), "--quiet"], check=True)
-        for name, extra in (("raw", ["--no-calibrate"]), ("calibrated", ["--triage", str(args.triage)])):
-            subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
-                            "--evaluate", "--quiet", "-output", str(run.parent / name / "test.csv"), *extra],
-                           check=True, stdout=subprocess.DEVNULL)
-        raw, cal = _metrics(run.parent / "raw"), _metrics(run.parent / "calibrated")
+        _train(args, seed, run)
+        raw = _evaluate(args, run, run.parent / "raw", "--no-calibrate")
+        cal = _evaluate(args, run, run.parent / "calibrated", "--triage", str(args.triage))
         report = (run.parent / "calibrated" / "report.md").read_text()
         print(f"\n### seed {seed}, test split, calibrated\n")
         print(report[report.index("## Overall"):report.index("## Per body part")])
@@ -181,21 +186,12 @@ def semi_supervised(args, out: Path) -> int:
     rows = []
     for seed in args.seeds:
         weights = out / f"conf{args.pseudo_confidence}" / f"seed{seed}" / "weights"
-        if not (weights / "leaderboard.csv").is_file():
-            subprocess.run([sys.executable, str(ROOT / "train_all.py"), "--data", args.data, "--models", *args.models,
-                            "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-                            "--seed", str(seed), "--out", str(weights), "--semi-supervised", "--pseudo-confidence",
-                            str(args.pseudo_confidence), "--quiet"], check=True)
+        _train(args, seed, weights, "--semi-supervised", "--pseudo-confidence", str(args.pseudo_confidence))
         used = json.loads((weights / args.models[0] / "config.json").read_text())["training"]["semi_supervised"]
         row = {"seed": seed, "pseudo_labelled": used["pseudo_labelled_studies"],
                "pseudo_abnormal_share": used["pseudo_abnormal_share"]}
         for rnd, run in (("round1", weights / "round1"), ("round2", weights)):
-            folder = weights.parent / rnd
-            subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
-                            "--evaluate", "--quiet", "-output", str(folder / "test.csv")], check=True,
-                           stdout=subprocess.DEVNULL)
-            m = pd.read_csv(folder / "metrics.csv")
-            m = m[m["part"] == "ALL"].set_index("model")
+            m = _evaluate(args, run, weights.parent / rnd)
             for name in [*args.models, "ensemble"]:
                 row[f"{rnd} {name}"] = float(m.loc[name, "auc"])
             row[f"{rnd} ensemble ece"] = float(m.loc["ensemble", "ece"])
