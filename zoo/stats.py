@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 LEVEL = 0.95
 N_RESAMPLES = 2000
@@ -47,6 +46,8 @@ def delong(y, scores) -> tuple[np.ndarray, np.ndarray]:
     ``V10_i = (T_z_i - T_x_i) / n`` (abnormal i) and ``V01_j = 1 - (T_z_j - T_y_j) / m`` (normal j), and
     ``Cov = S10 / m + S01 / n`` with S10, S01 the sample covariances of the components across columns.
     Ties count one half, as in the Mann-Whitney statistic. Raises ValueError without both classes."""
+    from scipy.stats import rankdata  # imported where used: predicting without --evaluate never needs scipy.stats
+
     y, s = _clean(y, scores)
     pos, neg = s[:, y == 1], s[:, y == 0]
     m, n = pos.shape[1], neg.shape[1]
@@ -63,6 +64,8 @@ def delong(y, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _z(level: float) -> float:
+    from scipy.stats import norm
+
     return float(norm.ppf(0.5 + level / 2))
 
 
@@ -96,6 +99,8 @@ def delong_test(y, p1, p2, level: float = LEVEL) -> dict[str, float]:
     if se < 1e-12:
         z, p = 0.0 if abs(diff) < 1e-12 else math.copysign(math.inf, diff), 1.0 if abs(diff) < 1e-12 else 0.0
     else:
+        from scipy.stats import norm
+
         z = diff / se
         p = float(2 * norm.sf(abs(z)))
     half = _z(level) * se
