@@ -139,6 +139,8 @@ class Trainer:
             self.train_df, self.val_df = fold_split(dataset.train, config.folds, config.fold, config.seed)
         else:
             self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
+        if pseudo is not None and len(pseudo) and "patient" in pseudo.columns:  # a validation patient stays out
+            pseudo = pseudo[~pseudo["patient"].isin(set(self.val_df.get("patient", ())))]
         if pseudo is not None and len(pseudo):  # pseudo-labelled unlabelled studies: training only, soft targets
             self.train_df = pd.concat([self.train_df, pseudo[self.train_df.columns]], ignore_index=True)
         self.pseudo_record = pseudo_record  # what --semi-supervised used (None: labelled studies only)
@@ -333,6 +335,7 @@ class Trainer:
                 **{k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
                 "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
+                "grouping": self.dataset.grouping,  # "patient" | "study": what validation splits and folds kept whole
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],
                 "n_unlabelled_studies": int(train_st["label"].isna().sum()),
                 "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
