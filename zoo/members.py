@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
-TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "curves.png")  # what training adds
+TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "calibration_predictions.csv",
+                  "curves.png")  # what training adds (calibration_predictions.csv with a calibration split)
 HUB_PREFIX = "hf://"
 
 

@@ -51,7 +51,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "writes the raw scores (default: %(default)s)")
     a("--triage", type=float, default=None, metavar="ALPHA", help="add a column triage = normal / abnormal / "
       "uncertain, deciding only where the error rate among decided studies is guaranteed <= ALPHA (conformal, "
-      "Learn-then-Test on the members' validation studies), e.g. --triage 0.05")
+      "Learn-then-Test on the calibration studies the members were trained with --calibration-fraction to hold "
+      "out; without them it runs on the validation studies and says it guarantees nothing), e.g. --triage 0.05")
     a("--missing-value", type=float, default=0.5, help="label written for a study with no readable image "
       "(reported on stderr; default %(default)s)")
     a("--evaluate", action="store_true", help="the test split is labelled (test_labels.csv or MURA valid): write "
@@ -97,8 +98,9 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
         f"{len(ens.members)} member(s)" + (f" in {len(ens.groups)} group(s) (fold members averaged)"
                                            if bags else "") + "; study score = aggregate of image probabilities. "
         "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
-        + (f"Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
-           f"{calibrated.n_validation} validation studies); `ensemble_raw` is the uncalibrated ensemble."
+        + ("Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
+           + (f"{calibrated.n_calibration} held-out calibration studies" if calibrated.n_calibration else
+              f"{calibrated.n_validation} validation studies") + "); `ensemble_raw` is the uncalibrated ensemble."
            if calibrated else "Scores are raw (--no-calibrate)."), "",
         "## Overall", "", overall.to_markdown(index=False, disable_numparse=True), "",
         f"`ece_if_calibrated`: the mean ECE a perfectly calibrated model with the same scores would show on these "
@@ -136,8 +138,10 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
     table = pd.DataFrame(rows)
     for c in ("share_decided", "error_among_decided"):
         table[c] = table[c].map(fmt)
-    return ["## Triage", "", f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} "
-            f"validation studies, guarantee with probability {1 - tri.delta:.2f}); a study is decided when "
+    return ["## Triage", ""] + ([f"**{tri.warning()}.**", ""] if not tri.certified else []) + [
+            f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} {tri.source} "
+            f"studies, " + (f"guarantee with probability {1 - tri.delta:.2f}" if tri.certified else "NOT certified")
+            + "); a study is decided when "
             f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)"
                                                         if tri.threshold > 1 else "") + f"; {tri.explain()}.", "",
             table.to_markdown(index=False, disable_numparse=True), ""]
@@ -187,6 +191,8 @@ def main(args: argparse.Namespace) -> int:
         except MemberError as exc:
             return fail(str(exc))
         st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
+        if calibrated.warning:
+            print(f"warning: {calibrated.warning}", file=sys.stderr)
     elif args.triage is not None:
         return fail("--triage works on calibrated scores; drop --no-calibrate")
     threshold = args.threshold if args.threshold is not None else (

@@ -63,6 +63,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default %(default)s)")
     a("--val-fraction", type=float, default=d.val_fraction, help="share of labelled studies held out for "
       "validation, split by study, without --folds (default %(default)s)")
+    a("--calibration-fraction", type=float, default=None, metavar="F", help="share of the labelled studies held "
+      "out of training and of every selection step (epoch, thresholds, calibrations, combiner), grouped by patient "
+      "(else study) and stratified; each member predicts them (calibration_predictions.csv) and predict.py "
+      "--triage certifies its error rate on them alone. 0 = off (--triage then gives no guarantee). Default: 0.2 "
+      "when that holds at least 150 studies, else 0")
     a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
       help="start from ImageNet weights (timm/torchvision). Default: on with --data when the weights are reachable "
       "(cached, or the Hub answers within seconds), else random init with a warning; off on synthetic data")
