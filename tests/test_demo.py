@@ -270,3 +270,6 @@ def test_voters_fold_members_are_one_choice_and_all_are_ticked(trained_run, tmp_
     app = build_demo(fold_pool, examples=False)
     box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "members")
     assert sorted(box.value) == ["regnetx_002", "resnet10t"]
+    image = str(next(iter(sorted((trained_run["data"] / "test").glob("*_image1.png")))))
+    a = analyse([image], ["resnet10t"], "Grad-CAM", fold_pool, combiner="mean")
+    assert a.members["member"].tolist() == ["resnet10t-fold0", "resnet10t-fold1"]

@@ -123,6 +123,7 @@ def test_max_file_size_reaches_every_launch(monkeypatch, tmp_path, trained_run):
     from demo.cli import get_args_parser, main
     from zoo.space import write_space
 
+    monkeypatch.chdir(tmp_path)  # `python -m demo` offers synthetic examples, generated under the working folder
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, *a, **k: launched.append((self, k.get("max_file_size"))))
     main(get_args_parser().parse_args(["--weights", str(tmp_path / "none")]))
