@@ -22,7 +22,7 @@ from zoo.calibration import plot_reliability, triage_summary
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import LayoutError, load_dataset, report_unreadable
 from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError
-from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
+from zoo.metrics import AGGREGATES, fmt, is_abnormal, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
 
 
@@ -199,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
         calibrated.threshold if calibrated else ens.threshold())
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
     if args.binary:
-        sub["abnormal"] = (sub["label"] >= threshold).astype(int)
+        sub["abnormal"] = is_abnormal(sub["label"], threshold).astype(int)  # the demo's headline rule
     triage = None
     if calibrated is not None and calibrated.triage is not None:
         triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)
