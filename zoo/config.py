@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = -1  # DataLoader workers; -1 = auto (0 on CPU, up to 8 on CUDA)
     cache_dir: str | None = None  # decoded-image cache; None = ~/.cache/bone-zoo/images, "" = in memory
+    cache_max_gb: float | None = None  # its bound on disk (LRU eviction); None = BONE_ZOO_CACHE_MAX_GB or 20
     quiet: bool = False
 
     @classmethod
@@ -65,4 +66,5 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "quiet")  # how it ran, not what was trained: not in config.json
+# how it ran, not what was trained: not in config.json
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet")

@@ -173,7 +173,8 @@ class Trainer:
         paths = pd.concat([self.train_df, self.val_df, self.cal_df])["path"].tolist()
         if self.images is None or self.images.size != cfg.img_size or not set(paths) <= set(self.images.paths):
             with self.accelerator.main_process_first():  # the main process fills the disk cache, the others read it
-                self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet or not self.is_main)
+                self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet or not self.is_main,
+                                          max_gb=cfg.cache_max_gb)
         index = self.images.index()
         ok = lambda df: df[np.array([self.images.ok[index[p]] for p in df["path"]], dtype=bool)].reset_index(  # noqa: E731
             drop=True)

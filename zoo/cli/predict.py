@@ -10,6 +10,7 @@ label is the probability that the study is abnormal (mean of its images' probabi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -70,6 +71,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--device", default="auto", help="cuda, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=-1, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
+    a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
+      "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     a("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -153,6 +156,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     tune_allocator()
+    if args.cache_max_gb is not None:  # the bound of every decoded-image cache this run fills (members, CAMs)
+        os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -99,6 +100,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--device", default=d.device, help="cuda, cuda:1, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=d.workers, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
+    a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
+      "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     a("--seed", type=int, default=d.seed, help="seed for the split, init, shuffling and augmentation "
       "(default %(default)s)")
     a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones")
@@ -163,6 +166,8 @@ def main(args: argparse.Namespace) -> int:
     if args.list_models:
         print(describe_backbones())
         return 0
+    if args.cache_max_gb is not None:  # also the bound of the ensemble's decodes (--semi-supervised)
+        os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     synthetic = args.data is None
     if args.recipe is None:
         args.recipe = "seed" if synthetic else DEFAULT_RECIPE
