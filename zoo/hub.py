@@ -59,7 +59,8 @@ def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
     board = leaderboard.write(run_dir)
     dataset = read_member_config(members[0]).get("training", {}).get("dataset_name")
     md = leaderboard.to_markdown(board) if not board.empty else "(no finished members)"
-    write_text(run_dir / "README.md", str(run_card(repo_id, md, [d.name for d in members], dataset)))
+    write_text(run_dir / "README.md", str(run_card(repo_id, md, [d.name for d in members], dataset,
+                                                   configs=[read_member_config(d) for d in members])))
     return md
 
 
