@@ -1,5 +1,7 @@
 """What a member is: its folder and files, finding members (folders, run folders, wildcards, ``hf://`` ids),
-reading their config, and loading them. The one place for it; importing this module does not import PyTorch.
+reading their config, and the one verified read every load goes through (:func:`read_verified`: the weights' hash
+against config.json, the config's sizes against the safetensors header). The one place for it; importing this
+module does not import PyTorch.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from zoo.head import MLPHead
-from zoo.members import (  # WeightsMismatch, ShapeMismatch: re-exported (zoo.model.WeightsMismatch)
+from zoo.members import (  # WeightsMismatch is re-exported: zoo.model.WeightsMismatch as before
     MEMBER_FILES,
     WEIGHTS,
     WEIGHTS_HASH,
