@@ -77,7 +77,10 @@ except ImportError:  # older ones talk requests, whose errors are OSErrors
 
 def _member_files(files: list[str], sub: str) -> list[str]:
     """The paths to download from a repo listing: the member file set of ``sub`` (the root if "") when it is a
-    member, else of each member folder directly inside it (what :func:`zoo.members.members_in` then finds)."""
+    member, else of each member folder directly inside it (what :func:`zoo.members.members_in` then finds); escaped,
+    as allow_patterns are fnmatch patterns."""
+    import glob
+
     present = set(files)
     prefix = f"{sub}/" if sub else ""
 
@@ -90,7 +93,7 @@ def _member_files(files: list[str], sub: str) -> list[str]:
         dirs = sorted({f[: -len("model.safetensors")] for f in present if f.startswith(prefix)
                        and f.endswith("/model.safetensors") and f[len(prefix):].count("/") == 1})
         dirs = [d for d in dirs if is_member(d)]
-    return [f"{d}{name}" for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
+    return [glob.escape(f"{d}{name}") for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
 
 
 def _member_patterns(sub: str) -> list[str]:
