@@ -166,3 +166,71 @@ def test_model_cards_parse_and_their_metadata_validates(hub_cache):
         yaml.safe_load(card.content.split("---")[1])
     root = ModelCard.load(run_dir / "README.md")
     assert root.data.to_dict()["library_name"] == "bone-zoo" and "hf download" in root.text
+
+
+# -- download only member files (issue 19.3) ------------------------------------------------------------------------
+class ListingHfApi:
+    """Test double of HfApi for a repo held in a local folder: lists its files."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+
+    def list_repo_files(self, repo_id, revision=None, repo_type=None):
+        return sorted(p.relative_to(self.repo).as_posix() for p in self.repo.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def hostile_repo(tmp_path, monkeypatch):
+    """A Hub repo (a local folder) with two members among other things, and a snapshot_download double that copies
+    what its allow_patterns select (huggingface_hub's own filter) and records it."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = tmp_path / "repo"
+    for name in ("m1", "m2", "deep/m3"):
+        BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(repo / name)
+    (repo / "m1" / "val_predictions.csv").write_text("id,label,prob\na,1,0.9\n")
+    (repo / "m1" / "checkpoint").mkdir()
+    (repo / "m1" / "checkpoint" / "last.safetensors").write_bytes(b"x" * 1000)
+    (repo / "README.md").write_text("run card")
+    (repo / "junk").mkdir()
+    (repo / "junk" / "huge.bin").write_bytes(b"\0" * 10_000)
+    (repo / "junk" / "config.json").write_text("{}")  # no weights beside it: not a member
+    (repo / "data.csv").write_text("id\n")
+    downloaded: list[str] = []
+
+    def fake_snapshot_download(repo_id, revision=None, cache_dir=None, token=None, allow_patterns=None, **kw):
+        files = ListingHfApi(repo).list_repo_files(repo_id)
+        snap = tmp_path / "snapshot"
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
+            downloaded.append(rel)
+            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(repo / rel, snap / rel)
+        return str(snap)
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("zoo.hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("zoo.hub.HfApi", lambda token=None: ListingHfApi(repo))
+    return {"repo": repo, "downloaded": downloaded}
+
+
+def test_a_repo_without_a_member_folder_is_listed_and_only_member_files_are_downloaded(hostile_repo):
+    folders = download_members("org/run")
+    assert [f.name for f in folders] == ["m1", "m2"]
+    member = {"model.safetensors", "config.json", "README.md"}
+    assert sorted(hostile_repo["downloaded"]) == sorted(
+        [f"m1/{f}" for f in member | {"val_predictions.csv"}] + [f"m2/{f}" for f in member])
+
+
+def test_a_member_sub_folder_downloads_that_member_only(hostile_repo):
+    (folder,) = download_members("org/run/deep/m3")
+    assert folder.name == "m3"
+    assert sorted(hostile_repo["downloaded"]) == ["deep/m3/README.md", "deep/m3/config.json",
+                                                  "deep/m3/model.safetensors"]
+
+
+def test_a_repo_without_members_downloads_nothing(hostile_repo):
+    from zoo.members import MemberError
+
+    with pytest.raises(MemberError, match="holds no bone-zoo member"):
+        download_members("org/run/junk")
+    assert hostile_repo["downloaded"] == []

@@ -29,11 +29,29 @@ def split_repo(spec: str) -> tuple[str, str]:
 
 
 def download_members(spec: str, revision: str | None = None, cache_dir: str | Path | None = None,
-                     token: str | None = None) -> list[Path]:
-    """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders."""
+                     token: str | None = None, api: HfApi | None = None) -> list[Path]:
+    """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders.
+
+    The repo is listed first and only member files are fetched: the member file set (``MEMBER_FILES`` +
+    ``TRAINING_FILES``) of the folder named (``ORG/NAME/sub``, or the repo root) when it is a member, else of each
+    folder directly inside it that holds model.safetensors and config.json. Nothing else the repo holds is downloaded.
+    """
+    from huggingface_hub import constants
+
     repo_id, sub = split_repo(spec)
-    patterns = [f"{sub}/*", f"{sub}/*/*"] if sub else None
     try:
+        files = None
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                files = (api or HfApi(token=token)).list_repo_files(repo_id, revision=revision, repo_type="model")
+            except (RepositoryNotFoundError, RevisionNotFoundError):
+                raise
+            except _UNREACHABLE:  # offline, Hub down, private without a token: the cache may still hold it
+                files = None
+        patterns = _member_files(files, sub) if files is not None else _member_patterns(sub)
+        if not patterns:
+            raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)"
+                              f"{' under ' + sub if sub else ''}; nothing downloaded")
         root = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
                                       allow_patterns=patterns))
     except LocalEntryNotFoundError as exc:
@@ -48,6 +66,42 @@ def download_members(spec: str, revision: str | None = None, cache_dir: str | Pa
     return found
 
 
+DOWNLOAD_FILES = MEMBER_FILES + TRAINING_FILES  # what a member needs in an ensemble (val_predictions.csv: combiners)
+try:
+    from huggingface_hub.utils import httpx as _httpx  # huggingface_hub >= 1.0 talks httpx
+
+    _UNREACHABLE: tuple[type[BaseException], ...] = (OSError, _httpx.TransportError)
+except ImportError:  # older ones talk requests, whose errors are OSErrors
+    _UNREACHABLE = (OSError,)
+
+
+def _member_files(files: list[str], sub: str) -> list[str]:
+    """The paths to download from a repo listing: the member file set of ``sub`` (the root if "") when it is a
+    member, else of each member folder directly inside it (what :func:`zoo.members.members_in` then finds); escaped,
+    as allow_patterns are fnmatch patterns."""
+    import glob
+
+    present = set(files)
+    prefix = f"{sub}/" if sub else ""
+
+    def is_member(d: str) -> bool:
+        return f"{d}model.safetensors" in present and f"{d}config.json" in present
+
+    if is_member(prefix):
+        dirs = [prefix]
+    else:
+        dirs = sorted({f[: -len("model.safetensors")] for f in present if f.startswith(prefix)
+                       and f.endswith("/model.safetensors") and f[len(prefix):].count("/") == 1})
+        dirs = [d for d in dirs if is_member(d)]
+    return [glob.escape(f"{d}{name}") for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
+
+
+def _member_patterns(sub: str) -> list[str]:
+    """Without a listing (offline: only the cache is read), the same file names as patterns."""
+    prefix = f"{sub}/" if sub else ""
+    return [f"{prefix}{d}{name}" for d in ("", "*/") for name in DOWNLOAD_FILES]
+
+
 def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
     """Rewrite the member cards with the repo's load snippet and the run card with its leaderboard."""
     run_dir = Path(run_dir)
@@ -59,7 +113,8 @@ def refresh_cards(run_dir: str | Path, repo_id: str) -> str:
     board = leaderboard.write(run_dir)
     dataset = read_member_config(members[0]).get("training", {}).get("dataset_name")
     md = leaderboard.to_markdown(board) if not board.empty else "(no finished members)"
-    write_text(run_dir / "README.md", str(run_card(repo_id, md, [d.name for d in members], dataset)))
+    write_text(run_dir / "README.md", str(run_card(repo_id, md, [d.name for d in members], dataset,
+                                                   configs=[read_member_config(d) for d in members])))
     return md
 
 
