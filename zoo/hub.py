@@ -159,7 +159,7 @@ def plan_push(run_dir: str | Path, repo_id: str, include_study_ids: bool = False
             else:
                 plan.files[rel] = f.resolve()
         plan.members.append(d.name)
-    for name in RUN_FILES[1:] + PREDICTION_FILES:
+    for name in [*RUN_FILES[1:], *PREDICTION_FILES]:
         f = run_dir / name
         if not (f.is_file() or f.is_symlink()):
             continue
