@@ -49,7 +49,7 @@ def test_resume_refuses_a_changed_config_or_data_naming_it_and_skips_an_unchange
     labels.loc[i, "label"] = 1 - labels.loc[i, "label"]  # one label corrected in train.csv
     labels.assign(label=labels["label"].astype("Int64")).to_csv(data / "train.csv", index=False)
     relabelled = run_script("train_all.py", *args, "--epochs", "1", "--resume", cwd=tmp_path)
-    assert relabelled.returncode == 2 and "the data" in relabelled.stderr and "epochs" not in relabelled.stderr
+    assert relabelled.returncode == 2 and "the data" in relabelled.stderr and "epochs 1 ->" not in relabelled.stderr
     assert (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes() == weights  # nothing was touched
 
 
