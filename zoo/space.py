@@ -57,9 +57,17 @@ def write_space(folder: str | Path, repo_id: str, models: list[str], requirement
     return folder
 
 
-def push_space(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
+def push_space(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
                api: HfApi | None = None) -> str:
-    """Create the Space (gradio sdk) if needed and upload ``folder`` in one commit; the commit URL."""
+    """Create the Space (gradio sdk; private unless ``private=False``) if needed and upload ``folder``'s Space files
+    in one commit; the commit URL. A file that is a symlink out of ``folder`` is refused, never followed."""
+    folder = Path(folder)
+    root = folder.resolve()
+    for name in SPACE_FILES:
+        f = folder / name
+        if f.is_symlink() and not f.resolve().is_relative_to(root):
+            raise ValueError(f"{f}: a symlink out of the Space folder (to {f.resolve()}); write the Space again with "
+                             "`bone-zoo space` instead of linking files into it")
     api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",

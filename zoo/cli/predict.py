@@ -60,7 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "report.md, metrics.csv and roc.png with AUC, kappa, accuracy, sensitivity, specificity per member, ensemble "
       "and body part")
     a("--report-dir", default=None, help="where report.md and roc.png go (default: the output CSV's folder)")
-    a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder")
+    a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder: "
+      "DIR/MEMBER/STUDY+IMAGE.png (study id and image stem, percent-encoded, so MURA's image1..N of different "
+      "studies never overwrite each other)")
     a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
     a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
       "(default %(default)s)")
