@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,16 @@ from zoo.cam import LABELS, overlay
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
-from zoo.ensemble import Ensemble
+from zoo.ensemble import Ensemble, Group
 from zoo.explain import explain_study
-from zoo.members import Member, MemberError, load_model, read_member_config, resolve_member_dirs
+from zoo.members import Member, MemberError, load_model, resolve_member_dirs
+from zoo.metrics import is_abnormal
 
-MAX_FILE_MB = 25
+# What one request may cost (DESIGN "cost is bounded by what the user asked for"):
+MAX_FILE_MB = 25  # per upload; Gradio refuses a bigger one while it streams in (launch(max_file_size=...))
+MAX_FILES = 8  # per request: a study has 1-4 views
+MAX_ENSEMBLES = 8  # fitted ensembles kept (least recently used evicted), one per member set and combiner
+DELETE_CACHE = (1800, 3600)  # Gradio's upload/result cache: every 30 min, delete its files older than 1 h
 EXAMPLES_DIR = Path("data/synthetic")
 
 
@@ -38,8 +44,9 @@ class MemberPool:
 
     folders: dict[str, Path]
     precision: str = "auto"  # inference precision of the members (zoo.inference.resolve_precision)
+    max_ensembles: int = MAX_ENSEMBLES
     _loaded: dict[str, Member] = field(default_factory=dict)
-    _ensembles: dict[tuple, Ensemble] = field(default_factory=dict)
+    _ensembles: OrderedDict[tuple, Ensemble] = field(default_factory=OrderedDict)  # LRU: most recent last
 
     @classmethod
     def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
@@ -56,17 +63,44 @@ class MemberPool:
                     precision: str = "auto") -> MemberPool:
         return cls.from_specs([f"hf://{hub}" if hub else str(weights)], precision)
 
-    def choices(self) -> list[tuple[str, str]]:
-        out = []
+    @functools.cached_property
+    def voters(self) -> dict[str, list[str]]:
+        """The ensemble's voters: a member, or the fold members of one backbone (:attr:`Member.group`) as one;
+        voter -> its member names, in the pool's order. A member whose config cannot be read is left out, said once
+        on the console."""
+        out: dict[str, list[str]] = {}
         for name, folder in list(self.folders.items()):
             try:
-                auc = (read_member_config(folder).get("metrics") or {}).get("val_auc")
-            except MemberError as exc:  # a broken member is left out of the choices, said once on the console
+                group = Member(name, folder).group
+            except MemberError as exc:
                 warnings.warn(f"member left out of the demo: {exc}", stacklevel=2)
                 self.folders.pop(name)
                 continue
-            out.append((f"{name} (val AUC {auc:.3f})" if isinstance(auc, float) else name, name))
+            out.setdefault(group, []).append(name)
         return out
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, voter) for the members CheckboxGroup: one entry per voter, with its validation AUC (a backbone's
+        fold members: the AUC of their out-of-fold predictions)."""
+        out = []
+        for voter, names in self.voters.items():
+            group = Group(voter, [Member(n, self.folders[n]) for n in names])
+            auc, kind = group.val_auc, "val AUC" if len(names) == 1 else f"{len(names)} folds, out-of-fold AUC"
+            out.append((f"{voter} ({kind} {auc:.3f})" if auc == auc else voter, voter))
+        return out
+
+    def members_of(self, chosen: list[str]) -> list[str]:
+        """The member names the chosen voters (or member names) stand for, each once, in the pool's order: the same
+        member set, however often or in whatever order it is asked for, is the same ensemble."""
+        wanted: set[str] = set()
+        for c in set(chosen):
+            if c in self.voters:
+                wanted.update(self.voters[c])
+            elif c in self.folders:
+                wanted.add(c)
+            else:
+                raise AnalysisError(f"unknown member {c!r}; available: {', '.join(self.voters) or 'none'}")
+        return [n for n in self.folders if n in wanted]
 
     def member(self, name: str) -> Member:
         if name not in self.folders:
@@ -80,35 +114,45 @@ class MemberPool:
 
     def ensemble(self, names: list[str], combiner: str) -> Ensemble:
         """The ensemble of these members with this combiner, kept: a fitted combiner (``auto``, ``select``) learns
-        from the members' validation predictions once, not on every request."""
-        key = (tuple(names), combiner)
-        if key not in self._ensembles:
+        from the members' validation predictions once, not on every request. Keyed on the sorted member set; at most
+        ``max_ensembles`` are kept, the least recently used evicted."""
+        names = self.members_of(names)
+        key = (tuple(sorted(names)), combiner)
+        if key in self._ensembles:
+            self._ensembles.move_to_end(key)
+        else:
             self._ensembles[key] = Ensemble([self.member(m) for m in names], combiner, precision=self.precision)
+            while len(self._ensembles) > self.max_ensembles:
+                self._ensembles.popitem(last=False)
         return self._ensembles[key]
 
 
 @dataclass
 class Analysis:
-    probability: float  # the ensemble's, for the study
-    threshold: float
+    probability: float  # the calibrated ensemble probability of the study: predict.py's CSV score
+    threshold: float  # the calibrated ensemble's threshold: predict.py --binary's
     members: pd.DataFrame  # member, val_auc, probability, verdict
     panels: list[tuple[np.ndarray, str]]  # (RGB image, caption): originals, member overlays, fused heatmaps
     spread: float  # max - min of member probabilities
     skipped: list[str]  # unreadable uploads
-    calibrated: float = float("nan")  # the calibrated ensemble probability (predict.py's default score)
+    raw: float = float("nan")  # the combined member probabilities before the ensemble calibration (detail only)
     triage: str = "unavailable"  # normal / abnormal / uncertain at ``triage_rate``, or why it is unavailable
     triage_rate: float | None = None
     triage_note: str = ""  # when these members can decide no study at this rate: what their validation showed
 
     @property
     def verdict(self) -> str:
-        return "ABNORMAL" if self.probability >= self.threshold else "normal"
+        """predict.py --binary's label for this study: the same score, threshold and rule."""
+        return "ABNORMAL" if is_abnormal(self.probability, self.threshold) else "normal"
 
 
 def _check_files(files: list[str]) -> list[str]:
     paths = [str(getattr(f, "name", f)) for f in files or [] if f]
     if not paths:
         raise AnalysisError("Upload at least one X-ray (PNG, JPEG, 16-bit PNG or DICOM) of one study.")
+    if len(paths) > MAX_FILES:
+        raise AnalysisError(f"{len(paths)} files uploaded; the limit is {MAX_FILES} per analysis (one study has 1-4 "
+                            "views). Upload the images of one study.")
     for p in paths:
         size_mb = os.path.getsize(p) / 2**20
         if size_mb > MAX_FILE_MB:
@@ -120,9 +164,11 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
             combiner: str = "auto", triage: float | None = 0.05) -> Analysis:
     """The whole demo as a pure function: image files of one study + member names + CAM method -> Analysis.
 
+    ``members`` are voters (a member, or a backbone's fold members) or member names; repeats count once.
     Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
-    members, verdict at its threshold (for mean: the mean of the members' stored thresholds); fused heatmap =
-    members' CAMs weighted by their probabilities (:func:`zoo.cam.fuse_cams`).
+    the voters, then the ensemble calibration: the score and threshold of predict.py (:meth:`Ensemble.calibrate`),
+    so the verdict is its ``--binary`` label; fused heatmap = members' CAMs weighted by their probabilities
+    (:func:`zoo.cam.fuse_cams`).
     """
     pool = pool or default_pool()
     paths = _check_files(files)
@@ -139,16 +185,18 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     member_probs = ex.member_probs
     study = pd.DataFrame([member_probs.to_dict()])
     study["ensemble"] = ens.combine(study)
-    prob, thr = float(study["ensemble"].iloc[0]), ens.threshold()
+    raw = float(study["ensemble"].iloc[0])
     try:  # what predict.py writes by default: calibrated, with conformal triage at the chosen rate
         cal = ens.calibrate(study, triage)
-        calibrated = float(cal.studies["ensemble"].iloc[0])
-        verdict = str(cal.triage(np.array([calibrated]))[0]) if cal.triage is not None else "not asked"
+        verdict = "not asked"
+        if cal.triage is not None:
+            verdict = str(cal.triage(cal.studies["ensemble"].to_numpy())[0])
         note = (f"These members decide no study at this rate: {cal.triage.explain()}."
                 if cal.triage is not None and cal.triage.threshold > 1 else "")
     except MemberError:  # members without validation predictions: no triage guarantee to give
-        calibrated = float(ens.calibrate(study).studies["ensemble"].iloc[0])
+        cal = ens.calibrate(study)
         verdict, note = "unavailable (members have no val_predictions.csv)", ""
+    prob, thr = float(cal.studies["ensemble"].iloc[0]), cal.threshold
     panels: list[tuple[np.ndarray, str]] = []
     for j, i in enumerate(ex.readable):
         name, base = Path(paths[i]).name, ex.bases[j]
@@ -161,22 +209,23 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         "member": ens.names,
         "val AUC": [round(m.val_auc, 3) for m in ens.members],
         "probability": [round(float(member_probs[n]), 4) for n in ens.names],
-        "verdict": ["abnormal" if member_probs[m.name] >= m.threshold else "normal" for m in ens.members],
+        "verdict": ["abnormal" if is_abnormal(member_probs[m.name], m.threshold) else "normal"
+                    for m in ens.members],
     })
     spread = float(member_probs.max() - member_probs.min())
     return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()],
-                    calibrated, verdict, triage, note)
+                    raw, verdict, triage, note)
 
 
 def summary_markdown(a: Analysis) -> str:
     agree = ("members agree" if a.spread < 0.15 else "members disagree: treat with caution") if len(a.members) > 1 \
         else "single member: no spread"
     lines = [f"## {a.verdict}: P(abnormal) = {a.probability:.3f}",
-             f"Calibrated P(abnormal) = {a.calibrated:.3f}. **Triage** at error rate {a.triage_rate}: "
+             f"Calibrated P(abnormal) of the ensemble and its threshold {a.threshold:.3f}: the score `predict.py` "
+             f"writes and the verdict of `predict.py --binary`. **Triage** at error rate {a.triage_rate}: "
              f"**{a.triage}** (conformal: decided only where the error among decided studies is guaranteed)."
              + (f" {a.triage_note}" if a.triage_note else ""),
-             f"Threshold {a.threshold:.3f} (members' validation thresholds). Spread between members "
-             f"{a.spread:.3f}: {agree}.",
+             f"Uncalibrated ensemble score {a.raw:.3f}. Spread between members {a.spread:.3f}: {agree}.",
              "_Research tool, not a medical device._"]
     if a.skipped:
         lines.append("**Skipped unreadable uploads:** " + "; ".join(a.skipped))
@@ -195,6 +244,15 @@ def example_files(n_each: int = 2) -> list[list[str]]:
     return out
 
 
+class DemoBlocks(gr.Blocks):
+    """The demo's Blocks: ``launch()`` refuses an upload over ``MAX_FILE_MB`` while it streams in (Gradio's
+    ``max_file_size``), however it is launched (``python -m demo``, ``demo.app.demo.launch()``, a Space)."""
+
+    def launch(self, *args, **kwargs):
+        kwargs.setdefault("max_file_size", f"{MAX_FILE_MB}mb")
+        return super().launch(*args, **kwargs)
+
+
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     choices = pool.choices()
 
@@ -208,7 +266,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
         label = {"abnormal": a.probability, "normal": 1 - a.probability}
         return summary_markdown(a), label, a.members, a.panels
 
-    with gr.Blocks(title="bone-zoo: X-ray ensemble with Grad-CAM") as demo:
+    with DemoBlocks(title="bone-zoo: X-ray ensemble with Grad-CAM", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# bone-zoo\nUpload the radiographs of **one study**, pick ensemble members and a CAM method. "
                     "Each member's probability, the ensemble's verdict and where each member looked.")
         if not choices:
@@ -218,8 +276,9 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
             with gr.Column(scale=1):
                 files = gr.File(label="X-rays of one study", file_count="multiple", elem_id="upload",
                                 file_types=sorted(IMAGE_SUFFIXES))
-                members = gr.CheckboxGroup(choices=choices, value=[v for _, v in choices[:2]],
-                                           label="Ensemble members", elem_id="members")
+                members = gr.CheckboxGroup(choices=choices, value=[v for _, v in choices],  # predict.py's default
+                                           label="Ensemble members", elem_id="members",
+                                           info="a backbone's fold members vote as one")
                 method = gr.Radio(list(LABELS), value="Grad-CAM", label="CAM method", elem_id="method")
                 rate = gr.Slider(0.01, 0.2, value=0.05, step=0.01, label="Triage error rate", elem_id="triage",
                                  info="decide normal/abnormal only where the error among decided studies is "

@@ -112,13 +112,13 @@ def test_split_is_by_study_stratified_and_seeded(synthetic_root):
     assert split_by_study(ds.train, 0.25, seed=4)[1]["id"].tolist() != va["id"].tolist()
 
 
-def test_sixteen_bit_png_is_stretched(tmp_path):
+def test_sixteen_bit_png_is_scaled_by_its_bit_depth(tmp_path):
     a = np.zeros((20, 30), np.uint16)
-    a[:, 15:] = 4000  # 12-bit data in a 16-bit file
+    a[:, 15:] = 4000  # 12-bit data in a 16-bit file: dark, as the file declares (issue 18.5: never its own range)
     Image.fromarray(a).save(tmp_path / "x.png")
     img = read_grayscale(tmp_path / "x.png")
     assert img.dtype == np.float32 and img.shape == (20, 30)
-    assert img.min() == 0.0 and img.max() == 1.0
+    assert img.min() == 0.0 and img.max() == pytest.approx(4000 / 65535)
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -188,8 +188,9 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
         return read_grayscale(tmp_path / name)
 
     mono2, mono1 = write("a.dcm", "MONOCHROME2"), write("b.dcm", "MONOCHROME1")
-    assert mono2[0, 0] == 0 and mono2[0, 7] == 1
-    assert mono1[0, 0] == 1 and mono1[0, 7] == 0
+    bright = 1000 / 4095  # by BitsStored 12, not stretched to the image's own maximum (issue 18.5)
+    assert mono2[0, 0] == 0 and mono2[0, 7] == pytest.approx(bright)
+    assert mono1[0, 0] == 1 and mono1[0, 7] == pytest.approx(1 - bright)
     assert pydicom
 
 

@@ -34,7 +34,7 @@ def test_analyse_study(pool, xray):
     a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, combiner="mean")
     assert 0 <= a.probability <= 1
     assert a.members["member"].tolist() == TINY
-    assert np.isclose(a.probability, a.members["probability"].mean(), atol=1e-3)
+    assert np.isclose(a.raw, a.members["probability"].mean(), atol=1e-3)  # before the ensemble calibration
     assert len(a.panels) == len(xray) * (len(TINY) + 2)
     assert all(img.ndim == 3 and img.shape[2] == 3 for img, _ in a.panels)
     assert a.spread == pytest.approx(a.members["probability"].max() - a.members["probability"].min(), abs=1e-3)
@@ -124,7 +124,7 @@ def test_real_browser_upload_click_and_heatmaps(served, xray, tmp_path):
         page.goto(served)
         page.locator("#upload input[type=file]").set_input_files(str(tmp_path / "study.png"))
         page.wait_for_timeout(1500)
-        for name in TINY:  # both members ticked (default is the first two; make sure)
+        for name in TINY:  # both members ticked (the default: every voter; make sure)
             box = page.locator("#members").get_by_label(name, exact=False)
             if not box.is_checked():
                 box.check()
@@ -205,13 +205,71 @@ def test_demo_uses_the_chosen_combiner(pool, xray):
     a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "weighted")
     w = np.array([pool.member(n).val_auc for n in TINY])
     probs = a.members.set_index("member").loc[TINY, "probability"].to_numpy()
-    assert a.probability == pytest.approx(float(probs @ (w / w.sum())), abs=1e-3)
+    assert a.raw == pytest.approx(float(probs @ (w / w.sum())), abs=1e-3)  # before the ensemble calibration
     with pytest.raises(AnalysisError, match="unknown ensemble method"):
         analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "nope")
 
 
 def test_demo_shows_calibrated_probability_and_triage(pool, xray):
     a = analyse([str(p) for p in xray], TINY, "Grad-CAM", pool, "mean", 0.1)
-    assert 0 <= a.calibrated <= 1 and a.triage in {"normal", "abnormal", "uncertain"} and a.triage_rate == 0.1
+    assert 0 <= a.probability <= 1 and a.triage in {"normal", "abnormal", "uncertain"} and a.triage_rate == 0.1
     md = summary_markdown(a)
     assert "Triage" in md and a.triage in md and "Calibrated P(abnormal)" in md
+
+
+@pytest.mark.slow
+def test_headline_verdict_is_predict_binary(served, trained_run, tmp_path):
+    """One verdict (issue 18.4): for the same study, the demo's headline over HTTP with its default selection (every
+    member, ``auto``) is ``predict.py --binary``'s label, and its headline and bar show predict.py's (calibrated)
+    score. The studies checked include those where the raw score at the combiner's threshold (the old headline)
+    decides otherwise."""
+    from conftest import run_script
+    from gradio_client import Client, handle_file
+
+    data, weights = trained_run["data"], trained_run["out"]
+    csv = {}
+    for name, extra in (("calibrated", []), ("raw", ["--no-calibrate"])):
+        p = run_script("predict.py", "--data", data, "--weights", weights, "--binary", "--quiet", *extra,
+                       "-output", tmp_path / f"{name}.csv", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        csv[name] = pd.read_csv(tmp_path / f"{name}.csv", dtype={"id": str}).set_index("id")
+    cal, raw = csv["calibrated"], csv["raw"]
+    differ = cal.index[cal["abnormal"] != raw["abnormal"]].tolist()
+    ids = list(dict.fromkeys(differ[:4] + cal.index[cal["abnormal"] == 1][:1].tolist()
+                             + cal.index[cal["abnormal"] == 0][:1].tolist()))
+    client = Client(served, verbose=False)
+    for sid in ids:
+        images = sorted((data / "test").glob(f"{sid}_image*"))
+        md, label, _, _ = client.predict(files=[handle_file(str(p)) for p in images], api_name="/analyse")
+        headline = md.splitlines()[0]
+        verdict = "ABNORMAL" if cal.at[sid, "abnormal"] == 1 else "normal"
+        assert headline.startswith(f"## {verdict}: P(abnormal) = "), (sid, headline, cal.loc[sid].tolist())
+        shown = float(headline.rsplit("= ", 1)[1])
+        assert shown == pytest.approx(cal.at[sid, "label"], abs=2e-3), (sid, headline)
+        bar = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert bar["abnormal"] == pytest.approx(shown, abs=1e-3)
+
+
+def test_voters_fold_members_are_one_choice_and_all_are_ticked(trained_run, tmp_path):
+    """A backbone's fold members are one voter in the members list, and the demo starts with every voter ticked:
+    the ensemble predict.py uses by default."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["out"] / "regnetx_002", run / "regnetx_002")
+    for k in range(2):  # two fold members of resnet10t (copies, with the fold recorded)
+        d = run / f"resnet10t-fold{k}"
+        shutil.copytree(trained_run["out"] / "resnet10t", d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["training"] = {**cfg.get("training", {}), "fold": k, "folds": 2}
+        (d / "config.json").write_text(json.dumps(cfg))
+    fold_pool = MemberPool.from_source(run)
+    assert [v for _, v in fold_pool.choices()] == ["regnetx_002", "resnet10t"]
+    assert "2 folds" in dict((v, k) for k, v in fold_pool.choices())["resnet10t"]
+    assert fold_pool.members_of(["resnet10t"]) == ["resnet10t-fold0", "resnet10t-fold1"]
+    app = build_demo(fold_pool, examples=False)
+    box = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "members")
+    assert sorted(box.value) == ["regnetx_002", "resnet10t"]
+    image = str(next(iter(sorted((trained_run["data"] / "test").glob("*_image1.png")))))
+    a = analyse([image], ["resnet10t"], "Grad-CAM", fold_pool, combiner="mean")
+    assert a.members["member"].tolist() == ["resnet10t-fold0", "resnet10t-fold1"]

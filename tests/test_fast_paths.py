@@ -1,6 +1,7 @@
 """Fast inference paths give the plain fp32 path's answers: fp32 paths within 1e-4 per image, bf16 / int8 within
 0.005 study AUC on the FracAtlas dev test split (skipped when ../shared/data is absent)."""
 
+import json
 import subprocess
 import sys
 
@@ -87,3 +88,51 @@ def test_bf16_and_int8_keep_the_study_auc_on_fracatlas(tmp_path):
     fp32 = auc(precision="fp32")
     assert abs(auc(precision="bf16") - fp32) <= 0.005
     assert abs(auc(backend="onnx-int8") - fp32) <= 0.005
+
+
+# -- a stale graph is refused (issue 18.8) --------------------------------------------------------------------------
+def _tiny_member(folder, seed: int):
+    torch.manual_seed(seed)
+    return BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(folder)
+
+
+def _export(folder):
+    from zoo.cli import main
+
+    return main(["export", str(folder), "--onnx"])
+
+
+def test_a_graph_of_other_weights_is_refused_with_the_export_command(tmp_path):
+    """A member retrained into the same folder keeps its old model.onnx until exported again: the graph records
+    the SHA-256 of the weights it came from, and one that is not the member's current weights is refused."""
+    import onnx
+
+    from zoo.members import MemberError
+    from zoo.onnx import SOURCE_KEY, OnnxMember, quantize_int8
+
+    member = _tiny_member(tmp_path / "m", seed=0)
+    assert _export(member) == 0
+    weights = json.loads((member / "config.json").read_text())["weights_sha256"]
+    props = {p.key: p.value for p in onnx.load(str(member / "model.onnx")).metadata_props}
+    assert props[SOURCE_KEY] == weights
+    OnnxMember(member)  # fresh: used
+    rng = np.random.default_rng(0)
+    quantize_int8(member / "model.onnx", member / "model.int8.onnx",
+                  (rng.integers(0, 256, (2, 1, 32, 32), dtype=np.uint8) for _ in range(2)))
+    OnnxMember(member, "onnx-int8")
+
+    _tiny_member(member, seed=1)  # retrained into the same --out: new weights, config and calibration
+    for backend, flag in (("onnx", "--onnx`"), ("onnx-int8", "--onnx --int8")):
+        with pytest.raises(MemberError, match="exported from other weights") as info:
+            OnnxMember(member, backend)
+        assert f"bone-zoo export {member} {flag}" in str(info.value)
+    with pytest.raises(MemberError, match="exported from other weights"):
+        Ensemble.from_paths([str(member)], backend="onnx")
+
+    assert _export(member) == 0  # exported again: used
+    OnnxMember(member)
+    graph = onnx.load(str(member / "model.onnx"))  # a graph exported before graphs recorded their weights
+    del graph.metadata_props[:]
+    onnx.save(graph, str(member / "model.onnx"))
+    with pytest.raises(MemberError, match="records no source weights"):
+        OnnxMember(member)

@@ -1,6 +1,8 @@
 """Hub I/O without the network: local from_pretrained, the real cache layout offline, a recorded push, the card."""
 
 import hashlib
+import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +13,7 @@ from conftest import TINY, run_script
 from huggingface_hub import ModelCard, scan_cache_dir, snapshot_download
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from zoo.hub import PUSH_PATTERNS, download_members, push_run, refresh_cards
+from zoo.hub import SALT_FILE, PushError, download_members, push_run
 from zoo.model import BoneClassifier
 
 REPO = "bone-zoo-tests/tiny-zoo"
@@ -24,19 +26,11 @@ def run(trained_run):
     return trained_run
 
 
-def _files_to_push(run_dir: Path) -> list[str]:
-    import fnmatch
-
-    rel = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()]
-    return sorted(r for r in rel if any(fnmatch.fnmatch(r, pat) for pat in PUSH_PATTERNS) and "checkpoint" not in r)
-
-
-def make_hub_cache(run_dir: Path, cache: Path, repo_id: str = REPO) -> Path:
+def make_hub_cache(files: dict[str, bytes], cache: Path, repo_id: str = REPO) -> Path:
     """The Hub cache layout for one commit of repo_id: blobs by sha256, a snapshot of symlinks, refs/main."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snap = repo / "snapshots" / COMMIT
-    for rel in _files_to_push(run_dir):
-        data = (run_dir / rel).read_bytes()
+    for rel, data in sorted(files.items()):
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
@@ -48,13 +42,24 @@ def make_hub_cache(run_dir: Path, cache: Path, repo_id: str = REPO) -> Path:
     return repo
 
 
+def pushed_files(run_dir: Path, repo_id: str = REPO, **kw) -> tuple[dict[str, bytes], "RecordingHfApi"]:
+    """What push_run uploads for ``run_dir`` (through the recording double): path in repo -> bytes."""
+    api = RecordingHfApi()
+    push_run(run_dir, repo_id, api=api, say=lambda m: None, **kw)
+    (commit,) = [c for c in api.calls if c[0] == "create_commit"]
+    return commit[2]["files"], api
+
+
 @pytest.fixture(scope="module")
 def hub_cache(run, tmp_path_factory):
+    """The Hub cache holding exactly what a push of the run uploads (and those files as a plain folder)."""
+    files, _ = pushed_files(run["out"])
     run_dir = tmp_path_factory.mktemp("pushed") / "weights"
-    shutil.copytree(run["out"], run_dir)
-    refresh_cards(run_dir, REPO)
+    for rel, data in files.items():
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_bytes(data)
     cache = tmp_path_factory.mktemp("hf-cache")
-    make_hub_cache(run_dir, cache)
+    make_hub_cache(files, cache)
     return {"cache": cache, "run_dir": run_dir}
 
 
@@ -100,13 +105,18 @@ def test_predict_hf_models_offline_matches_the_run_folder(run, hub_cache, tmp_pa
 
 class RecordingHfApi:
     """Test double of HfApi that records calls (a wiring test: it checks what push_run asks of the Hub client,
-    not the Hub)."""
+    not the Hub). ``public`` names repos that already exist and are public."""
 
-    def __init__(self):
+    def __init__(self, public: tuple[str, ...] = ()):
         self.calls = []
+        self.private = {r: False for r in public}
 
     def create_repo(self, repo_id, **kw):
         self.calls.append(("create_repo", repo_id, kw))
+        self.private.setdefault(repo_id, bool(kw.get("private")))
+
+    def repo_info(self, repo_id, **kw):
+        return type("RepoInfo", (), {"private": self.private[repo_id]})()
 
     def create_branch(self, repo_id, **kw):
         self.calls.append(("create_branch", repo_id, kw))
@@ -121,6 +131,14 @@ class RecordingHfApi:
         self.calls.append(("upload_folder", kw["repo_id"], {**kw, "files": allowed}))
         return type("CommitInfo", (), {"commit_url": f"https://hub.example/{kw['repo_id']}/commit/1"})()
 
+    def create_commit(self, repo_id, operations, **kw):
+        files = {}
+        for op in operations:  # what would go over the wire: the bytes of each file
+            src = op.path_or_fileobj
+            files[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+        self.calls.append(("create_commit", repo_id, {**kw, "files": files}))
+        return type("CommitInfo", (), {"commit_url": f"https://hub.example/{repo_id}/commit/1"})()
+
 
 def test_push_run_wiring(run, tmp_path):
     """Wiring test with a recording HfApi double: one repo, the branch, one commit with every member's files."""
@@ -132,14 +150,94 @@ def test_push_run_wiring(run, tmp_path):
     url = push_run(run_dir, REPO, private=True, revision="v1", api=api)
     assert url.endswith("/commit/1")
     kinds = [c[0] for c in api.calls]
-    assert kinds == ["create_repo", "create_branch", "upload_folder"]
+    assert kinds == ["create_repo", "create_branch", "create_commit"]
     assert api.calls[0][2]["private"] is True and api.calls[1][2]["branch"] == "v1"
     up = api.calls[2][2]
     assert up["revision"] == "v1" and "2 member(s)" in up["commit_message"]
     for n in TINY:
         assert {f"{n}/model.safetensors", f"{n}/config.json", f"{n}/README.md"} <= set(up["files"])
+        assert up["files"][f"{n}/model.safetensors"] == (run_dir / n / "model.safetensors").read_bytes()
     assert {"README.md", "leaderboard.csv", "leaderboard.md", "roc.png"} <= set(up["files"])
-    assert not any("checkpoint" in f for f in up["files"])
+    assert not any("checkpoint" in f or f.startswith(".") or "/." in f for f in up["files"])
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_is_private_by_default_names_no_patient_and_rewrites_nothing(run, tmp_path):
+    """What a push uploads contains no study id, no absolute local path and nothing a symlink points to outside the
+    run; the repo is created private unless --public; the local run folder is byte for byte as it was."""
+    import pandas as pd
+
+    run_dir = tmp_path / "weights"
+    shutil.copytree(run["out"], run_dir)
+    cfg_file = run_dir / TINY[0] / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    secret_weights = tmp_path / "private-imagenet" / f"{TINY[0]}.safetensors"
+    cfg["training"]["pretrained_weights"] = str(secret_weights)  # what --pretrained-weights records
+    cfg_file.write_text(json.dumps(cfg))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("PATIENT DATA that must stay here")
+    (run_dir / TINY[1] / "curves.png").unlink()
+    (run_dir / TINY[1] / "curves.png").symlink_to(outside)  # a symlink out of the run
+    (run_dir / "leaderboard.md").unlink()
+    (run_dir / "leaderboard.md").symlink_to(outside)
+    (run_dir / SALT_FILE).write_text("ab" * 32)
+    before = _tree(run_dir)
+    ids = set()
+    for n in TINY:
+        ids |= set(pd.read_csv(run_dir / n / "val_predictions.csv", dtype={"id": str})["id"])
+    assert ids
+    notes = []
+    api = RecordingHfApi()
+    push_run(run_dir, REPO, api=api, say=notes.append)
+    assert api.calls[0][0] == "create_repo" and api.calls[0][2]["private"] is True  # private by default
+    files = api.calls[-1][2]["files"]
+    assert f"{TINY[1]}/curves.png" not in files and "leaderboard.md" not in files
+    assert sum("symlink out of the run folder" in n for n in notes) == 2
+    assert SALT_FILE not in files and not any(SALT_FILE in f for f in files)
+    texts = {rel: data.decode("utf-8", "replace") for rel, data in files.items()}
+    for rel, text in texts.items():
+        assert "PATIENT DATA" not in text, rel
+        assert str(tmp_path) not in text and str(run["data"]) not in text and str(Path.home()) not in text, rel
+        assert not any(sid in text for sid in ids if len(sid) > 3), rel
+    pushed_cfg = json.loads(files[f"{TINY[0]}/config.json"])
+    assert pushed_cfg["training"]["pretrained_weights"] == secret_weights.name
+    for n in TINY:  # pseudonyms, one per study, the same across members, and sorted like the ids they replace
+        local = pd.read_csv(run_dir / n / "val_predictions.csv", dtype={"id": str})
+        pushed = pd.read_csv(io.BytesIO(files[f"{n}/val_predictions.csv"]), dtype={"id": str})
+        assert len(pushed) == len(local) and pushed["id"].is_unique
+        assert (pushed.drop(columns="id") == local.drop(columns="id")).all().all()
+        assert list(pushed["id"].argsort()) == list(local["id"].argsort())
+    assert _tree(run_dir) == before  # push only reads the run folder
+    api = RecordingHfApi()
+    push_run(run_dir, REPO, api=api, private=False, include_study_ids=True, say=notes.append)
+    assert api.calls[0][2]["private"] is False
+    assert set(pd.read_csv(io.BytesIO(api.calls[-1][2]["files"][f"{TINY[0]}/val_predictions.csv"]),
+                           dtype={"id": str})["id"]) <= ids
+    with pytest.raises(PushError, match="PUBLIC"):  # an existing public repo is not published to by default
+        push_run(run_dir, REPO, api=RecordingHfApi(public=(REPO,)), say=notes.append)
+
+
+def test_pushed_pseudonyms_are_stable_per_run_and_unlinkable_without_the_salt(run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, salt in ((a, "01" * 32), (b, "02" * 32)):
+        shutil.copytree(run["out"], d)
+        (d / SALT_FILE).write_text(salt)
+    first, _ = pushed_files(a)
+    again, _ = pushed_files(a)
+    other, _ = pushed_files(b)
+    rel = f"{TINY[0]}/val_predictions.csv"
+    assert first[rel] == again[rel]  # the same run pushes the same pseudonyms
+    ids = lambda data: [i.split("-", 1)[1] for i in pd_ids(data)]  # noqa: E731
+    assert not set(ids(first[rel])) & set(ids(other[rel]))  # another salt: no hash in common
+
+
+def pd_ids(data: bytes) -> list[str]:
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(data), dtype={"id": str})["id"].tolist()
 
 
 def test_push_cli_help(tmp_path):
@@ -148,6 +246,7 @@ def test_push_cli_help(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "zoo", "push", "--help"], capture_output=True, text=True).stdout
     assert "--private" in out and "--revision" in out and "repo_id" in out
+    assert "--public" in out and "--include-study-ids" in out
 
 
 def test_model_cards_parse_and_their_metadata_validates(hub_cache):
@@ -166,3 +265,71 @@ def test_model_cards_parse_and_their_metadata_validates(hub_cache):
         yaml.safe_load(card.content.split("---")[1])
     root = ModelCard.load(run_dir / "README.md")
     assert root.data.to_dict()["library_name"] == "bone-zoo" and "hf download" in root.text
+
+
+# -- download only member files (issue 19.3) ------------------------------------------------------------------------
+class ListingHfApi:
+    """Test double of HfApi for a repo held in a local folder: lists its files."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+
+    def list_repo_files(self, repo_id, revision=None, repo_type=None):
+        return sorted(p.relative_to(self.repo).as_posix() for p in self.repo.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def hostile_repo(tmp_path, monkeypatch):
+    """A Hub repo (a local folder) with two members among other things, and a snapshot_download double that copies
+    what its allow_patterns select (huggingface_hub's own filter) and records it."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = tmp_path / "repo"
+    for name in ("m1", "m2", "deep/m3"):
+        BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(repo / name)
+    (repo / "m1" / "val_predictions.csv").write_text("id,label,prob\na,1,0.9\n")
+    (repo / "m1" / "checkpoint").mkdir()
+    (repo / "m1" / "checkpoint" / "last.safetensors").write_bytes(b"x" * 1000)
+    (repo / "README.md").write_text("run card")
+    (repo / "junk").mkdir()
+    (repo / "junk" / "huge.bin").write_bytes(b"\0" * 10_000)
+    (repo / "junk" / "config.json").write_text("{}")  # no weights beside it: not a member
+    (repo / "data.csv").write_text("id\n")
+    downloaded: list[str] = []
+
+    def fake_snapshot_download(repo_id, revision=None, cache_dir=None, token=None, allow_patterns=None, **kw):
+        files = ListingHfApi(repo).list_repo_files(repo_id)
+        snap = tmp_path / "snapshot"
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
+            downloaded.append(rel)
+            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(repo / rel, snap / rel)
+        return str(snap)
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("zoo.hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("zoo.hub.HfApi", lambda token=None: ListingHfApi(repo))
+    return {"repo": repo, "downloaded": downloaded}
+
+
+def test_a_repo_without_a_member_folder_is_listed_and_only_member_files_are_downloaded(hostile_repo):
+    folders = download_members("org/run")
+    assert [f.name for f in folders] == ["m1", "m2"]
+    member = {"model.safetensors", "config.json", "README.md"}
+    assert sorted(hostile_repo["downloaded"]) == sorted(
+        [f"m1/{f}" for f in member | {"val_predictions.csv"}] + [f"m2/{f}" for f in member])
+
+
+def test_a_member_sub_folder_downloads_that_member_only(hostile_repo):
+    (folder,) = download_members("org/run/deep/m3")
+    assert folder.name == "m3"
+    assert sorted(hostile_repo["downloaded"]) == ["deep/m3/README.md", "deep/m3/config.json",
+                                                  "deep/m3/model.safetensors"]
+
+
+def test_a_repo_without_members_downloads_nothing(hostile_repo):
+    from zoo.members import MemberError
+
+    with pytest.raises(MemberError, match="holds no bone-zoo member"):
+        download_members("org/run/junk")
+    assert hostile_repo["downloaded"] == []

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from zoo.data import load_dataset
 from zoo.head import MLPHead
 from zoo.loss import WeightedBCE, positive_weight
+from zoo.members import ShapeMismatch
 from zoo.model import BoneClassifier
 from zoo.train import TrainConfig, Trainer
 
@@ -60,8 +61,8 @@ def test_load_refuses_weights_that_do_not_match_the_config(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["head_hidden"] = [64]
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        BoneClassifier.load(tmp_path / "m")
+    with pytest.raises(ShapeMismatch, match=r"head_hidden \[64\] asks for head widths \[64, 1\]"):
+        BoneClassifier.load(tmp_path / "m")  # before building (issue 19.3), no longer torch's "size mismatch"
 
 
 def _tiny_cfg(**kw):

@@ -61,8 +61,12 @@ def test_ensemble_modes(run):
     ens.method = "rank"
     r = ens.combine(st)
     assert r.between(0, 1).all()
-    ranks = np.mean([st[n].rank().to_numpy() / len(st) for n in ens.names], axis=0)
-    assert np.allclose(r, ranks)
+    val = ens.validation_studies(calibrated=True)  # each member's score -> its validation percentile (ties half)
+    pct = [(val[m.name].to_numpy()[None] < m.calibrator(st[m.name].to_numpy())[:, None]).mean(axis=1)
+           + (val[m.name].to_numpy()[None] == m.calibrator(st[m.name].to_numpy())[:, None]).mean(axis=1) / 2
+           for m in ens.members]
+    assert np.allclose(r, np.mean(pct, axis=0))
+    assert np.allclose([ens.combine(st.iloc[[i]]).iloc[0] for i in range(len(st))], r)  # each study on its own
     mx = Ensemble.from_paths([str(run["out"])]).predict_studies(ds.test, aggregate="max", quiet=True)
     assert (mx[TINY[0]] >= st[TINY[0]] - 1e-9).all()
 
@@ -205,5 +209,6 @@ def test_calibrated_threshold_is_chosen_on_validation_for_every_combiner(run):
         val = ens.validation_studies()
         for m in ens.members:
             val[m.name] = m.calibrator(val[m.name].to_numpy(dtype=float))
-        expected = best_threshold(val["label"].to_numpy(), cal.calibrator(ens.combine(val).to_numpy()))
+        score = ens.combine(val, calibrated=True).to_numpy()
+        expected = best_threshold(val["label"].to_numpy(), cal.calibrator(score))
         assert cal.threshold == pytest.approx(expected) and 0 < cal.threshold < 1, method

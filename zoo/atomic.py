@@ -1,6 +1,7 @@
 """One way to write a file: to a temporary name beside it, then an atomic rename.
 
-A reader (or a run killed half-way) sees either the old complete file or the new complete one, never a torn one.
+A reader (or a run killed half-way, or a power loss: the file and its folder are fsync'ed around the rename) sees
+either the old complete file or the new complete one, never a torn or empty one.
 Every file the project writes (members, checkpoints, CSVs, reports, cards, plots, leaderboards) goes through here.
 """
 
@@ -12,6 +13,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data (or a folder's entries) to the disk. Folders: where the platform allows it (POSIX)."""
+    path = Path(path)
+    if path.is_dir() and os.name == "nt":  # pragma: no cover - Windows cannot open a folder to fsync it
+        return
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # some file systems refuse fsync on a folder; a file must be flushed
+            raise
+    finally:
+        os.close(fd)
+
+
+def durable_replace(tmp: str | Path, path: str | Path) -> None:
+    """``os.replace(tmp, path)`` that survives a power loss: the file is flushed before the rename and its folder
+    after it, so no reader ever finds a complete-looking name with empty or partial content."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(Path(path).parent)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder (same suffix, so libraries infer the format); on success it is
@@ -21,7 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

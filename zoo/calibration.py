@@ -14,6 +14,11 @@
   Bates et al. 2021): every threshold of a fixed grid gets an exact binomial test of "error among decided > alpha",
   Bonferroni-corrected. With probability at least ``1 - delta`` over the calibration set, the error rate among
   decided studies of new exchangeable data is at most ``alpha`` for the threshold kept.
+- :func:`calibration_split`: the studies that make that statement true. Learn-then-Test needs calibration studies
+  that played no part in building the score, so ``train_all.py --calibration-fraction`` holds a grouped, stratified
+  share of the labelled studies out of training *and* of every selection step (best epoch, member thresholds and
+  calibrations, the combiner); each member predicts them once finished (``calibration_predictions.csv``). Without
+  them the triage is fitted on the validation studies that chose the model and is marked ``certified=False``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 EPS = 1e-6
+DEFAULT_CALIBRATION_FRACTION = 0.2  # of the labelled studies, when that holds MIN_CALIBRATION_STUDIES
+MIN_CALIBRATION_STUDIES = 150  # below this a certificate at 5% is out of reach (0 errors in 108 decided at best)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -169,6 +177,44 @@ def _binom_cdf(k: int, n: int, q: float) -> float:
 GRID = tuple(np.round(np.arange(0.5, 0.99, 0.02), 2))  # candidate confidence thresholds, fixed before seeing data
 
 
+def auto_calibration_fraction(images: pd.DataFrame, requested: float | None) -> float:
+    """``requested`` as given (0 disables), or with None the default: ``DEFAULT_CALIBRATION_FRACTION`` of the
+    labelled studies when that is at least ``MIN_CALIBRATION_STUDIES`` studies, else 0 (too few to certify a triage,
+    and training would lose them for nothing)."""
+    if requested is not None:
+        if not 0 <= requested < 1:
+            raise ValueError(f"--calibration-fraction must be in [0, 1), not {requested}")
+        return float(requested)
+    n = images.loc[images["label"].notna(), "id"].nunique()
+    return DEFAULT_CALIBRATION_FRACTION if n * DEFAULT_CALIBRATION_FRACTION >= MIN_CALIBRATION_STUDIES else 0.0
+
+
+def calibration_split(images: pd.DataFrame, fraction: float, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every other image, the calibration images): about ``fraction`` of the *labelled* studies held out, grouped by
+    patient where the table has a ``patient`` column (a study without one is its own group), else by study, and
+    stratified by label (scikit-learn's ``StratifiedGroupKFold``: one fold of ``round(1 / fraction)``). Unlabelled
+    images stay with the rest. ``fraction`` 0: nothing held out."""
+    if fraction <= 0:
+        return images, images.iloc[:0]
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labelled = images[images["label"].notna()]
+    st = labelled.groupby("id", sort=True).agg(label=("label", "first")).reset_index()
+    groups = st["id"]
+    if "patient" in labelled.columns:
+        patient = labelled.groupby("id", sort=True)["patient"].first().reset_index(drop=True)
+        groups = patient.where(patient.notna() & (patient.astype(str) != ""), st["id"]).astype(str)
+    k = max(2, round(1 / fraction))
+    y = st["label"].astype(int)
+    if groups.nunique() < k or y.value_counts().min() < 2:
+        raise ValueError(f"--calibration-fraction {fraction}: {len(st)} labelled studies ({int(y.sum())} abnormal) "
+                         f"in {groups.nunique()} groups are too few to hold out a share of both classes; give "
+                         "--calibration-fraction 0")
+    _, held = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(st["id"], y, groups))
+    is_cal = images["id"].isin(set(st["id"].iloc[held])) & images["label"].notna()
+    return images[~is_cal].reset_index(drop=True), images[is_cal].reset_index(drop=True)
+
+
 @dataclass
 class Triage:
     """Decide a study when its confidence ``max(p, 1 - p)`` is at least ``threshold`` (> 1: never decide)."""
@@ -182,12 +228,18 @@ class Triage:
     val_threshold: float = float("nan")
     val_decided: int = 0
     val_error: float = float("nan")
+    # True: fitted on calibration studies held out of training and of every selection step, so the guarantee holds;
+    # False: fitted on studies that chose the model (validation): the same arithmetic, but no guarantee
+    certified: bool = True
 
     @classmethod
-    def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1) -> Triage:
+    def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1, certified: bool = True) -> Triage:
         """Learn-then-Test on calibration studies: each threshold of a fixed grid is tested for "error among decided
         <= alpha" (exact binomial test of H0: error > alpha), Bonferroni-corrected at level ``delta``; the lowest
-        threshold that passes (most studies decided) is kept. None passes: nothing is decided."""
+        threshold that passes (most studies decided) is kept. None passes: nothing is decided.
+
+        The guarantee needs ``y, p`` from studies that played no part in building ``p``; say ``certified=False``
+        when they did (validation studies that chose epochs, thresholds or the combiner)."""
         if not 0 < alpha < 1:
             raise ValueError(f"the triage error rate must be in (0, 1), not {alpha}")
         y, p = np.asarray(y, float), np.asarray(p, float)
@@ -208,19 +260,32 @@ class Triage:
             if pval <= closest[0] or threshold == lam:
                 closest = (pval, float(lam), n, errors / n)
         return cls(alpha=float(alpha), threshold=threshold, delta=float(delta), n=int(len(y)),
-                   val_threshold=closest[1], val_decided=closest[2], val_error=closest[3])
+                   val_threshold=closest[1], val_decided=closest[2], val_error=closest[3], certified=bool(certified))
+
+    @property
+    def source(self) -> str:
+        return "calibration" if self.certified else "validation"
+
+    def warning(self) -> str:
+        """One line for output and reports when the triage is not certified; empty when it is."""
+        return "" if self.certified else (
+            f"NO GUARANTEE: the triage threshold was fitted on the {self.n} validation studies that also chose the "
+            "model (best epoch, thresholds, calibration, combiner), so 'error among decided <= "
+            f"{self.alpha}' is not certified. Train with --calibration-fraction F (studies held out of all of "
+            "that) for a certificate")
 
     def explain(self) -> str:
         """What the calibration studies showed, in words: why this threshold, or why nothing is decided."""
         if self.val_decided == 0:
-            return f"no validation study reached a confidence of {GRID[0]:.2f}"
-        seen = (f"on the {self.n} validation studies, max(p, 1 - p) >= {self.val_threshold:.2f} decided "
+            return f"no {self.source} study reached a confidence of {GRID[0]:.2f}"
+        seen = (f"on the {self.n} {self.source} studies, max(p, 1 - p) >= {self.val_threshold:.2f} decided "
                 f"{self.val_decided} with an error rate of {self.val_error:.3f}")
         if self.threshold <= 1:
             return seen
         why = "too few studies" if self.val_error <= self.alpha else "too many errors"
+        more = "calibration studies (--calibration-fraction)" if self.certified else "validation studies (--folds)"
         return (f"{seen} (the closest any threshold came): {why} to guarantee <= {self.alpha} with probability "
-                f"{1 - self.delta:.2f}. More validation studies (--folds) or a stronger ensemble would decide some")
+                f"{1 - self.delta:.2f}. More {more} or a stronger ensemble would decide some")
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=float)

@@ -3,91 +3,138 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-LIMITATIONS = """## Intended use and limitations
-- **A research tool, not a medical device.** It has not been validated clinically and must not be used for diagnosis
-  or treatment decisions.
-- Trained on the data named above only; performance on other hospitals, scanners, body parts or populations is unknown.
-- Radiograph classifiers learn shortcuts: metal hardware, casts, side markers and text burnt into the image correlate
-  with labels. Check the Grad-CAM maps (`bone-zoo demo`) before trusting a prediction.
-- Raw probabilities are not calibrated; `config.json` holds a temperature-and-bias calibration fitted on the validation
-  split, which `bone-zoo predict` and the demo apply (`--no-calibrate` gives the raw score). The stored threshold was
-  chosen on the validation split (Youden's J), on raw scores.
-"""
+from zoo.config import TrainConfig
+from zoo.recipes import RECIPES
+
+TEMPLATES = files("zoo") / "templates"  # Jinja templates (package data) for huggingface_hub's ModelCard.from_template
+LIMITATIONS = (TEMPLATES / "limitations.md").read_text(encoding="utf-8")
 
 
-# Jinja templates rendered by huggingface_hub's ModelCard.from_template (card_data = the YAML of ModelCardData)
-MEMBER_TEMPLATE = """---
-{{ card_data }}
----
+def _template(name: str) -> str:
+    return (TEMPLATES / name).read_text(encoding="utf-8")
 
-# bone-zoo member: `{{ name }}`
 
-Normal/abnormal classifier for musculoskeletal radiographs (MURA-style), one member of a
-[bone-zoo](https://github.com/bone-zoo/bone-zoo) ensemble.
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
-## Model
-- Backbone: **{{ name }}** ({{ spec.description }}; source `{{ spec.source }}`), 1-channel input, stem adapted by
-  summing RGB kernels.
-- Head: MLP {{ cfg.head_hidden }} with BatchNorm, dropout {{ cfg.dropout }}, ReLU; one logit (sigmoid = P(abnormal)).
-- Input: grayscale, aspect-preserving resize to {{ cfg.img_size }} px with zero padding, normalised with
-  mean {{ cfg.mean }} / std {{ cfg.std }}. Decision threshold: {{ "%.4f"|format(cfg.get("threshold", 0.5)) }}.
 
-## Training recipe
-- Data: `{{ train.get("dataset_name", "unknown") }}` ({{ train.get("n_train_images", "?") }} training images,
-  {{ train.get("n_val_studies", "?") }} validation studies, split by study).
-- Weighted BCE (pos_weight {{ train.get("pos_weight", "?") }}), Adam lr {{ train.get("lr") }}, \
-StepLR({{ train.get("step_size") }}, {{ train.get("gamma") }}), {{ train.get("epochs") }} epochs (best epoch \
-{{ metrics.get("best_epoch", "?") }} by validation AUC), batch {{ train.get("batch_size") }}, seed \
-{{ train.get("seed") }}, pretrained: {{ train.get("pretrained") }}, mixed precision \
-{{ train.get("mixed_precision", "no") }}.
-- Augmentation: rotation ±{{ train.get("rotation") }}°, horizontal flip {{ train.get("hflip") }}, translation \
-{{ train.get("translate") }}.
-{% if train.get("semi_supervised") %}- Semi-supervised: {{ train.semi_supervised.pseudo_labelled_studies }} of \
-{{ train.semi_supervised.unlabelled_studies }} unlabelled training studies pseudo-labelled by a first-round ensemble \
-(confidence >= {{ train.semi_supervised.min_confidence }}, soft targets) and added to the training split.
-{% endif %}
-## Validation metrics (study level, mean of image probabilities)
-| metric | value |
-|---|---|
-{% for k, v in metrics.items() %}| {{ k }} | {{ "%.4f"|format(v) if v is float else v }} |
-{% endfor %}
-## How to use
-```python
-from huggingface_hub import snapshot_download
-from zoo import BoneClassifier
-{{ load }}
-```
-Or the whole ensemble, after `pip install bone-zoo`: `bone-zoo predict --models hf://{{ where }} --data DIR \
--output preds.csv`.
+def _training(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The member's training record, with TrainConfig's defaults (the seed recipe, what older bone-zoo versions
+    trained with) for fields it predates; {} when the member was not saved by training."""
+    train = cfg.get("training") or {}
+    return {**asdict(TrainConfig()), **train} if train else {}
 
-{{ limitations }}"""
 
-RUN_TEMPLATE = """---
-{{ card_data }}
----
+def _optimizer(t: dict[str, Any]) -> str:
+    if t["optimizer"] == "adamw":
+        return f"AdamW (lr {_num(t['lr'])}, decoupled weight decay {_num(t['weight_decay'])})"
+    decay = f", weight decay {_num(t['weight_decay'])}" if t["weight_decay"] else ""
+    return f"{'Adam' if t['optimizer'] == 'adam' else t['optimizer']} (lr {_num(t['lr'])}{decay})"
 
-# {{ repo_id }}: a bone-zoo ensemble
 
-{{ members|length }} members, one folder each (`model.safetensors`, `config.json`, `README.md`):
-{% for m in members %}- [`{{ m }}`](./{{ m }}/README.md)
-{% endfor %}
-## Leaderboard (validation split, study level)
-{{ leaderboard }}
+def _schedule(t: dict[str, Any]) -> str:
+    if t["scheduler"] == "cosine":
+        return f"linear warm-up over {_num(t['warmup_epochs'])} epoch(s), then cosine decay, per optimizer step"
+    if t["scheduler"] == "step":
+        return f"StepLR (x{_num(t['gamma'])} every {t['step_size']} epochs)"
+    return str(t["scheduler"])
 
-## How to use
-```bash
-pip install bone-zoo
-bone-zoo predict --models hf://{{ repo_id }} --data DIR -output preds.csv      # the whole ensemble
-hf download {{ repo_id }} --local-dir weights/ && bone-zoo predict --models weights/ --data DIR -output preds.csv
-bone-zoo demo --hub {{ repo_id }}                                               # Gradio demo with Grad-CAM
-bone-zoo space ORG/DEMO --models hf://{{ repo_id }} --push                      # the demo as a Hugging Face Space
-```
 
-{{ limitations }}"""
+def _ema(t: dict[str, Any]) -> str:
+    d = t["ema_decay"]
+    return f"decay {_num(d)} (timm ModelEmaV3; the EMA weights are validated and exported)" if d else "none"
+
+
+def _augmentation(t: dict[str, Any]) -> str:
+    parts = [f"random resized crop (area >= {_num(t['crop_scale'])})" if t["crop_scale"] < 1 else "",
+             f"rotation ±{_num(t['rotation'])}°" if t["rotation"] else "",
+             "horizontal flip" if t["hflip"] else "",
+             f"translation {_num(t['translate'])}" if t["translate"] else "",
+             f"brightness ±{_num(t['brightness'])}" if t["brightness"] else "",
+             f"contrast ±{_num(t['contrast'])}" if t["contrast"] else "",
+             f"gamma ±{_num(t['gamma_jitter'])}" if t["gamma_jitter"] else "",
+             f"mixup (Beta({_num(t['mixup'])}, {_num(t['mixup'])}))" if t["mixup"] else ""]
+    return ", ".join(p for p in parts if p) or "none"
+
+
+def _validation(t: dict[str, Any]) -> str:
+    if int(t["folds"] or 1) > 1:
+        return f"fold {t['fold']} of {t['folds']}-fold cross-validation"
+    return f"one split ({_num(t['val_fraction'])} of labelled studies)"
+
+
+def _pretrained(t: dict[str, Any], spec) -> str:
+    if t.get("pretrained_weights"):  # the file's name only: a local path says nothing to a reader and leaks one
+        return f"ImageNet, from the file `{Path(str(t['pretrained_weights'])).name}`"
+    return f"ImageNet (`{spec.source}`)" if t["pretrained"] else "none (random initialisation)"
+
+
+def _calibration(t: dict[str, Any]) -> str:
+    f = t.get("calibration_fraction")
+    if f is None:
+        return "none recorded"
+    return f"{_num(f)} of labelled studies, held out of training and every selection step" if f else "none"
+
+
+def recipe_lines(cfg: dict[str, Any]) -> list[str]:
+    """The member's training recipe, from its own config.json (what it was trained with, whatever preset it
+    started from), one Markdown bullet each; [] when not recorded."""
+    from zoo.registry import get_backbone
+
+    t = _training(cfg)
+    if not t:
+        return []
+    metrics = cfg.get("metrics") or {}
+    name = t["recipe"]
+    preset = RECIPES[name].values if name in RECIPES else {}
+    changed = ", ".join(f"{k} {_num(t[k])}" for k, v in preset.items() if k in t and t[k] != v)
+    changed = f" (changed from the preset: {changed})" if changed else ""
+    smoothing = (f"label smoothing {_num(t['label_smoothing'])} (targets y(1 - e) + e/2)" if t["label_smoothing"]
+                 else "no label smoothing")
+    accum = f" (x{t['grad_accum']} gradient accumulation)" if int(t["grad_accum"] or 1) > 1 else ""
+    stop = f", early stopping after {t['patience']} epochs without a better validation AUC" if t["patience"] else ""
+    lines = [
+        f"Recipe: `{name}`{changed}; the values below are the ones this member was trained with.",
+        f"Data: `{t.get('dataset_name', 'unknown')}` ({t.get('n_train_images', '?')} training images, "
+        f"{t.get('n_val_studies', '?')} validation studies); validation: {_validation(t)}.",
+        f"Calibration split: {_calibration(t)}.",
+        f"Loss: weighted BCE (pos_weight {t.get('pos_weight') or '?'}), {smoothing}.",
+        f"Optimizer: {_optimizer(t)}.",
+        f"Schedule: {_schedule(t)}.",
+        f"Weight EMA: {_ema(t)}.",
+        f"Epochs: {t['epochs']} (best epoch {metrics.get('best_epoch', '?')} by validation AUC{stop}); batch "
+        f"{t['batch_size']}{accum}, seed {t['seed']}, mixed precision {t.get('mixed_precision', 'no')}.",
+        f"Image size: {t['img_size']} px.",
+        f"Augmentation: {_augmentation(t)}.",
+        f"Pretrained weights: {_pretrained(t, get_backbone(cfg['backbone']))}.",
+    ]
+    semi = t.get("semi_supervised")
+    if semi:
+        lines.append(f"Semi-supervised: {semi['pseudo_labelled_studies']} of {semi['unlabelled_studies']} unlabelled "
+                     "training studies pseudo-labelled by a first-round ensemble (confidence >= "
+                     f"{semi['min_confidence']}, soft targets) and added to the training split.")
+    return lines
+
+
+def recipe_row(member: str, cfg: dict[str, Any]) -> dict[str, str]:
+    """One run-card table row: how ``member`` was trained, from its config.json."""
+    t = _training(cfg)
+    if not t:
+        return {"member": member, **dict.fromkeys(("recipe", "optimizer", "schedule", "ema", "img_size", "epochs",
+                                                   "validation", "pretrained", "calibration"), "not recorded")}
+    from zoo.registry import get_backbone
+
+    return {"member": member, "recipe": f"`{t['recipe']}`", "optimizer": _optimizer(t), "schedule": _schedule(t),
+            "ema": _num(t["ema_decay"]) if t["ema_decay"] else "none", "img_size": f"{t['img_size']} px",
+            "epochs": str(t["epochs"]), "validation": _validation(t),
+            "pretrained": _pretrained(t, get_backbone(cfg["backbone"])), "calibration": _calibration(t)}
 
 
 def _dataset_names(cfg: dict[str, Any]) -> list[str]:
@@ -106,7 +153,8 @@ def _eval_results(cfg: dict[str, Any]) -> list[EvalResult]:
             continue
         out.append(
             EvalResult(
-                task_type="image-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="validation",
+                task_type="image-classification", dataset_type=dataset, dataset_name=dataset,
+                dataset_split="validation",
                 metric_type=metric_type, metric_value=round(float(value), 4), metric_name=metric_name,
             )
         )
@@ -128,7 +176,6 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
 
     name = cfg["backbone"]
     spec = get_backbone(name)
-    train = cfg.get("training") or {}
     metrics = cfg.get("metrics") or {}
     results = _eval_results(cfg)
     data = _card_data(["image-classification", name], datasets=_dataset_names(cfg) or None,
@@ -139,12 +186,16 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
         f'path = snapshot_download("{where}", allow_patterns="{subfolder}/*")\n'
         f'model = BoneClassifier.from_pretrained(f"{{path}}/{subfolder}")'
     )
-    return ModelCard.from_template(data, template_str=MEMBER_TEMPLATE, name=name, spec=spec, cfg=cfg, train=train,
-                                   metrics=metrics, load=load, where=where, limitations=LIMITATIONS)
+    return ModelCard.from_template(data, template_str=_template("member_card.md"), name=name, spec=spec, cfg=cfg,
+                                   recipe=recipe_lines(cfg), metrics=metrics, load=load, where=where,
+                                   limitations=LIMITATIONS)
 
 
-def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None) -> ModelCard:
-    """README.md at the root of a run repo: the ensemble as one name, with its leaderboard."""
+def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None,
+             configs: list[dict[str, Any]] | None = None) -> ModelCard:
+    """README.md at the root of a run repo: the ensemble as one name, with its leaderboard and, from each member's
+    config.json (``configs``, in the order of ``members``), how each member was trained."""
     data = _card_data(["ensemble"], datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1])
-    return ModelCard.from_template(data, template_str=RUN_TEMPLATE, repo_id=repo_id, members=members,
-                                   leaderboard=leaderboard_md, limitations=LIMITATIONS)
+    recipes = [recipe_row(m, c) for m, c in zip(members, configs)] if configs else []
+    return ModelCard.from_template(data, template_str=_template("run_card.md"), repo_id=repo_id, members=members,
+                                   recipes=recipes, leaderboard=leaderboard_md, limitations=LIMITATIONS)

@@ -9,13 +9,20 @@ Tensors go to safetensors, the rest to JSON; never a pickle. Layout of a checkpo
 
 An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` is replaced atomically after
 it, so a run killed at any instant resumes from the last complete epoch.
+
+A resume continues only what was started: each epoch folder (and, once finished, the member folder) holds
+``fingerprint.json``, the resolved config and a hash of the data (image paths, sizes, mtimes, labels) it was trained
+with; :func:`resume_changes` says what differs now, and ``train_all.py --resume`` refuses a mismatch naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zoo.atomic import atomic_path, write_text
+from zoo.config import RUNTIME_FIELDS
+
+FINGERPRINT_FILE = "fingerprint.json"
+SPEED_FIELDS = ("micro_batch", "compile")  # change how fast a member trains, not what it learns: not compared
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -75,8 +86,9 @@ def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Checkpoint:
     """The ``checkpoint/`` folder of one member while it trains."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, fingerprint: dict | None = None):
         self.folder = Path(folder)
+        self.fingerprint = fingerprint  # what is being trained (see :func:`fingerprint`): saved with every epoch
 
     @property
     def latest(self) -> Path | None:
@@ -112,6 +124,8 @@ class Checkpoint:
         meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta,
                 "scaler": scaler.state_dict() if scaler is not None else None}
         (tmp / "state.json").write_text(json.dumps(meta, default=float))
+        if self.fingerprint is not None:
+            (tmp / FINGERPRINT_FILE).write_text(json.dumps(self.fingerprint))
         if best:  # the weights of the epoch that scored best: what the member exports
             with atomic_path(self.folder / "best.safetensors") as f:
                 save_file(_state_dict(ema) if ema is not None else weights, str(f))
@@ -143,3 +157,69 @@ class Checkpoint:
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.folder / "best.safetensors"))
+
+    def stored_fingerprint(self) -> dict | None:
+        """The fingerprint saved with the last complete epoch (None: no epoch, or saved without one)."""
+        d = self.latest
+        return _read_json(d / FINGERPRINT_FILE) if d is not None else None
+
+
+def _read_json(f: Path) -> dict | None:
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def data_fingerprint(images, root: str | Path | None = None, pseudo=None) -> dict:
+    """A hash of what a member learns from: every row of the image table (path, id, label and any other column),
+    each image's size and mtime, and the pseudo-labelled rows of ``--semi-supervised``; with the row count and the
+    data folder, to say what changed."""
+    import pandas as pd
+
+    table = images if pseudo is None or not len(pseudo) else pd.concat([images, pseudo.assign(pseudo=1)])
+    table = table.astype(str)
+    table = table.sort_values(["path", *sorted(c for c in table.columns if c != "path")], kind="stable")
+    h = hashlib.sha256()
+    for row in table.to_dict("records"):
+        try:
+            st = os.stat(row["path"])
+            stat = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stat = [None, None]
+        h.update(json.dumps([sorted(row.items()), stat]).encode() + b"\n")
+    return {"sha256": h.hexdigest(), "images": int(len(images)), "pseudo_labelled": int(len(table) - len(images)),
+            "root": str(Path(root).resolve()) if root is not None else None}
+
+
+def fingerprint(config, data: dict) -> dict:
+    """What a member is trained from: the resolved config (a ``TrainConfig``; fields that only say where or how fast
+    it runs left out) and :func:`data_fingerprint`."""
+    cfg = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS + SPEED_FIELDS}
+    return {"config": json.loads(json.dumps(cfg, default=str)), "data": data}
+
+
+def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
+    """What differs between how ``member_dir`` was (being) trained and ``current`` (a :func:`fingerprint`), one
+    phrase per change ("epochs 1 -> 2", "the data ..."); [] when nothing does or there is nothing to resume."""
+    member_dir = Path(member_dir)
+    ck = Checkpoint(member_dir / "checkpoint")
+    stored = ck.stored_fingerprint() if ck.latest is not None else _read_json(member_dir / FINGERPRINT_FILE)
+    if stored is None:
+        if ck.latest is None and not (member_dir / "metrics.json").is_file():
+            return []  # nothing trained here yet
+        cfg = (_read_json(member_dir / "config.json") or {}).get("training")  # trained before fingerprints
+        if not cfg:
+            return []
+        resolved = ("mixed_precision", "pos_weight")  # recorded as resolved, not as the flag: not comparable
+        stored = {"config": {k: v for k, v in cfg.items() if k in current["config"] and k not in resolved},
+                  "data": None}
+    old, new = stored.get("config", {}), current["config"]
+    changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    was, now = stored.get("data"), current["data"]
+    if was is not None and was.get("sha256") != now.get("sha256"):
+        where = (f"{was.get('root')} -> {now.get('root')}, " if was.get("root") != now.get("root") else
+                 f"{now.get('root')}, ")
+        changes.append(f"the data ({where}{was.get('images')} -> {now.get('images')} images; paths, labels, file "
+                       f"sizes or times differ)")
+    return changes

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 
 from zoo.plugins import load_entry_points
 
@@ -38,10 +37,17 @@ class Combiner:
 
     A combiner that learns from validation predictions sets ``fitted = True`` and overrides :meth:`fit`; the ensemble
     calls it with the members' validation (out-of-fold, with ``--folds``) study scores before it is used.
+
+    A study is scored on its own: ``combine`` of one row must equal that row of ``combine`` of any batch holding it
+    (tests/test_combiners.py checks every registered combiner). Anything a score is relative to (ranks, normalisers)
+    is learned in :meth:`fit` from the validation scores, never from the other studies of the call.
     """
 
     name: ClassVar[str] = ""
     fitted: ClassVar[bool] = False  # fit() learns from validation predictions
+    # combine() maps scores through distributions learned by fit(): it cannot combine before fit(), and it must get
+    # scores on the scale it was fitted on (the ensemble gives it the members' calibrated scores)
+    reference: ClassVar[bool] = False
 
     def __init__(self, members: Sequence):
         self.members = list(members)  # zoo.ensemble.Group (a member, or a member's k folds): val_auc, threshold
@@ -152,25 +158,47 @@ class Weighted(Combiner):
 
 @register_combiner
 class Rank(Combiner):
-    """mean of each member's rank-normalised score in (0, 1]: orders studies, not a probability"""
+    """mean of each member's validation percentile (its score through the empirical CDF of its validation scores)"""
 
     name = "rank"
+    fitted = True
+    reference = True
+
+    def __init__(self, members: Sequence):
+        super().__init__(members)
+        self._ref: list[np.ndarray] | None = None  # per member: its sorted validation scores
+        self._threshold = 0.5
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray) -> Rank:
+        """Each member's validation (out-of-fold) scores become its reference distribution, fixed from here on; the
+        threshold is Youden's J of the combined validation percentiles (the scale this combiner outputs)."""
+        from zoo.metrics import best_threshold
+
+        x = np.asarray(scores, float)
+        self._ref = [np.sort(col[~np.isnan(col)]) for col in x.T]
+        self._threshold = best_threshold(np.asarray(labels, float), self.combine(x))
+        return self
 
     def combine(self, scores: np.ndarray) -> np.ndarray:
+        """Each study on its own: a member's score -> the share of that member's validation studies scored below it
+        (ties count half), in [0, 1]; the mean over the members that scored the study."""
+        if self._ref is None:
+            raise ValueError("the rank combiner maps each member's score through its validation score distribution: "
+                             "fit() it on the members' validation predictions (val_predictions.csv) first")
         vals = np.asarray(scores, dtype=float)
-        ranks = np.column_stack([_rank01(vals[:, j]) for j in range(vals.shape[1])])
-        return _nan_weighted_mean(ranks, self.weights())
+        pct = np.column_stack([_ecdf(ref, vals[:, j]) for j, ref in enumerate(self._ref)])
+        return _nan_weighted_mean(pct, self.weights())
 
     def threshold(self) -> float:
-        return 0.5
+        return self._threshold
 
 
-def _rank01(x: np.ndarray) -> np.ndarray:
-    out = np.full(len(x), np.nan)
-    ok = ~np.isnan(x)
-    if ok.any():
-        out[ok] = pd.Series(x[ok]).rank(method="average").to_numpy() / ok.sum()  # ties share their mean rank
-    return out
+def _ecdf(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Mid-point empirical CDF of the sorted ``ref`` at ``x`` (NaN stays NaN, and so does every x without a ref)."""
+    if len(ref) == 0:
+        return np.full(len(x), np.nan)
+    below, upto = np.searchsorted(ref, x, "left"), np.searchsorted(ref, x, "right")
+    return np.where(np.isnan(x), np.nan, (below + upto) / (2 * len(ref)))
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -261,7 +289,7 @@ class Auto(Combiner):
         for name, cls in _REGISTRY.items():
             if cls is Auto:
                 continue
-            aucs = []  # per held-out part: ranks (and any fold-relative score) are comparable only within one
+            aucs = []  # per held-out part
             for tr, te in splits:
                 c = cls(self.members)
                 if c.fitted:
@@ -273,6 +301,10 @@ class Auto(Combiner):
         if self.chosen.fitted:
             self.chosen.fit(x, y)
         return self
+
+    @property
+    def reference(self) -> bool:  # as the chosen one
+        return self.chosen.reference
 
     def weights(self) -> np.ndarray:
         return self.chosen.weights()

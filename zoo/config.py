@@ -28,7 +28,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # with --scheduler cosine
     ema_decay: float = 0.0  # weight EMA (timm ModelEmaV3), validated and exported when > 0
     patience: int = 0  # early stopping after this many epochs without a better val AUC; 0 = off
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # of the labelled studies left after the calibration split
+    # share of labelled studies held out of training and of every selection step, to certify the triage
+    # (zoo.calibration.calibration_split); None: 0.2 when that is >= 150 studies, else 0; 0: off
+    calibration_fraction: float | None = None
     seed: int = 0
     pretrained: bool = False
     pretrained_weights: str | None = None  # a .safetensors file, or a folder of <backbone>.safetensors files
@@ -55,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = -1  # DataLoader workers; -1 = auto (0 on CPU, up to 8 on CUDA)
     cache_dir: str | None = None  # decoded-image cache; None = ~/.cache/bone-zoo/images, "" = in memory
+    cache_max_gb: float | None = None  # its bound on disk (LRU eviction); None = BONE_ZOO_CACHE_MAX_GB or 20
     quiet: bool = False
 
     @classmethod
@@ -62,4 +66,5 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "quiet")  # how it ran, not what was trained: not in config.json
+# how it ran, not what was trained: not in config.json
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet")

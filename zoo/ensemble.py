@@ -30,6 +30,7 @@ class Group:
     name: str
     members: list[Member]
     _val: dict[bool, pd.DataFrame | None] = field(default_factory=dict, repr=False)
+    _cal: dict[bool, pd.DataFrame | None] = field(default_factory=dict, repr=False)
 
     def val_predictions(self, calibrated: bool = False) -> pd.DataFrame | None:
         """``id, label, prob`` over the members' validation studies (each member's calibration applied if asked);
@@ -39,10 +40,17 @@ class Group:
             self._val[calibrated] = self._read_val(calibrated)
         return self._val[calibrated]
 
-    def _read_val(self, calibrated: bool) -> pd.DataFrame | None:
+    def calibration_predictions(self, calibrated: bool = True) -> pd.DataFrame | None:
+        """``id, label, prob`` over the calibration split the members were trained without (each member's
+        ``calibration_predictions.csv``; fold members: the mean of their scores); None when a member has none."""
+        if calibrated not in self._cal:
+            self._cal[calibrated] = self._read_val(calibrated, CALIBRATION_FILE)
+        return self._cal[calibrated]
+
+    def _read_val(self, calibrated: bool, file: str | None = None) -> pd.DataFrame | None:
         frames = []
         for m in self.members:
-            f = m.val_predictions()
+            f = m.val_predictions() if file is None else _read_predictions(m.folder / file)
             if f is None:
                 return None
             if calibrated:
@@ -66,6 +74,13 @@ class Group:
         return float(np.mean([m.threshold for m in self.members]))
 
 
+def _read_predictions(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, dtype={"id": str}) if path.is_file() else None
+
+
+CALIBRATION_FILE = "calibration_predictions.csv"  # written by training with --calibration-fraction
+
+
 @dataclass
 class Calibrated:
     """Output of :meth:`Ensemble.calibrate`."""
@@ -74,7 +89,14 @@ class Calibrated:
     threshold: float  # Youden's J on the calibrated validation scores (without them: calibrated member thresholds)
     calibrator: object  # the ensemble's zoo.calibration.Calibrator
     triage: object | None  # zoo.calibration.Triage, when asked for
-    n_validation: int  # validation studies the ensemble calibration was fitted on (0: identity)
+    n_validation: int  # validation studies (the combiner's fit and the threshold; 0: none)
+    n_calibration: int = 0  # held-out calibration studies the ensemble calibration and triage were fitted on
+    certified: bool = False  # the triage's guarantee holds: fitted on calibration studies untouched by selection
+
+    @property
+    def warning(self) -> str:
+        """What a user must be told about the triage (empty when certified or not asked for)."""
+        return self.triage.warning() if self.triage is not None else ""
 
 
 class Ensemble:
@@ -136,11 +158,16 @@ class Ensemble:
 
     @method.setter
     def method(self, name: str) -> None:
-        self.combiner = create_combiner(name, self.groups)
-        if self.combiner.fitted:  # learns from the validation (out-of-fold) predictions, never from test studies
+        combiner = create_combiner(name, self.groups)
+        if combiner.fitted:  # learns from the validation (out-of-fold) predictions, never from test studies
             val = self.validation_studies(calibrated=True)  # the scale calibrate() combines them on
             if val is not None:
-                self.combiner.fit(val[self.group_names].to_numpy(dtype=float), val["label"].to_numpy(dtype=int))
+                combiner.fit(val[self.group_names].to_numpy(dtype=float), val["label"].to_numpy(dtype=int))
+            elif combiner.reference:
+                raise MemberError(f"--ensemble {name} scores each study against the members' validation score "
+                                  "distributions (val_predictions.csv, written by training and pushed with the "
+                                  "member); these members share none. Use --ensemble mean or weighted")
+        self.combiner = combiner
 
     @property
     def group_names(self) -> list[str]:
@@ -160,15 +187,31 @@ class Ensemble:
                 out[g.name] = out[[m.name for m in g.members]].mean(axis=1)
         return out
 
-    def combine(self, scores: pd.DataFrame) -> pd.Series:
+    def combine(self, scores: pd.DataFrame, calibrated: bool = False) -> pd.Series:
         """Ensemble score per row from the member columns of ``scores`` (NaN-aware): fold members averaged into
-        their group, then the chosen combiner over the groups."""
+        their group, then the chosen combiner over the groups. Each row is scored on its own.
+
+        A combiner with a reference distribution (``rank``) was fitted on the members' calibrated validation scores
+        and is given calibrated member scores: raw ones (``calibrated=False``) are calibrated first; say
+        ``calibrated=True`` when the columns already are (:meth:`calibrate`, ``validation_studies(calibrated=True)``).
+        """
+        if self.combiner.reference and not calibrated:
+            scores = self._calibrated(scores)
         groups = self.with_groups(scores)[self.group_names].to_numpy(dtype=float)
         return pd.Series(self.combiner.combine(groups), index=scores.index, name="ensemble")
 
     def threshold(self) -> float:
         """The decision threshold of the ensemble (the combiner's)."""
         return self.combiner.threshold()
+
+    def _calibrated(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """``scores`` with each member's calibration applied to its column and fold groups recomputed as the mean of
+        their calibrated members."""
+        out = scores.copy()
+        for m in self.members:
+            out[m.name] = m.calibrator(out[m.name].to_numpy(dtype=float))
+        out = out.drop(columns=[g.name for g in self.groups if len(g.members) > 1], errors="ignore")
+        return self.with_groups(out)
 
     def validation_studies(self, calibrated: bool = False) -> pd.DataFrame | None:
         """The validation predictions of every group on the studies they all have: ``id, label`` and one column per
@@ -182,38 +225,54 @@ class Ensemble:
             df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
         return df if len(df) else None
 
+    def calibration_studies(self) -> pd.DataFrame | None:
+        """The calibration split as :meth:`validation_studies` (calibrated members): ``id, label`` and one column per
+        group, on the studies every member was trained without and selected without; None when a member has no
+        ``calibration_predictions.csv`` (trained without ``--calibration-fraction``) or they share no study."""
+        frames = [g.calibration_predictions() for g in self.groups]
+        if any(f is None for f in frames):
+            return None
+        df = frames[0][["id", "label"]].copy()
+        for g, f in zip(self.groups, frames):
+            df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
+        return df if len(df) else None
+
     def calibrate(self, studies: pd.DataFrame, triage: float | None = None) -> Calibrated:
-        """Calibrated study scores: each member's own calibration on its column, the combiner, then an ensemble
-        calibration (and, with ``triage``, a :class:`zoo.calibration.Triage` at that error rate) fitted on the members'
-        validation studies for exactly these members and this combiner. ``ensemble_raw`` keeps the raw score."""
+        """Calibrated study scores: each member's own calibration on its column, the combiner (fitted on the
+        validation studies), then an ensemble calibration and, with ``triage``, a :class:`zoo.calibration.Triage` at
+        that error rate, for exactly these members and this combiner. ``ensemble_raw`` keeps the raw score.
+
+        With a calibration split (members trained with ``--calibration-fraction``) the ensemble calibration and the
+        triage are fitted on it alone: studies no selection step saw, so the triage is ``certified``. Without one
+        they are fitted on the validation studies, and the triage says it guarantees nothing."""
         from zoo.calibration import Calibrator, Triage
 
         out = studies.copy()
         out["ensemble_raw"] = out["ensemble"]
-        for m in self.members:
-            out[m.name] = m.calibrator(out[m.name].to_numpy(dtype=float))
-        out = out.drop(columns=[g.name for g in self.groups if len(g.members) > 1], errors="ignore")
-        out = self.with_groups(out)  # fold groups: the mean of their calibrated members
+        out = self._calibrated(out)
         val = self.validation_studies(calibrated=True)
+        cal = self.calibration_studies()
+        fit_on = cal if cal is not None else val  # the ensemble calibration's (and triage's) studies
         ens_cal, tri = Calibrator(), None
-        if val is not None:
-            val_score = self.combine(val).to_numpy()
-            ens_cal = Calibrator.fit(val["label"].to_numpy(), val_score)
+        if fit_on is not None:
+            fit_score = self.combine(fit_on, calibrated=True).to_numpy()
+            ens_cal = Calibrator.fit(fit_on["label"].to_numpy(), fit_score)
             if triage is not None:
-                tri = Triage.fit(val["label"].to_numpy(), ens_cal(val_score), triage)
-        elif triage is not None:
+                tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None)
+        if val is not None:
+            val_score = ens_cal(self.combine(val, calibrated=True).to_numpy())
+        if triage is not None and fit_on is None:
             raise MemberError("--triage needs the members' validation predictions (val_predictions.csv, written by "
                               "training and pushed to the Hub with the member); none shared by these members")
-        out["ensemble"] = ens_cal(self.combine(out).to_numpy())
+        out["ensemble"] = ens_cal(self.combine(out, calibrated=True).to_numpy())
         if val is not None:  # chosen on the calibrated validation scores, as each member's own threshold was
-            threshold = best_threshold(val["label"].to_numpy(), ens_cal(val_score))
-        elif self.method == "rank":  # ranks ignore monotone member calibrations; the ensemble one is the identity
-            threshold = self.threshold()
-        else:
+            threshold = best_threshold(val["label"].to_numpy(), val_score)
+        else:  # (a combiner with a reference, rank, cannot exist without validation predictions)
             member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
                                                for m in self.members}])  # fold groups average them
-            threshold = float(self.combine(member_thresholds).iloc[0])
-        return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val))
+            threshold = float(self.combine(member_thresholds, calibrated=True).iloc[0])
+        return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val),
+                          0 if cal is None else len(cal), tri is not None and tri.certified)
 
     def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
         """``paths`` decoded once at each member image size: ``{size: ImageArray}``."""

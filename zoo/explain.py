@@ -58,8 +58,9 @@ def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[i
 
 def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method: str = "gradcam",
                cache_dir: str | None = None, quiet: bool = False) -> int:
-    """One overlay PNG per readable image and member, ``out_dir/<member>/<image file stem>.png``, explained study by
-    study (one batched CAM pass per member and study). Returns the number written."""
+    """One overlay PNG per readable image and member, ``out_dir/<member>/<study id>+<image stem>.png`` (see
+    :func:`overlay_names`), explained study by study (one batched CAM pass per member and study). Returns the number
+    written."""
     out_dir = Path(out_dir)
     for m in ens.members:
         (out_dir / m.name).mkdir(parents=True, exist_ok=True)
@@ -71,10 +72,31 @@ def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method
         study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.array[idx], arr.ok[idx], arr.errors)
                  for size, arr in arrays.items()}
         ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study)
+        names = overlay_names(str(image_predictions["id"].iloc[idx[0]]), ex.paths)
         for j, i in enumerate(ex.readable):
             for m in ens.members:
                 img = np.asarray(study[m.img_size].array[i])
-                with atomic_path(out_dir / m.name / f"{Path(ex.paths[i]).stem}.png") as tmp:
+                with atomic_path(out_dir / m.name / names[i]) as tmp:
                     Image.fromarray(overlay(img, ex.cams[m.name][j])).save(tmp, format="PNG")
                 n += 1
     return n
+
+
+def overlay_names(study_id: str, paths: list[str]) -> list[str]:
+    """File names for the overlays of one study's images, unique across studies and images: the percent-encoded
+    study id and image stem joined by ``+`` (which percent-encoding never leaves), ``+2``, ``+3`` ... for a stem that
+    repeats within the study. MURA names every study's images image1..N, so the stem alone would overwrite."""
+    import hashlib
+    from urllib.parse import quote
+
+    out: list[str] = []
+    for p in paths:
+        base = f"{quote(study_id, safe='')}+{quote(Path(p).stem, safe='')}"
+        if len(base) > 200:  # file-name limits (255 bytes): keep a readable head and a digest of the whole
+            base = f"{base[:150]}+{hashlib.sha256(base.encode()).hexdigest()[:16]}"
+        name, k = base, 1
+        while f"{name}.png" in out:
+            k += 1
+            name = f"{base}+{k}"
+        out.append(f"{name}.png")
+    return out

@@ -1,5 +1,7 @@
 """What a member is: its folder and files, finding members (folders, run folders, wildcards, ``hf://`` ids),
-reading their config, and loading them. The one place for it; importing this module does not import PyTorch.
+reading their config, and the one verified read every load goes through (:func:`read_verified`: the weights' hash
+against config.json, the config's sizes against the safetensors header). The one place for it; importing this
+module does not import PyTorch.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
@@ -10,20 +12,42 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
-TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "curves.png")  # what training adds
+TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "calibration_predictions.csv",
+                  "curves.png")  # what training adds (calibration_predictions.csv with a calibration split)
 HUB_PREFIX = "hf://"
+
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_HASH = "weights_sha256"  # config.json's SHA-256 of model.safetensors, written by BoneClassifier.save_member
+RETRIES = 8  # a verified read retried while a writer is between its renames (milliseconds), then refused
+# Bounds on what a config.json may ask to allocate, whatever its weights say (a downloaded config is untrusted)
+MAX_IMG_SIZE = 4096
+MAX_HEAD_LAYERS = 8
+MAX_HEAD_WIDTH = 16384
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on its JSON header
 
 
 class MemberError(ValueError):
     """A --models entry that names no usable member; the message says which and why."""
+
+
+class WeightsMismatch(MemberError):
+    """A member folder whose weights are not the ones its config.json names (``weights_sha256``)."""
+
+
+class ShapeMismatch(MemberError):
+    """A member whose config.json asks for shapes (head sizes, image size) its weights do not hold, or for absurd
+    sizes: refused before any module is built."""
 
 
 def read_member_config(folder: str | Path) -> dict[str, Any]:
@@ -39,6 +63,103 @@ def read_member_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), str):
         raise MemberError(f"{f}: not a bone-zoo member config (no \"backbone\"); copy or download it again")
     return cfg
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifiedMember:
+    """A member's config.json and the bytes of its model.safetensors, read together and checked against each other:
+    the weights are the ones the config's hash names, and the config asks for no shape the weights do not hold."""
+
+    folder: Path
+    config: dict[str, Any]
+    data: bytes  # model.safetensors, exactly as hashed
+    sha256: str
+    shapes: dict[str, tuple[int, ...]]  # tensor name -> shape, from the safetensors header (no tensor loaded)
+
+
+def read_verified(folder: str | Path) -> VerifiedMember:
+    """The one verified read of a member folder, which every load path goes through (``BoneClassifier.load`` and
+    ``from_pretrained`` on a folder, the Hub cache or a Hub id, :func:`load_model`, the demo, export).
+
+    config.json and model.safetensors are each read once, as bytes, and checked together: the SHA-256 of the weights
+    must be config.json's ``weights_sha256`` (retried while a writer finishes its renames, then refused with
+    :class:`WeightsMismatch`), and the sizes the config sets (head widths, image size) must be bounded and match the
+    shapes in the safetensors header (:class:`ShapeMismatch`), all before any module is built. A config written
+    before the hash existed is read without that check.
+    """
+    folder = Path(folder)
+    for attempt in range(RETRIES):
+        config = read_member_config(folder)
+        try:
+            data = (folder / WEIGHTS).read_bytes()
+        except FileNotFoundError as exc:
+            raise MemberError(f"{folder / WEIGHTS}: missing;{_pickles_note(folder)}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        expected = config.get(WEIGHTS_HASH)
+        if expected is None or digest == expected:
+            shapes = safetensors_shapes(data, folder / WEIGHTS)
+            check_config_shapes(config, shapes, folder)
+            return VerifiedMember(folder, config, data, digest, shapes)
+        time.sleep(0.02 * (attempt + 1))  # a writer between its renames is done within milliseconds
+    raise WeightsMismatch(f"{folder}: model.safetensors is not the one its config.json names ({WEIGHTS_HASH}): "
+                          "damaged or truncated, replaced by hand, or being rewritten. Copy or download the whole "
+                          "member folder again")
+
+
+def safetensors_shapes(data: bytes, where: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (an 8-byte little-endian length, then JSON), without
+    loading any tensor; a file that is not safetensors is a :class:`MemberError`."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    try:
+        if not 0 < n <= min(MAX_HEADER_BYTES, len(data) - 8):
+            raise ValueError(f"header length {n} does not fit a file of {len(data)} bytes")
+        header = json.loads(data[8:8 + n])
+        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        raise MemberError(f"{where}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
+                          "member again") from exc
+
+
+def _bounded_int(key: str, value: Any, low: int, high: int, where: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ShapeMismatch(f"{where / 'config.json'}: {key} = {value!r} is not an integer in [{low}, {high}]; "
+                            "this config.json was not written by bone-zoo training: copy or download the member again")
+    return value
+
+
+def check_config_shapes(cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]], folder: str | Path) -> None:
+    """Refuse a config whose allocation sizes are absurd or are not the weights' shapes, before any module is built.
+
+    The head is ``[Linear, BatchNorm, Dropout, ReLU] x len(head_hidden)`` then ``Linear(., 1)`` (zoo.head.MLPHead):
+    its Linear weights ``head.<i>.weight``, in order, must have the widths ``head_hidden + [1]``, each fed by the one
+    before. The image size is bounded here; where the weights record it (a ViT's position embeddings) the model
+    skeleton is compared with the weights on the meta device before the network is allocated (zoo.model).
+    """
+    folder = Path(folder)
+    _bounded_int("img_size", cfg.get("img_size", 512), 8, MAX_IMG_SIZE, folder)
+    hidden = cfg.get("head_hidden", [1024, 512])
+    if not isinstance(hidden, list) or len(hidden) > MAX_HEAD_LAYERS:
+        raise ShapeMismatch(f"{folder / 'config.json'}: head_hidden = {hidden!r} is not a list of at most "
+                            f"{MAX_HEAD_LAYERS} widths; copy or download the member again")
+    for h in hidden:
+        _bounded_int("head_hidden", h, 1, MAX_HEAD_WIDTH, folder)
+    linears = sorted((int(k.split(".")[1]), s) for k, s in shapes.items()
+                     if k.startswith("head.") and k.endswith(".weight") and len(s) == 2 and k.split(".")[1].isdigit())
+    widths = [s[0] for _, s in linears]
+    fed = all(linears[i][1][1] == linears[i - 1][1][0] for i in range(1, len(linears)))
+    if widths != [*hidden, 1] or not fed:
+        held = " -> ".join(f"{s[1]}x{s[0]}" for _, s in linears) or "no head"
+        raise ShapeMismatch(f"{folder}: its weights do not match its config.json: head_hidden {hidden} asks for "
+                            f"head widths {[*hidden, 1]}, the weights hold {held}. Refused before building anything; "
+                            "copy or download the whole member folder again")
 
 
 def is_member_dir(folder: str | Path) -> bool:
@@ -114,12 +235,13 @@ def unique_names(folders: list[Path]) -> list[str]:
 
 
 def load_model(folder: Path, device: str = "cpu"):
-    """A member's network (a ``zoo.BoneClassifier``), ready for inference on ``device``; weights that do not match
-    config.json are a :class:`MemberError`. PyTorch is imported here, not when this module is."""
+    """A member's network (a ``zoo.BoneClassifier``), ready for inference on ``device``, through the one verified
+    load (:func:`read_verified`); a member that cannot be used is a :class:`MemberError` that says why. PyTorch is
+    imported here, not when this module is."""
     from safetensors import SafetensorError
 
     from zoo.inference import prepare_model, resolve_device
-    from zoo.model import BoneClassifier, WeightsMismatch
+    from zoo.model import BoneClassifier
     from zoo.registry import list_backbones
 
     backbone = read_member_config(folder)["backbone"]
@@ -127,13 +249,13 @@ def load_model(folder: Path, device: str = "cpu"):
         raise MemberError(f"{Path(folder) / 'config.json'}: backbone {backbone!r} is not registered here (a plugin "
                           "package not installed, or a newer bone-zoo?); `python train_all.py --list-models` lists "
                           "the registered ones")
-    weights = Path(folder) / "model.safetensors"
+    weights = Path(folder) / WEIGHTS
     if not weights.is_file():
         raise MemberError(f"{weights}: missing;{_pickles_note(Path(folder))}")
     try:
         return prepare_model(BoneClassifier.load(folder), resolve_device(str(device)))
-    except WeightsMismatch as exc:  # its own message says what happened and what to do
-        raise MemberError(str(exc)) from exc
+    except MemberError:  # its own message says what happened and what to do
+        raise
     except SafetensorError as exc:
         raise MemberError(f"{weights}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
                           "member again") from exc

@@ -37,6 +37,12 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(min(max(thr[i], 0.0), 1.0))
 
 
+def is_abnormal(score, threshold: float) -> np.ndarray:
+    """The one decision rule of every verdict (predict.py --binary, report.md, the demo's headline): abnormal where
+    the score reaches the threshold, ``score >= threshold`` (a NaN score is not abnormal)."""
+    return np.asarray(score, dtype=float) >= threshold
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """AUC, Cohen's kappa, accuracy, sensitivity, specificity (NaN where undefined) and counts."""
     from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
@@ -48,7 +54,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     nan = float("nan")
     if len(y) == 0:
         return {"auc": nan, "kappa": nan, "accuracy": nan, "sensitivity": nan, "specificity": nan, "n": 0, "n_pos": 0}
-    pred = (p >= threshold).astype(int)
+    pred = is_abnormal(p, threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     two = len(np.unique(y)) == 2
     return {

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
-from safetensors.torch import load_model
 from torch import nn
 
 from zoo.head import MLPHead
-from zoo.members import MEMBER_FILES
+from zoo.members import (  # WeightsMismatch is re-exported: zoo.model.WeightsMismatch as before
+    MEMBER_FILES,
+    WEIGHTS,
+    WEIGHTS_HASH,
+    ShapeMismatch,
+    WeightsMismatch,  # noqa: F401
+    file_sha256,
+    read_verified,
+)
 from zoo.registry import create_backbone, get_backbone
 
 
@@ -65,6 +70,7 @@ class BoneClassifier(
         self.training_config = dict(training or {})
         self.metrics = dict(metrics or {})
         self.calibration = dict(calibration or {})  # zoo.calibration.Calibrator fitted on validation studies
+        self.weights_sha256: str | None = None  # of the model.safetensors this model was loaded from or saved to
         self.backbone = create_backbone(backbone, pretrained=False, img_size=self.img_size)
         self.head = MLPHead(self.backbone.num_features, self.head_hidden, self.dropout)
 
@@ -112,29 +118,33 @@ class BoneClassifier(
         try:
             self.save_pretrained(tmp, config=self.get_config())
             cfg = json.loads((tmp / "config.json").read_text())
-            cfg[WEIGHTS_HASH] = file_sha256(tmp / "model.safetensors")
+            cfg[WEIGHTS_HASH] = file_sha256(tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
             for name in MEMBER_FILES:  # each rename is atomic; the hash ties the config to its weights between them
                 os.replace(tmp / name, folder / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self.weights_sha256 = cfg[WEIGHTS_HASH]
         return folder
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
                          force_download: bool, local_files_only: bool, token: str | bool | None,
                          map_location: str = "cpu", strict: bool = True, **model_kwargs) -> BoneClassifier:
-        """Safetensors only (never a pickle), strict by default, no chatter."""
+        """A folder, the Hub cache (``HF_HUB_OFFLINE=1``) or a Hub id: the member's files of one commit, then the one
+        verified load (:meth:`load_verified`). The constructor is the config.json read together with the weights;
+        ``model_kwargs`` (the mixin's earlier read of the same config.json) are not used. Safetensors only."""
+        if not strict:
+            raise ValueError("bone-zoo members load strictly: config.json is the constructor of its weights")
         if os.path.isdir(model_id):
-            file = os.path.join(model_id, "model.safetensors")
+            folder = Path(model_id)
         else:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import snapshot_download
 
-            file = hf_hub_download(model_id, "model.safetensors", revision=revision, cache_dir=cache_dir,
-                                   force_download=force_download, local_files_only=local_files_only, token=token)
-        model = cls(**model_kwargs)
-        load_model(model, file, strict=strict, device=str(map_location))
-        return model.eval()
+            folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                                            force_download=force_download, local_files_only=local_files_only,
+                                            allow_patterns=["config.json", WEIGHTS]))
+        return cls.load_verified(folder, map_location)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", **hub_kwargs) -> BoneClassifier:
@@ -145,36 +155,41 @@ class BoneClassifier(
         replaced by hand) are never used together; the load is retried while a writer finishes, then refused.
         """
         if not Path(path).is_dir():
-            return cls.from_pretrained(str(path), map_location=str(device), strict=True, **hub_kwargs).eval()
+            return cls.from_pretrained(str(path), map_location=str(device), **hub_kwargs)
+        return cls.load_verified(path, device)
+
+    @classmethod
+    def load_verified(cls, folder: str | Path, device: str | torch.device = "cpu") -> BoneClassifier:
+        """The one load every path ends in (:meth:`load`, :meth:`from_pretrained`, ``zoo.members.load_model``, the
+        demo, export): :func:`zoo.members.read_verified` checks the weights against config.json's hash and the
+        config's head and image sizes against the safetensors header; the network is then compared with the weights
+        on the meta device (no memory), and only then allocated and loaded, strictly."""
         from safetensors.torch import load as load_safetensors
 
-        folder = Path(path)
-        for attempt in range(RETRIES):  # config and weights are each read once, as bytes, and checked together
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            data = (folder / "model.safetensors").read_bytes()
-            expected = config.get(WEIGHTS_HASH)
-            if expected is None or hashlib.sha256(data).hexdigest() == expected:
-                params = inspect.signature(cls.__init__).parameters
-                model = cls(**{k: v for k, v in config.items() if k in params and k != "self"})
-                model.load_state_dict(load_safetensors(data), strict=True)
-                return model.to(device).eval()
-            time.sleep(0.02 * (attempt + 1))  # a writer between its renames is done within milliseconds
-        raise WeightsMismatch(f"{folder}: model.safetensors is not the one its config.json names ({WEIGHTS_HASH}): "
-                              "damaged or truncated, replaced by hand, or being rewritten. Copy or download the whole "
-                              "member folder again")
+        member = read_verified(folder)
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in member.config.items() if k in params and k != "self"}
+        cls._check_skeleton(kwargs, member.shapes, Path(folder))
+        model = cls(**kwargs)
+        model.load_state_dict(load_safetensors(member.data), strict=True)
+        model.weights_sha256 = member.sha256
+        return model.to(device).eval()
 
-
-WEIGHTS_HASH = "weights_sha256"
-RETRIES = 8
-
-
-class WeightsMismatch(ValueError):
-    """A member folder whose weights are not the ones its config.json names."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    @classmethod
+    def _check_skeleton(cls, kwargs: dict[str, Any], shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
+        """The network ``kwargs`` build, on the meta device, against the weights' shapes: anything the config sets
+        that the weights record (a ViT's image size in its position embeddings) is refused before allocation."""
+        try:
+            with torch.device("meta"):
+                skeleton = cls(**kwargs)
+        except (RuntimeError, NotImplementedError):  # a builder that cannot run on meta (torchvision's stem copy):
+            return  # the strict load still checks, after an allocation zoo.members.check_config_shapes bounds
+        want = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
+        differ = [k for k in sorted(want.keys() | shapes.keys()) if want.get(k) != shapes.get(k)]
+        if differ:
+            k = differ[0]
+            raise ShapeMismatch(
+                f"{folder}: its weights do not match its config.json (backbone {kwargs.get('backbone')}, img_size "
+                f"{kwargs.get('img_size')}, head_hidden {kwargs.get('head_hidden')}): {len(differ)} tensor(s) differ, "
+                f"e.g. {k}: the config builds {want.get(k, 'nothing')}, the weights hold {shapes.get(k, 'nothing')}. "
+                "Refused before building the network; copy or download the whole member folder again")

@@ -16,16 +16,23 @@ from zoo.atomic import write_text
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 DEFAULT_REQUIREMENT = "bone-zoo @ git+https://github.com/bone-zoo/bone-zoo"
 
-APP = '''"""Hugging Face Space: the bone-zoo demo (Gradio, Grad-CAM) over {models}."""
+APP = '''"""Hugging Face Space: the bone-zoo demo (Gradio, Grad-CAM) over the members in MODELS."""
 
-from demo.app import MemberPool, build_demo
+from demo.app import MAX_FILE_MB, MemberPool, build_demo
 
-MODELS = {models!r}
+MODELS = {models}
 demo = build_demo(MemberPool.from_specs(MODELS), examples=False)
 
-if __name__ == "__main__":
-    demo.launch()  # address and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (set by Spaces)
+if __name__ == "__main__":  # address and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (set by Spaces)
+    demo.launch(max_file_size=f"{{MAX_FILE_MB}}mb")
 '''
+
+
+def app_source(models: list[str]) -> str:
+    """The Space's app.py over ``models``: the member specs are one Python literal (``repr`` of each), never text in
+    a docstring or code, so a spec holding quotes, newlines or triple quotes stays data."""
+    literal = "[\n" + "".join(f"    {str(m)!r},\n" for m in models) + "]" if models else "[]"
+    return APP.format(models=literal)
 
 
 def write_space(folder: str | Path, repo_id: str, models: list[str], requirement: str = DEFAULT_REQUIREMENT) -> Path:
@@ -35,7 +42,7 @@ def write_space(folder: str | Path, repo_id: str, models: list[str], requirement
     folder = Path(folder)
     hub_models = sorted({m[len("hf://"):].split("/", 2)[0] + "/" + m[len("hf://"):].split("/", 2)[1]
                          for m in models if m.startswith("hf://") and m.count("/") >= 3})
-    write_text(folder / "app.py", APP.format(models=list(models)))
+    write_text(folder / "app.py", app_source(models))
     write_text(folder / "requirements.txt", f"{requirement}\n")
     data = SpaceCardData(title=repo_id.split("/")[-1], sdk="gradio", sdk_version=gradio.__version__,
                          app_file="app.py", license="apache-2.0", models=hub_models or None,
@@ -50,9 +57,17 @@ def write_space(folder: str | Path, repo_id: str, models: list[str], requirement
     return folder
 
 
-def push_space(folder: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None,
+def push_space(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
                api: HfApi | None = None) -> str:
-    """Create the Space (gradio sdk) if needed and upload ``folder`` in one commit; the commit URL."""
+    """Create the Space (gradio sdk; private unless ``private=False``) if needed and upload ``folder``'s Space files
+    in one commit; the commit URL. A file that is a symlink out of ``folder`` is refused, never followed."""
+    folder = Path(folder)
+    root = folder.resolve()
+    for name in SPACE_FILES:
+        f = folder / name
+        if f.is_symlink() and not f.resolve().is_relative_to(root):
+            raise ValueError(f"{f}: a symlink out of the Space folder (to {f.resolve()}); write the Space again with "
+                             "`bone-zoo space` instead of linking files into it")
     api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",

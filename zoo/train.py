@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zoo.atomic import save_figure, write_csv, write_text
-from zoo.calibration import Calibrator, brier, ece
+from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_split, ece
 from zoo.checkpoint import Checkpoint
 from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
 from zoo.data import Dataset, ImageArray, fold_split, load_images, split_by_study, studies
@@ -115,6 +115,8 @@ class TrainData:
     val_df: pd.DataFrame
     train_ds: ArrayDataset
     val_ds: ArrayDataset
+    cal_df: pd.DataFrame | None = None  # the calibration split: predicted once, after every selection step
+    cal_ds: ArrayDataset | None = None
 
 
 class Trainer:
@@ -135,10 +137,17 @@ class Trainer:
         self.device = self.accelerator.device
         self.micro_batch = micro_batch(config, self.device.type)
         self.checkpoint = Checkpoint(self.out / "checkpoint")
+        # the calibration split first (the same for every member of a run: it depends on the data and seed only),
+        # out of training and of every selection step; validation and folds split what is left
+        self.calibration_fraction = auto_calibration_fraction(dataset.train, config.calibration_fraction)
+        pool, self.cal_df = calibration_split(dataset.train, self.calibration_fraction, config.seed)
         if config.folds > 1:  # k-fold: this member validates on fold `fold`; its val predictions are out-of-fold
-            self.train_df, self.val_df = fold_split(dataset.train, config.folds, config.fold, config.seed)
+            self.train_df, self.val_df = fold_split(pool, config.folds, config.fold, config.seed)
         else:
-            self.train_df, self.val_df = split_by_study(dataset.train, config.val_fraction, config.seed)
+            self.train_df, self.val_df = split_by_study(pool, config.val_fraction, config.seed)
+        if pseudo is not None and len(pseudo) and "patient" in pseudo.columns:  # held-out patients stay out
+            held = set(self.val_df.get("patient", ())) | set(self.cal_df.get("patient", ()))
+            pseudo = pseudo[~pseudo["patient"].isin(held)]
         if pseudo is not None and len(pseudo):  # pseudo-labelled unlabelled studies: training only, soft targets
             self.train_df = pd.concat([self.train_df, pseudo[self.train_df.columns]], ignore_index=True)
         self.pseudo_record = pseudo_record  # what --semi-supervised used (None: labelled studies only)
@@ -161,20 +170,23 @@ class Trainer:
     # -- parts --------------------------------------------------------------------------------------------------
     def prepare_data(self) -> TrainData:
         cfg = self.cfg
-        paths = pd.concat([self.train_df, self.val_df])["path"].tolist()
+        paths = pd.concat([self.train_df, self.val_df, self.cal_df])["path"].tolist()
         if self.images is None or self.images.size != cfg.img_size or not set(paths) <= set(self.images.paths):
             with self.accelerator.main_process_first():  # the main process fills the disk cache, the others read it
-                self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet or not self.is_main)
+                self.images = load_images(paths, cfg.img_size, cfg.cache_dir, quiet=cfg.quiet or not self.is_main,
+                                          max_gb=cfg.cache_max_gb)
         index = self.images.index()
-        ok = lambda df: df[[self.images.ok[index[p]] for p in df["path"]]].reset_index(drop=True)  # noqa: E731
+        ok = lambda df: df[np.array([self.images.ok[index[p]] for p in df["path"]], dtype=bool)].reset_index(  # noqa: E731
+            drop=True)
         rows = lambda df: np.array([index[p] for p in df["path"]], dtype=np.int64)  # noqa: E731
-        train_df, val_df = ok(self.train_df), ok(self.val_df)
-        used = set(self.train_df["path"]) | set(self.val_df["path"])
+        train_df, val_df, cal_df = ok(self.train_df), ok(self.val_df), ok(self.cal_df)
+        used = set(self.train_df["path"]) | set(self.val_df["path"]) | set(self.cal_df["path"])
         self.unreadable = {p: e for p, e in self.images.errors.items() if p in used}
         aug = augmentation(cfg)
         return TrainData(train_df, val_df,
                          ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug),
-                         ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()))
+                         ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()),
+                         cal_df, ArrayDataset(self.images, rows(cal_df), cal_df["label"].to_numpy()))
 
     def loaders(self, data: TrainData) -> tuple[Any, Any]:
         cfg = self.cfg
@@ -213,10 +225,13 @@ class Trainer:
             raise ValueError(f"--scheduler must be step or cosine, not {cfg.scheduler!r}")
         return model, opt, sched
 
-    def validate(self, model, loader, data: TrainData) -> tuple[pd.DataFrame, dict[str, float]]:
-        """Study-level validation table (id, part, label, prob) and its metrics at 0.5."""
-        probs = evaluate(model, loader, self.accelerator, len(data.val_ds), mean=self.cfg.mean, std=self.cfg.std)
-        df = data.val_df[["id", "part", "label"]].copy()
+    def validate(self, model, loader, data: TrainData, calibration: bool = False
+                 ) -> tuple[pd.DataFrame, dict[str, float]]:
+        """Study-level validation table (id, part, label, prob) and its metrics at 0.5; with ``calibration``, the
+        same for the calibration split (``loader`` over ``data.cal_ds``)."""
+        ds, frame = (data.cal_ds, data.cal_df) if calibration else (data.val_ds, data.val_df)
+        probs = evaluate(model, loader, self.accelerator, len(ds), mean=self.cfg.mean, std=self.cfg.std)
+        df = frame[["id", "part", "label"]].copy()
         df["prob"] = probs
         st = aggregate_studies(df, "prob")
         return st, binary_metrics(st["label"].to_numpy(), st["prob"].to_numpy(), 0.5)
@@ -318,6 +333,11 @@ class Trainer:
         thr = best_threshold(y, p)
         m = binary_metrics(y, p, thr)
         cal = Calibrator.fit(y, p)  # on the validation studies: applied by predict.py and the demo
+        cal_st = None  # the calibration split, predicted by the finished member (after every selection step)
+        if len(data.cal_df):
+            loader = DataLoader(data.cal_ds, batch_size=cfg.batch_size * 2, shuffle=False,
+                                num_workers=auto_workers(cfg.workers, self.device))
+            cal_st, _ = self.validate(model, acc.prepare_data_loader(loader), data, calibration=True)
         net: BoneClassifier = acc.unwrap_model(model)
         metrics = {
             "backbone": cfg.backbone, "val_auc": m["auc"], "val_kappa": m["kappa"], "val_accuracy": m["accuracy"],
@@ -325,6 +345,7 @@ class Trainer:
             "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "params": sum(p.numel() for p in net.parameters()), "train_time_s": round(state["train_time_s"], 2),
             "n_val_studies": m["n"], "val_ece": ece(y, p), "val_brier": brier(y, p),
+            "n_calibration_studies": 0 if cal_st is None else len(cal_st),
         }
         if self.is_main:
             train_st = studies(self.dataset.train)
@@ -333,13 +354,21 @@ class Trainer:
                 **{k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
                 "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
+                "grouping": self.dataset.grouping,  # "patient" | "study": what validation splits and folds kept whole
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],
                 "n_unlabelled_studies": int(train_st["label"].isna().sum()),
+                "calibration_fraction": self.calibration_fraction,  # as resolved (None in the flags: the default)
+                "n_calibration_studies": 0 if cal_st is None else len(cal_st),
+                "calibration_grouping": self.dataset.grouping,
                 "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
                 "unreadable_images": len(self.unreadable), "device": self.device.type,
             }
             net.save_member(self.out)
             write_csv(st, self.out / "val_predictions.csv")
+            if cal_st is not None:
+                write_csv(cal_st, self.out / "calibration_predictions.csv")
+            else:  # a member retrained without the split must not keep the last run's
+                (self.out / "calibration_predictions.csv").unlink(missing_ok=True)
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", cfg.backbone)
             write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))  # last: marks the member complete
             self.checkpoint.clear()

@@ -26,8 +26,7 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from zoo.data import load_dataset, load_images
-    from zoo.members import members_in
-    from zoo.model import BoneClassifier
+    from zoo.members import MemberError, load_model, members_in
     from zoo.onnx import ONNX_FILES, export_onnx, quantize_int8
 
     if args.int8 and not args.calibration_data:
@@ -38,8 +37,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no member in {' '.join(args.members)}", file=sys.stderr)
         return 2
     for folder in folders:
-        model = BoneClassifier.load(folder)
-        path = export_onnx(model, folder / ONNX_FILES["onnx"])
+        try:  # the one verified load: weights that are not config.json's are never exported
+            model = load_model(folder)
+        except MemberError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        path = export_onnx(model, folder / ONNX_FILES["onnx"])  # records the SHA-256 of the weights loaded
         print(f"wrote {path} (dynamic batch checked at 1 and 3 against PyTorch)")
         if args.int8:
             ds = load_dataset(args.calibration_data)

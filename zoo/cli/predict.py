@@ -10,6 +10,7 @@ label is the probability that the study is abnormal (mean of its images' probabi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,7 @@ from zoo.calibration import plot_reliability, triage_summary
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import LayoutError, load_dataset, report_unreadable
 from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError
-from zoo.metrics import AGGREGATES, fmt, metrics_table, plot_roc
+from zoo.metrics import AGGREGATES, fmt, is_abnormal, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
 
 
@@ -52,14 +53,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "writes the raw scores (default: %(default)s)")
     a("--triage", type=float, default=None, metavar="ALPHA", help="add a column triage = normal / abnormal / "
       "uncertain, deciding only where the error rate among decided studies is guaranteed <= ALPHA (conformal, "
-      "Learn-then-Test on the members' validation studies), e.g. --triage 0.05")
+      "Learn-then-Test on the calibration studies the members were trained with --calibration-fraction to hold "
+      "out; without them it runs on the validation studies and says it guarantees nothing), e.g. --triage 0.05")
     a("--missing-value", type=float, default=0.5, help="label written for a study with no readable image "
       "(reported on stderr; default %(default)s)")
     a("--evaluate", action="store_true", help="the test split is labelled (test_labels.csv or MURA valid): write "
       "report.md, metrics.csv and roc.png with AUC, kappa, accuracy, sensitivity, specificity per member, ensemble "
       "and body part")
     a("--report-dir", default=None, help="where report.md and roc.png go (default: the output CSV's folder)")
-    a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder")
+    a("--cam-dir", default=None, help="also write a Grad-CAM overlay PNG per test image and member into this folder: "
+      "DIR/MEMBER/STUDY+IMAGE.png (study id and image stem, percent-encoded, so MURA's image1..N of different "
+      "studies never overwrite each other)")
     a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
     a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
       "(default %(default)s)")
@@ -70,6 +74,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--device", default="auto", help="cuda, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=-1, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
+    a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
+      "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     a("--quiet", action="store_true", help="no progress bars")
     evaluation.add_evaluation_args(p)  # --strata, --annotations, --loc-methods, --road-samples, --pointing-tolerance
     return p
@@ -101,8 +107,9 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
         f"{len(ens.members)} member(s)" + (f" in {len(ens.groups)} group(s) (fold members averaged)"
                                            if bags else "") + "; study score = aggregate of image probabilities. "
         "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
-        + (f"Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
-           f"{calibrated.n_validation} validation studies); `ensemble_raw` is the uncalibrated ensemble."
+        + ("Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
+           + (f"{calibrated.n_calibration} held-out calibration studies" if calibrated.n_calibration else
+              f"{calibrated.n_validation} validation studies") + "); `ensemble_raw` is the uncalibrated ensemble."
            if calibrated else "Scores are raw (--no-calibrate)."), "",
         "## Overall", "", overall.to_markdown(index=False, disable_numparse=True), "",
         f"`ece_if_calibrated`: the mean ECE a perfectly calibrated model with the same scores would show on these "
@@ -141,8 +148,10 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
     table = pd.DataFrame(rows)
     for c in ("share_decided", "error_among_decided"):
         table[c] = table[c].map(fmt)
-    return ["## Triage", "", f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} "
-            f"validation studies, guarantee with probability {1 - tri.delta:.2f}); a study is decided when "
+    return ["## Triage", ""] + ([f"**{tri.warning()}.**", ""] if not tri.certified else []) + [
+            f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} {tri.source} "
+            f"studies, " + (f"guarantee with probability {1 - tri.delta:.2f}" if tri.certified else "NOT certified")
+            + "); a study is decided when "
             f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)"
                                                         if tri.threshold > 1 else "") + f"; {tri.explain()}.", "",
             table.to_markdown(index=False, disable_numparse=True), ""]
@@ -154,6 +163,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     tune_allocator()
+    if args.cache_max_gb is not None:  # the bound of every decoded-image cache this run fills (members, CAMs)
+        os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -196,13 +207,15 @@ def main(args: argparse.Namespace) -> int:
         except MemberError as exc:
             return fail(str(exc))
         st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
+        if calibrated.warning:
+            print(f"warning: {calibrated.warning}", file=sys.stderr)
     elif args.triage is not None:
         return fail("--triage works on calibrated scores; drop --no-calibrate")
     threshold = args.threshold if args.threshold is not None else (
         calibrated.threshold if calibrated else ens.threshold())
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
     if args.binary:
-        sub["abnormal"] = (sub["label"] >= threshold).astype(int)
+        sub["abnormal"] = is_abnormal(sub["label"], threshold).astype(int)  # the demo's headline rule
     triage = None
     if calibrated is not None and calibrated.triage is not None:
         triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)

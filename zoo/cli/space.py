@@ -19,7 +19,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default %(default)s)")
     p.add_argument("--push", action="store_true", help="create the Space and upload it (token from HF_TOKEN, "
                    "`hf auth login` or --token)")
-    p.add_argument("--private", action="store_true", help="with --push: a private Space")
+    p.add_argument("--private", action="store_true", help="with --push: a private Space (the default)")
+    p.add_argument("--public", action="store_true", help="with --push: a public Space (default: private)")
     p.add_argument("--token", default=None, help="Hub token")
     return p
 
@@ -31,6 +32,6 @@ def main(args: argparse.Namespace) -> int:
     write_space(out, args.repo_id, args.models, args.requirement)
     print(f"wrote {out}/app.py, requirements.txt, README.md (run it locally: cd {out} && python app.py)")
     if args.push:
-        url = push_space(out, args.repo_id, private=args.private or None, token=args.token)
+        url = push_space(out, args.repo_id, private=not args.public, token=args.token)
         print(f"pushed the Space {args.repo_id}: {url}")
     return 0

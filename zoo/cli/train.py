@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
 import time
 import traceback
@@ -17,6 +20,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from zoo import leaderboard
+from zoo.atomic import write_text
+from zoo.cli.push import add_privacy_flags
 from zoo.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
 from zoo.recipes import DEFAULT_RECIPE, RECIPES, describe_recipes, get_recipe
@@ -63,6 +68,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default %(default)s)")
     a("--val-fraction", type=float, default=d.val_fraction, help="share of labelled studies held out for "
       "validation, split by study, without --folds (default %(default)s)")
+    a("--calibration-fraction", type=float, default=None, metavar="F", help="share of the labelled studies held "
+      "out of training and of every selection step (epoch, thresholds, calibrations, combiner), grouped by patient "
+      "(else study) and stratified; each member predicts them (calibration_predictions.csv) and predict.py "
+      "--triage certifies its error rate on them alone. 0 = off (--triage then gives no guarantee). Default: 0.2 "
+      "when that holds at least 150 studies, else 0")
     a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
       help="start from ImageNet weights (timm/torchvision). Default: on with --data when the weights are reachable "
       "(cached, or the Hub answers within seconds), else random init with a warning; off on synthetic data")
@@ -90,13 +100,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "accumulate to --batch-size (0 = auto: 8 on CPU, saves memory and time; the whole batch on GPU) "
       "(default %(default)s)")
     a("--compile", action="store_true", help="torch.compile the model (slow first epoch; default off)")
-    a("--out", default="weights", help="run folder: one sub-folder per member + leaderboard (default %(default)s)")
+    a("--out", default="weights", help="run folder: one sub-folder per member + leaderboard; locked while a run "
+      "trains into it (a second run on it is refused, naming the first) (default %(default)s)")
     a("--device", default=d.device, help="cuda, cuda:1, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=d.workers, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
+    a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
+      "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     a("--seed", type=int, default=d.seed, help="seed for the split, init, shuffling and augmentation "
       "(default %(default)s)")
-    a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones")
+    a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones. "
+      "Refused, naming what changed, when a member was trained with other settings or other data (its "
+      "fingerprint.json: the resolved config and a hash of image paths, sizes, times and labels)")
     a("--semi-supervised", action="store_true", help="use the unlabelled training studies: train, pseudo-label "
       "the ones the calibrated ensemble is confident about (soft targets), train again with them; round 1 is kept "
       "in OUT/round1/")
@@ -106,8 +121,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default %(default)s)")
     a("--push-to-hub", default=None, metavar="ORG/NAME", help="upload the run when it finishes: one model repo, "
       "a sub-folder per member, one commit (token from HF_TOKEN or `hf auth login`)")
-    a("--private", action="store_true", help="with --push-to-hub: create the repo private")
     a("--revision", default=None, help="with --push-to-hub: branch to push to (created if missing)")
+    add_privacy_flags(p, "with --push-to-hub: ")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return p
 
@@ -158,6 +173,8 @@ def main(args: argparse.Namespace) -> int:
     if args.list_models:
         print(describe_backbones())
         return 0
+    if args.cache_max_gb is not None:  # also the bound of the ensemble's decodes (--semi-supervised)
+        os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     synthetic = args.data is None
     if args.recipe is None:
         args.recipe = "seed" if synthetic else DEFAULT_RECIPE
@@ -165,7 +182,9 @@ def main(args: argparse.Namespace) -> int:
         for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3, "pretrained": False}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
-    from zoo.train import Trainer, make_accelerator  # PyTorch and Accelerate: only when training
+    from zoo.hub import ensure_study_id_salt
+    from zoo.runlock import RunLocked, run_lock
+    from zoo.train import make_accelerator  # PyTorch and Accelerate: only when training
 
     try:
         models = resolve_backbones(args.models or (QUICK_MODELS if synthetic else DEFAULT_MODELS))
@@ -215,7 +234,51 @@ def main(args: argparse.Namespace) -> int:
         say(f"distributed: {acc.num_processes} processes ({acc.distributed_type}), mixed precision "
             f"{acc.mixed_precision}", flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        refused = [None]
+        if main_proc:  # one run per --out: a second one would delete this one's checkpoints
+            try:
+                stack.enter_context(run_lock(out, say=lambda m: print(m, file=sys.stderr, flush=True)))
+                ensure_study_id_salt(out)
+            except RunLocked as exc:
+                refused = [str(exc)]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(refused)
+        if refused[0]:
+            print(f"error: {refused[0]}", file=sys.stderr)
+            return 2
+        try:
+            return _train(args, out, models, acc, dataset, root, synthetic, say)
+        except ResumeRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+
+class ResumeRefused(RuntimeError):
+    """--resume over members trained with other settings or data; the message names what changed."""
+
+
+def check_resume(run_dir: Path, runs: list[tuple[str, TrainConfig]], data: dict) -> None:
+    """Before anything is trained: every member that --resume would continue or skip was trained from this config
+    and data, else :class:`ResumeRefused` naming each member and what changed."""
+    from zoo.checkpoint import fingerprint, resume_changes
+
+    bad = {name: ch for name, cfg in runs if (ch := resume_changes(run_dir / name, fingerprint(cfg, data)))}
+    if bad:
+        listed = "\n".join(f"  {run_dir / n}: {'; '.join(ch)}" for n, ch in bad.items())
+        raise ResumeRefused(f"--resume refused: {len(bad)} member(s) were trained with other settings or data than "
+                            f"this command gives:\n{listed}\nGive the flags and --data they were trained with, run "
+                            "without --resume to train them afresh (their files are replaced), or use another --out")
+
+
+def _train(args, out: Path, models: list[str], acc, dataset, root: Path, synthetic: bool, say) -> int:
+    """Train every member into ``out`` (its lock held), then the leaderboard and the optional push."""
+    from zoo.checkpoint import FINGERPRINT_FILE, data_fingerprint, fingerprint
+    from zoo.train import Trainer
+
+    main_proc = acc.is_main_process
     failed: dict[str, str] = {}
     unreadable: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -224,13 +287,19 @@ def main(args: argparse.Namespace) -> int:
         """Every member into ``run_dir``; False when interrupted (Ctrl-C)."""
         images = None
         runs = member_runs(args, models)
+        data = data_fingerprint(dataset.train, root, pseudo)
+        if args.resume:
+            check_resume(run_dir, runs, data)
         for i, (name, cfg) in enumerate(runs, 1):
             say(f"\n[{i}/{len(runs)}{label}] {name}: {cfg.epochs} epochs at {cfg.img_size}px on {acc.device}, "
                 f"recipe {cfg.recipe}" + (f", fold {cfg.fold + 1}/{cfg.folds}" if cfg.folds > 1 else ""), flush=True)
             try:
                 trainer = Trainer(cfg, dataset, run_dir / name, images=images, accelerator=acc, pseudo=pseudo,
                                   pseudo_record=record)
+                trainer.checkpoint.fingerprint = fingerprint(cfg, data)  # saved with every epoch
                 result = trainer.fit(resume=args.resume)
+                if main_proc and not result.get("skipped"):  # what the finished member was trained from
+                    write_text(run_dir / name / FINGERPRINT_FILE, json.dumps(trainer.checkpoint.fingerprint))
                 images = trainer.images  # decoded once, shared by every member at this size
                 unreadable.update(trainer.unreadable)
                 if result.get("skipped"):
@@ -273,10 +342,15 @@ def main(args: argparse.Namespace) -> int:
           f"{', SYNTHETIC data' if synthetic else ''}):")
     print(leaderboard.to_markdown(board) if not board.empty else "(no finished members)")
     if args.push_to_hub and not board.empty:
-        from zoo.hub import push_run
+        from zoo.hub import PushError, push_run
 
-        url = push_run(out, args.push_to_hub, private=args.private or None, revision=args.revision)
-        print(f"pushed {out} to {args.push_to_hub}: {url}")
+        try:
+            url = push_run(out, args.push_to_hub, private=not args.public, revision=args.revision,
+                           include_study_ids=args.include_study_ids, say=lambda m: print(m, file=sys.stderr))
+        except PushError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"pushed {out} to {args.push_to_hub} ({'public' if args.public else 'private'}): {url}")
     if failed:
         print("\nFailed members:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()), file=sys.stderr)
         return 1

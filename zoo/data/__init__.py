@@ -2,12 +2,21 @@
 
 from zoo.data.cache import ImageArray, load_images, report_unreadable
 from zoo.data.io import ImageReadError, TruncatedImageWarning, read_grayscale, resize_pad
-from zoo.data.layouts import Dataset, LayoutError, detect_layout, load_dataset, read_label_csv, studies
+from zoo.data.layouts import (
+    Dataset,
+    LayoutError,
+    detect_layout,
+    grouping,
+    load_dataset,
+    read_label_csv,
+    read_label_table,
+    studies,
+)
 from zoo.data.split import fold_split, split_by_study
 from zoo.data.synthetic import SyntheticSpec, ensure_synthetic
 
 __all__ = [
     "Dataset", "ImageArray", "ImageReadError", "LayoutError", "SyntheticSpec", "TruncatedImageWarning",
-    "detect_layout", "ensure_synthetic", "fold_split", "load_dataset", "load_images", "read_grayscale",
-    "read_label_csv", "report_unreadable", "resize_pad", "split_by_study", "studies",
+    "detect_layout", "ensure_synthetic", "fold_split", "grouping", "load_dataset", "load_images", "read_grayscale",
+    "read_label_csv", "read_label_table", "report_unreadable", "resize_pad", "split_by_study", "studies",
 ]

@@ -1,8 +1,15 @@
 """Decoded-and-resized image cache: every image decoded once per size, kept as uint8 on disk (memory-mapped).
 
 Epochs after the first, validation, prediction and the demo's examples then read arrays instead of decoding
-PNG/JPEG again. The cache key covers each file's path, size and mtime and the target size, so a changed file
-is decoded again. Unreadable files are recorded, reported once, and left out.
+PNG/JPEG again. An entry's key is the *set* of files (each one's absolute path, size and mtime) and the target size,
+not their order: another seed, fold or ``--val-fraction`` reorders the same files and reuses the entry, rows coming
+back in the caller's order. Unreadable files are recorded, reported once, and left out.
+
+A cache a shared machine can live with: at most ``max_gb`` (``--cache-max-gb``, ``BONE_ZOO_CACHE_MAX_GB``, default
+20) on disk, least recently used entries evicted first, never one in use (each process using an entry holds a use
+record naming its host and PID until its arrays are released); temporary files name their host and PID too, and are
+reaped when that process is gone (same host) or when untouched for a day (any host: a PID says nothing across
+machines or containers).
 """
 
 from __future__ import annotations
@@ -10,7 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
+import time
+import uuid
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +30,23 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from zoo.atomic import durable_replace
 from zoo.data.io import ImageReadError, TruncatedImageWarning, examples, load_resized
+
+DEFAULT_CACHE_MAX_GB = 20.0
+STALE_SECONDS = 24 * 3600  # a temporary file untouched this long is abandoned, whoever wrote it (decoders write on)
+USE_STALE_SECONDS = 7 * 24 * 3600  # a foreign host's use record older than this is abandoned
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("BONE_ZOO_CACHE", Path.home() / ".cache" / "bone-zoo")) / "images"
+
+
+def cache_max_bytes(max_gb: float | None = None) -> int:
+    """The on-disk bound: ``max_gb``, else ``BONE_ZOO_CACHE_MAX_GB``, else :data:`DEFAULT_CACHE_MAX_GB` (GB = 1e9)."""
+    gb = max_gb if max_gb is not None else float(os.environ.get("BONE_ZOO_CACHE_MAX_GB", DEFAULT_CACHE_MAX_GB))
+    return int(gb * 1e9)
 
 
 @dataclass
@@ -39,14 +63,41 @@ class ImageArray:
         return {p: i for i, p in enumerate(self.paths)}
 
 
-def _key(paths: list[str], size: int) -> str:
-    h = hashlib.sha1(f"v1|{size}".encode())
-    for p in paths:
+class RowView:
+    """The rows of a cache entry (stored in its own order) in the caller's order, read from the memory map on access:
+    ``view[i]``, ``view[list]``, ``view[a:b]``, ``view[i, y, x]``; ``np.asarray(view)`` reads them all."""
+
+    def __init__(self, data: np.ndarray, order: np.ndarray) -> None:
+        self.data, self.order = data, order
+        self.shape, self.dtype, self.ndim = (len(order), *data.shape[1:]), data.dtype, data.ndim
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, tuple):
+            rows = self[idx[0]]
+            return rows[idx[1:]] if np.ndim(idx[0]) == 0 and not isinstance(idx[0], slice) else \
+                rows[(slice(None), *idx[1:])]
+        return self.data[self.order[idx]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.asarray(self.data[self.order])
+        return out.astype(dtype) if dtype is not None else out
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+
+def _key(files: list[str], size: int) -> str:
+    """From the sorted set of absolute paths with their size and mtime, and the target size: order does not count."""
+    h = hashlib.sha1(f"v2|{size}".encode())
+    for p in files:
         try:
             st = os.stat(p)
-            h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError:
-            h.update(f"|{os.path.abspath(p)}|missing".encode())
+            h.update(f"|{p}|missing".encode())
     return h.hexdigest()[:20]
 
 
@@ -83,6 +134,7 @@ def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> tuple[np
         errors = json.loads(meta.read_text())["errors"]
         arr = np.load(data, mmap_mode="r")
         if arr.shape == shape and arr.dtype == np.uint8:
+            os.utime(meta)  # last use: what least-recently-used eviction orders by
             return arr, errors
     except (OSError, ValueError, KeyError, EOFError):
         pass
@@ -91,49 +143,160 @@ def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> tuple[np
     return None
 
 
+# -- owners: temporary files and use records name their host and PID ----------------------------------------------
+def _owner_gone(path: Path, host: str, pid: str, max_age: float, age_on_this_host: bool) -> bool:
+    """Abandoned: written on this host by a process that is gone, or untouched for ``max_age`` seconds (a foreign host
+    always; this host only with ``age_on_this_host``, for files that their live owner keeps writing). A foreign
+    host's PID is never looked up here: it names another machine's (or container's) process."""
+    try:
+        old = time.time() - path.stat().st_mtime > max_age
+    except OSError:
+        return False
+    if host != HOST or old and age_on_this_host:
+        return old
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError, OSError):
+        return False
+    return False
+
+
 def _remove_stale(folder: Path) -> None:
-    """Temporary files of decoders that were killed (their process is gone)."""
-    for tmp in folder.glob("*.tmp*"):
-        try:
-            pid = int(tmp.name.split(".")[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, IndexError, PermissionError, OSError):
+    """Temporary files (``KEY.HOST.PID.tmp.*``) and use records (``KEY.HOST.PID.NONCE.use``) whose owner is gone."""
+    for f in folder.glob("*.tmp.*"):
+        parts = f.name.split(".")
+        if len(parts) == 5 and _owner_gone(f, parts[1], parts[2], STALE_SECONDS, True):
+            f.unlink(missing_ok=True)
+    for f in folder.glob("*.use"):
+        if _use_gone(f):
+            f.unlink(missing_ok=True)
+
+
+_USE_NONCE = uuid.uuid4().hex[:8]  # one per interpreter: a recycled PID on this host is not the same process
+
+
+def _use_record(folder: Path, key: str) -> Path:
+    """``KEY.HOST.PID.NONCE.ID.use``: this process is about to use entry ``key`` (made before it is opened)."""
+    record = folder / f"{key}.{HOST}.{os.getpid()}.{_USE_NONCE}.{uuid.uuid4().hex[:8]}.use"
+    record.touch()
+    return record
+
+
+def _release(record: Path, pid: int) -> None:
+    if os.getpid() == pid:  # not from a forked DataLoader worker that drops its copy
+        record.unlink(missing_ok=True)
+
+
+def _use_gone(record: Path) -> bool:
+    parts = record.name.split(".")
+    return len(parts) != 6 or _owner_gone(record, parts[1], parts[2], USE_STALE_SECONDS, False)
+
+
+def _in_use(folder: Path, key: str) -> bool:
+    return any(not _use_gone(f) for f in folder.glob(f"{key}.*.use"))
+
+
+def evict(folder: str | Path, max_bytes: int, keep: str | None = None) -> int:
+    """Remove least recently used complete entries until the folder's entries and temporary files total at most
+    ``max_bytes``; entries in use (a live use record) and ``keep`` stay. Returns the bytes left."""
+    folder = Path(folder)
+    entries, total = [], 0
+    for meta in folder.glob("*.json"):
+        key = meta.name.split(".")[0]
+        if meta.name != f"{key}.json":  # a temporary KEY.HOST.PID.tmp.json, counted below
             continue
+        data = folder / f"{key}.npy"
+        try:
+            nbytes = meta.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+            entries.append((meta.stat().st_mtime, key, nbytes))
+        except OSError:
+            continue
+        total += nbytes
+    for tmp in folder.glob("*.tmp.*"):
+        try:
+            total += tmp.stat().st_size
+        except OSError:
+            continue
+    for _, key, nbytes in sorted(entries):
+        if total <= max_bytes:
+            break
+        if key == keep or _in_use(folder, key):
+            continue
+        (folder / f"{key}.json").unlink(missing_ok=True)  # the marker first: readers see no entry, never a torn one
+        (folder / f"{key}.npy").unlink(missing_ok=True)
+        total -= nbytes
+    return total
+
+
+def _entry_bytes(n: int, size: int) -> int:
+    return n * size * size + 1024  # the .npy payload, its header and (most) metadata
 
 
 def load_images(
-    paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = False
+    paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None, quiet: bool = False,
+    max_gb: float | None = None,
 ) -> ImageArray:
-    """Decode (or reuse) ``paths`` at ``size``. ``cache_dir=None`` uses the default folder; ``""`` keeps it in RAM."""
+    """Decode (or reuse) ``paths`` at ``size``. ``cache_dir=None`` uses the default folder; ``""`` keeps it in RAM.
+    ``max_gb`` bounds the cache folder (:func:`cache_max_bytes`); a set bigger than the bound is decoded into RAM."""
     paths = [str(p) for p in paths]
     workers = workers or min(8, os.cpu_count() or 1)
+    absolute = [os.path.abspath(p) for p in paths]
+    files = sorted(set(absolute))
+    bound = cache_max_bytes(max_gb)
+    if cache_dir != "" and _entry_bytes(len(files), size) > bound:
+        warnings.warn(f"{len(files)} images at {size}px need {_entry_bytes(len(files), size) / 1e9:.1f} GB, over the "
+                      f"{bound / 1e9:g} GB cache bound: decoded into memory, not cached (raise --cache-max-gb)",
+                      stacklevel=2)
+        cache_dir = ""
     if cache_dir == "":
         arr = np.zeros((len(paths), size, size), dtype=np.uint8)
         errors = _decode_all(paths, size, arr, workers, quiet)
-    else:
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        key = _key(paths, size)
-        data, meta = folder / f"{key}.npy", folder / f"{key}.json"
-        _remove_stale(folder)
-        entry = _open_entry(data, meta, (len(paths), size, size))
-        if entry is not None:
-            arr, errors = entry
-        else:
-            tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
-            errors = _decode_all(paths, size, arr, workers, quiet)
-            arr.flush()
-            del arr
-            os.replace(tmp, data)
-            tmp_meta = meta.with_suffix(f".{os.getpid()}.tmp")
-            tmp_meta.write_text(json.dumps({"size": size, "n": len(paths), "errors": errors}))
-            os.replace(tmp_meta, meta)  # written last: marks the cache complete
-            arr = np.load(data, mmap_mode="r")
+        ok = np.array([p not in errors for p in paths], dtype=bool)
+        return ImageArray(paths, size, arr, ok, errors)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _key(files, size)
+    _remove_stale(folder)
+    record = _use_record(folder, key)
+    try:
+        stored, errors = _open_or_decode(folder, key, files, size, bound, workers, quiet)
+    except BaseException:
+        record.unlink(missing_ok=True)
+        raise
+    weakref.finalize(stored, _release, record, os.getpid())  # in use while any view of it lives here
+    for mine in folder.glob(f"*.{HOST}.{os.getpid()}.{_USE_NONCE}.*.use"):
+        mine.touch()  # what this process still holds, seen as alive from other hosts
+    evict(folder, bound, keep=key)
+    row = {p: i for i, p in enumerate(files)}
+    order = np.array([row[p] for p in absolute], dtype=np.int64)
+    array = stored if np.array_equal(order, np.arange(len(files))) else RowView(stored, order)
+    errors = {p: errors[a] for p, a in zip(paths, absolute) if a in errors}
     ok = np.array([p not in errors for p in paths], dtype=bool)
-    return ImageArray(paths, size, arr, ok, errors)
+    return ImageArray(paths, size, array, ok, errors)
+
+
+def _open_or_decode(folder: Path, key: str, files: list[str], size: int, bound: int, workers: int,
+                    quiet: bool) -> tuple[np.ndarray, dict[str, str]]:
+    """The entry for ``files`` (sorted absolute paths) at ``size``: reused, or decoded and written (durably, the
+    metadata last) after evicting enough to stay within ``bound``."""
+    data, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    entry = _open_entry(data, meta, (len(files), size, size))
+    if entry is None:
+        evict(folder, bound - _entry_bytes(len(files), size))  # room first: the bound holds while it is written
+        owner = f"{HOST}.{os.getpid()}"
+        tmp = folder / f"{key}.{owner}.tmp.npy"
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size))
+        errors = _decode_all(files, size, arr, workers, quiet)
+        arr.flush()
+        del arr
+        durable_replace(tmp, data)
+        tmp_meta = folder / f"{key}.{owner}.tmp.json"
+        tmp_meta.write_text(json.dumps({"size": size, "n": len(files), "errors": errors}))
+        durable_replace(tmp_meta, meta)  # written last: marks the entry complete
+        entry = np.load(data, mmap_mode="r"), errors
+    return entry
 
 
 def report_unreadable(errors: dict[str, str], what: str = "image") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,45 +47,183 @@ class TruncatedImageWarning(UserWarning):
     """A truncated file was read with Pillow's truncated-image mode: its missing part is grey/black."""
 
 
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+def _unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``a`` mapped from its declared range [lo, hi] (bit depth, LUT output) onto [0, 1]: never its own min/max, so
+    one film gives one tensor whatever the file format."""
+    a = np.asarray(a, dtype=np.float32)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi != lo else np.zeros_like(a)
+
+
+# -- DICOM: the header first, then at most the first frame --------------------------------------------------------
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
+DICOM_HEADER_SLACK = 16 * 2**20  # what a header (everything before the pixel data) may inflate to
+
+
+def _check_dicom_size(path: Path, ds) -> None:
+    """Rows x Columns x frames x bits against the pixel limit, from the header alone (all frames count: a file is
+    refused, not half-read). ``BONE_ZOO_MAX_PIXELS`` pixels of up to 16 bits each."""
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    frames = max(1, int(ds.get("NumberOfFrames") or 1))
+    bits = int(ds.get("SamplesPerPixel") or 1) * int(ds.get("BitsAllocated") or 16)
+    limit, pixels = max_pixels(), rows * cols * frames
+    if pixels > limit or pixels * bits > limit * 16:
+        raise ImageReadError(f"{path}: {cols}x{rows} px x {frames} frame(s) x {bits} bits ({pixels / 1e6:.0f} Mpx, "
+                             f"{pixels * bits / 8e6:.0f} MB of pixel data) is over the {limit / 1e6:.0f} Mpx limit "
+                             f"(16 bits a pixel, every frame counted), {BOMB_HINT}")
+
+
+class _Inflating:
+    """A seekable, read-only view of a raw-deflate stream (Deflated Explicit VR Little Endian), inflated as it is read
+    and never past ``limit`` bytes: pydicom's own reader inflates the whole file first, whatever its size."""
+
+    def __init__(self, fp, path: Path, limit: int) -> None:
+        self._fp, self._z, self._buf, self._pos = fp, zlib.decompressobj(-zlib.MAX_WBITS), bytearray(), 0
+        self.name, self.limit = str(path), limit
+
+    def _fill(self, end: int) -> None:
+        while len(self._buf) < end and not self._z.eof:
+            if len(self._buf) >= self.limit:
+                raise ImageReadError(f"{self.name}: deflated data inflates past {self.limit / 1e6:.0f} MB before its "
+                                     f"header says it should, {BOMB_HINT}")
+            data = self._z.unconsumed_tail or self._fp.read(1 << 16)
+            if not data:
+                break
+            self._buf += self._z.decompress(data, min(end, self.limit) - len(self._buf))
+
+    def read(self, n: int = -1) -> bytes:
+        self._fill(self.limit if n is None or n < 0 else self._pos + n)
+        end = len(self._buf) if n is None or n < 0 else self._pos + n
+        out = bytes(self._buf[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            raise OSError("a deflated stream has no known end")
+        self._pos = max(0, offset + (self._pos if whence == 1 else 0))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _one_frame(ds):
+    """A shallow copy of header ``ds`` that describes its first frame only."""
+    from pydicom.dataset import Dataset
+
+    frame = Dataset(ds)
+    if "NumberOfFrames" in frame:
+        frame.NumberOfFrames = 1
+    return frame
+
+
+def _dicom_header(path: Path, fp):
+    """``(header dataset without pixel data, first frame's pixel data bytes or None)``. Plain transfer syntaxes: the
+    header via ``stop_before_pixels`` (the pixels are decoded later, first frame only). Deflated: inflated on demand,
+    the header within :data:`DICOM_HEADER_SLACK`, then exactly one frame's bytes once the header passed the limit."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset, read_preamble
+    from pydicom.pixels.utils import get_expected_length
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    read_preamble(fp, False)
+    meta = FileMetaDataset(read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2))
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        _check_dicom_size(path, ds)
+        return ds, None
+    stream = _Inflating(fp, path, DICOM_HEADER_SLACK)
+    ds = read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+    ds.file_meta = meta
+    _check_dicom_size(path, ds)
+    start = stream.tell()
+    head = stream.read(12)  # tag, VR, 2 reserved bytes, 32-bit length (OB/OW)
+    if len(head) < 12 or (int.from_bytes(head[:2], "little") << 16 | int.from_bytes(head[2:4], "little")) != 0x7FE00010:
+        raise ImageReadError(f"{path}: a deflated DICOM without (7FE0,0010) Pixel Data; nothing to read")
+    need = get_expected_length(_one_frame(ds), "bytes")
+    stream.limit = start + 12 + need
+    data = stream.read(need)
+    if len(data) < need:
+        raise ImageReadError(f"{path}: deflated pixel data ends after {len(data)} of the {need} bytes of one frame")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated, the pixel data is native
+    return ds, data
+
+
+def _dicom_pixels(path: Path, fp, ds, data: bytes | None) -> np.ndarray:
+    """The first frame, decoded (pydicom's decoders; only that frame's bytes are read)."""
+    from pydicom.pixels import pixel_array
+
+    if data is None:
+        fp.seek(0)
+        return pixel_array(fp, index=0)
+    frame = _one_frame(ds)
+    frame.file_meta, frame.PixelData = ds.file_meta, data
+    return pixel_array(frame)
+
+
+def _dicom_to_unit(arr: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality LUT -> VOI LUT or window, then scaled by the declared output range of the last step
+    (BitsStored and PixelRepresentation, the LUT's bit depth, the rescaled range: pydicom's own ``y_min``/``y_max``),
+    never the image's own range. MONOCHROME1 is inverted (high values are dark)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    signed = ds.get("PixelRepresentation") == 1
+    lo, hi = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
+    if arr.ndim == 3:  # colour DICOM (rare for radiographs): no grey LUTs apply
+        return _unit(arr[..., :3].mean(-1), lo, hi)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if ds.get("ModalityLUTSequence"):
+        lo, hi = 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        lo, hi = lo * slope + intercept, hi * slope + intercept  # pydicom's windowing output range, in this order
+    arr = apply_modality_lut(arr, ds)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        voi = ds.get("VOILUTSequence")
+        if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
+            lo, hi = 0.0, 2.0 ** int(voi[0].LUTDescriptor[2]) - 1
+        arr = apply_voi_lut(arr, ds)  # a VOI LUT before a window, as pydicom prefers; a window keeps [lo, hi]
+    img = _unit(arr, lo, hi)  # a negative slope gives hi < lo: still 0 at the lowest stored value
+    return 1.0 - img if photometric == "MONOCHROME1" else img
 
 
 def _read_dicom(path: Path) -> np.ndarray:
     try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+        import pydicom  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install 'bone-zoo[dicom]')") from exc
     try:
-        ds = pydicom.dcmread(str(path))
-        _check_size(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0))
-        arr = ds.pixel_array
+        with open(path, "rb") as fp:
+            ds, data = _dicom_header(path, fp)
+            arr = _dicom_pixels(path, fp, ds, data)
+        return _dicom_to_unit(np.asarray(arr), ds)
     except ImageReadError:
         raise
     except Exception as exc:
         hint = " (compressed pixel data: pip install pylibjpeg pylibjpeg-libjpeg, or gdcm)" \
             if "decode" in str(exc).lower() or "plugin" in str(exc).lower() else ""
         raise ImageReadError(f"{path}: not a readable DICOM ({str(exc).splitlines()[0][:200]}){hint}") from exc
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare for radiographs)
-        arr = arr[..., :3].mean(-1)
-    elif arr.ndim == 3:  # multi-frame: first frame
-        arr = arr[0]
-    arr = apply_modality_lut(arr, ds)
-    if "WindowCenter" in ds:
-        arr = apply_voi_lut(arr, ds)
-    img = _minmax(np.asarray(arr))
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        img = 1.0 - img  # MONOCHROME1: high values are dark
-    return img
+
+
+def _declared_bits(img: Image.Image) -> int:
+    """The bit depth a high-bit-depth file declares: 16 for I;16 (PNG, TIFF), a TIFF's BitsPerSample, 16 for a
+    PNG in mode I, else 32."""
+    if img.mode.startswith("I;16"):
+        return 16
+    bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return int(bits) if bits else 16 if img.format == "PNG" else 32
 
 
 def _pil_to_gray(img: Image.Image) -> np.ndarray:
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _minmax(np.asarray(img))  # 12/16-bit data rarely fills the range: stretch it
+    if img.mode == "F":  # floating point: taken as intensities in [0, 1]
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if img.mode.startswith("I"):  # 16/32-bit: by the declared depth, so 12-bit data in a 16-bit file stays dark
+        return _unit(np.asarray(img), 0.0, 2.0 ** _declared_bits(img) - 1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (0, 0, 0, 255))

@@ -1,11 +1,13 @@
 """Dataset layouts: the class competition's (``train/``, ``test/``, ``train.csv``) and MURA-v1.1's.
 
-Both give image tables with one row per image: ``path, id, part, label`` (label 0/1, NaN = unlabelled).
-A study is all the images with one ``id``.
+Both give image tables with one row per image: ``path, id, part, label, patient`` (label 0/1, NaN = unlabelled).
+A study is all the images with one ``id``; ``patient`` groups the studies of one patient (MURA's ``patientNNNNN``, an
+optional ``patient`` column of the competition's csv files); a study whose patient is not named is its own group.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import pandas as pd
 
 from zoo.data.io import IMAGE_SUFFIXES, examples
 
-COLUMNS = ["path", "id", "part", "label"]
+COLUMNS = ["path", "id", "part", "label", "patient"]
 # HAND_7c61ce2000_image3.png -> part HAND, study 7c61ce2000, image 3 (study ids may hold underscores and dashes)
 NAME_RE = re.compile(r"^(?P<part>[A-Za-z]+)_(?P<study>[0-9A-Za-z][0-9A-Za-z_\-]*)_image(?P<n>\d+)$", re.IGNORECASE)
 MURA_RE = re.compile(r"XR_(?P<part>[A-Z]+)/(?P<patient>patient\d+)/(?P<study>study\d+)_(?P<tag>positive|negative)")
@@ -40,8 +42,15 @@ class Dataset:
     def name(self) -> str:
         return self.root.name
 
+    @property
+    def grouping(self) -> str:
+        """How validation splits and folds group the training studies: ``"patient"`` or ``"study"``."""
+        return grouping(self.train)
+
     def summary(self) -> str:
-        lines = [f"{self.root} ({self.layout} layout)"]
+        st = studies(self.train[self.train["label"].notna()])
+        by = "" if self.grouping == "study" else f"; splits grouped by patient ({st['patient'].nunique()} patients)"
+        lines = [f"{self.root} ({self.layout} layout{by})"]
         for split, df in (("train", self.train), ("test", self.test)):
             st = studies(df)
             n_lab = int(st["label"].notna().sum())
@@ -55,22 +64,48 @@ class Dataset:
 
 
 def studies(images: pd.DataFrame) -> pd.DataFrame:
-    """One row per study: ``id, part, label, n_images`` (label NaN when unlabelled), sorted by id."""
+    """One row per study: ``id, part, label, n_images, patient`` (label NaN when unlabelled; patient = the study id
+    where no patient is named), sorted by id."""
     if images.empty:
-        return pd.DataFrame({"id": [], "part": [], "label": [], "n_images": []})
-    return (
-        images.groupby("id", sort=True)
-        .agg(part=("part", "first"), label=("label", "first"), n_images=("path", "size"))
-        .reset_index()
-    )
+        return pd.DataFrame({"id": [], "part": [], "label": [], "n_images": [], "patient": []})
+    agg = {"part": ("part", "first"), "label": ("label", "first"), "n_images": ("path", "size")}
+    if "patient" in images.columns:
+        agg["patient"] = ("patient", "first")
+    st = images.groupby("id", sort=True).agg(**agg).reset_index()
+    st["patient"] = st["patient"].fillna(st["id"]) if "patient" in st.columns else st["id"]
+    return st
 
 
-def read_label_csv(path: str | Path, notes: list[str] | None = None) -> pd.Series:
-    """``id,label`` csv -> Series id -> float label (0/1; NaN for ``NA`` or empty). Bad rows are one clear error;
-    what is tolerated (repeated rows with the same label) goes to ``notes``, or is warned when none is given."""
+def grouping(images: pd.DataFrame) -> str:
+    """``"patient"`` when the table names a patient for some study (then splits keep a patient's studies on one
+    side), else ``"study"`` (each study is its own group)."""
+    if "patient" not in images.columns or images.empty:
+        return "study"
+    named = images["patient"].notna() & (images["patient"].astype(str) != images["id"].astype(str))
+    return "patient" if bool(named.any()) else "study"
+
+
+MAX_LISTED = 20  # bad rows named in one error (the rest are counted)
+
+
+def _listed(items: list[str], what: str) -> str:
+    """The first :data:`MAX_LISTED` of ``items`` (one per bad row), then how many more there are."""
+    more = len(items) - MAX_LISTED
+    return "; ".join(items[:MAX_LISTED]) + (f"; and {more} more {what}" if more > 0 else "")
+
+
+def _show(value) -> str:
+    return "NA" if value != value else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def read_label_table(path: str | Path, notes: list[str] | None = None) -> pd.DataFrame:
+    """``id,label[,patient]`` csv -> one row per study: ``label`` (0/1; NaN for ``NA`` or empty) and ``patient``
+    (the optional column's value; NaN where it is absent or empty), indexed by id. Every bad row is named in one
+    error (the first :data:`MAX_LISTED` and a count of the rest), so one run shows all that must be fixed; what is
+    tolerated (repeated rows that agree) goes to ``notes``, or is warned when none is given."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise LayoutError(f"{path}: not a readable csv ({exc})") from exc
     missing = {"id", "label"} - set(df.columns)
@@ -79,20 +114,24 @@ def read_label_csv(path: str | Path, notes: list[str] | None = None) -> pd.Serie
     raw = df["label"].str.strip()
     unlabelled = raw.str.upper().isin(["", "NA", "NAN", "NULL", "NONE"])
     labels = pd.to_numeric(raw.where(~unlabelled), errors="coerce")
-    bad = ~unlabelled & ~labels.isin([0, 1])
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise LayoutError(
-            f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} for {df['id'].iloc[i]!r} is not 0, 1, NA or empty"
-        )
-    ids = df["id"].str.strip()
-    table = pd.DataFrame({"id": ids, "label": labels.to_numpy(dtype=float), "line": np.arange(len(df)) + 2})
+    bad = np.flatnonzero((~unlabelled & ~labels.isin([0, 1])).to_numpy())
+    if len(bad):
+        rows = [f"line {i + 2}: label {df['label'].iloc[i]!r} for {df['id'].iloc[i]!r}" for i in bad]
+        raise LayoutError(f"{path}: {len(bad)} row(s) whose label is not 0, 1, NA or empty: "
+                          + _listed(rows, "row(s)"))
+    patient = df["patient"].str.strip().where(lambda v: v != "").astype(object) if "patient" in df.columns else None
+    table = pd.DataFrame({"id": df["id"].str.strip(), "label": labels.to_numpy(dtype=float), "patient": patient,
+                          "line": np.arange(len(df)) + 2})
     dup = table[table["id"].duplicated(keep=False)]
+    conflicts = []
     for sid, rows in dup.groupby("id", sort=False):
-        if rows["label"].nunique(dropna=False) > 1:
-            shown = ", ".join(f"line {ln}: {lab:g}" if lab == lab else f"line {ln}: NA"
-                              for ln, lab in zip(rows["line"], rows["label"]))
-            raise LayoutError(f"{path}: id {sid!r} has conflicting labels ({shown}); keep one row per study")
+        for col in ("label", "patient"):
+            if rows[col].nunique(dropna=False) > 1:
+                shown = ", ".join(f"line {ln}: {_show(v)}" for ln, v in zip(rows["line"], rows[col]))
+                conflicts.append(f"id {sid!r} has conflicting {col}s ({shown})")
+    if conflicts:
+        raise LayoutError(f"{path}: {len(conflicts)} conflict(s), keep one row per study: "
+                          + _listed(conflicts, "conflict(s)"))
     if len(dup):
         note = f"{path}: {dup['id'].nunique()} id(s) repeated with the same label (e.g. {dup['id'].iloc[0]!r}); " \
             "each kept once"
@@ -101,7 +140,12 @@ def read_label_csv(path: str | Path, notes: list[str] | None = None) -> pd.Serie
         else:
             notes.append(note)
         table = table.drop_duplicates("id")
-    return pd.Series(table["label"].to_numpy(), index=table["id"], name="label")
+    return table.set_index("id")[["label", "patient"]]
+
+
+def read_label_csv(path: str | Path, notes: list[str] | None = None) -> pd.Series:
+    """``id,label`` csv -> Series id -> float label (0/1; NaN for ``NA`` or empty); see :func:`read_label_table`."""
+    return read_label_table(path, notes)["label"]
 
 
 def parse_image_name(path: Path) -> tuple[str, str] | None:
@@ -132,7 +176,7 @@ def scan_competition_folder(folder: Path, notes: list[str] | None = None) -> pd.
         if parsed is None:
             odd.append(p.name)
             parsed = (p.stem, p.stem.split("_")[0].upper() if "_" in p.stem else "UNKNOWN")
-        rows.append((str(p), parsed[0], parsed[1], np.nan))
+        rows.append((str(p), parsed[0], parsed[1], np.nan, parsed[0]))  # patient: the study until named
     if notes is not None:
         if odd:
             notes.append(f"{folder}: {len(odd)} file(s) not named PART_<study>_image<N> (each kept as its own "
@@ -146,13 +190,14 @@ def scan_competition_folder(folder: Path, notes: list[str] | None = None) -> pd.
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _attach_labels(images: pd.DataFrame, labels: pd.Series, csv: Path, notes: list[str]) -> pd.DataFrame:
+def _attach_labels(images: pd.DataFrame, table: pd.DataFrame, csv: Path, notes: list[str]) -> pd.DataFrame:
     images = images.copy()
-    images["label"] = images["id"].map(labels).astype(float)
-    no_image = sorted(set(labels.index) - set(images["id"]))
+    images["label"] = images["id"].map(table["label"]).astype(float)
+    images["patient"] = images["id"].map(table["patient"]).astype(object).fillna(images["id"])  # unnamed: own group
+    no_image = sorted(set(table.index) - set(images["id"]))
     if no_image:
         notes.append(f"{csv.name}: {len(no_image)} id(s) have no image (e.g. {no_image[0]}); ignored")
-    not_in_csv = sorted(set(images["id"]) - set(labels.index))
+    not_in_csv = sorted(set(images["id"]) - set(table.index))
     if not_in_csv:
         notes.append(f"{csv.name}: {len(not_in_csv)} studies with images are not in it (e.g. {not_in_csv[0]}); "
                      "treated as unlabelled")
@@ -167,7 +212,7 @@ def load_competition(root: Path) -> Dataset:
         images = scan_competition_folder(folder, notes) if folder.is_dir() else pd.DataFrame(columns=COLUMNS)
         csv = next((root / c for c in csv_names if (root / c).is_file()), None)
         if csv is not None and not images.empty:
-            images = _attach_labels(images, read_label_csv(csv, notes), csv, notes)
+            images = _attach_labels(images, read_label_table(csv, notes), csv, notes)
         splits[split] = images
     return Dataset(root, "competition", splits["train"], splits["test"], notes)
 
@@ -185,17 +230,25 @@ def _load_mura_split(mura: Path, split: str, notes: list[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     base = mura.parent  # paths in MURA's csv files start with "MURA-v1.1/"
     rel = pd.read_csv(paths_csv, header=None, names=["path"], dtype=str)["path"].str.strip()
-    rows, bad = [], 0
+    inside = mura.resolve()
+    rows, bad, outside = [], 0, []
     for r in rel:
-        m = MURA_RE.search(r)
+        path = base / r if r.startswith(mura.name + "/") else mura / r
+        # resolved (.., absolute entries, symlinks) an entry must stay under the dataset root: never read outside it
+        if not path.resolve().is_relative_to(inside):
+            outside.append(r)
+            continue
+        m = MURA_RE.search(Path(os.path.relpath(path, mura)).as_posix())  # the ids from the normalised path
         if not m:
             bad += 1
             continue
         study_id = f"XR_{m['part']}/{m['patient']}/{m['study']}_{m['tag']}"
-        path = base / r if r.startswith(mura.name + "/") else mura / r
-        rows.append((str(path), study_id, m["part"], np.nan))
+        rows.append((str(path), study_id, m["part"], np.nan, m["patient"]))
     if bad:
         notes.append(f"{paths_csv.name}: {bad} path(s) not like XR_PART/patientN/studyN_positive/imageN.png; ignored")
+    if outside:
+        notes.append(f"{paths_csv.name}: {len(outside)} path(s) lead outside the dataset root {mura}; skipped, not "
+                     f"read: {examples(outside)}")
     images = pd.DataFrame(rows, columns=COLUMNS)
     studies_csv = mura / f"{split}_labeled_studies.csv"
     if studies_csv.is_file():

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 PARTS = ("HAND", "WRIST", "FOREARM")
 FINDINGS = ("fracture", "implant", "displaced")
-VERSION = 2
+VERSION = 3  # 3: png16 images use the full 16-bit range
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,8 @@ def _render(part: str, finding: str | None, rng: np.random.Generator, size: int)
 
 
 def _save(img: np.ndarray, path: Path, fmt: str) -> None:
-    if fmt == "png16":  # a 16-bit PNG using 12 bits, like many detector exports
-        Image.fromarray((img * 4095).astype(np.uint16)).save(path.with_suffix(".png"))
+    if fmt == "png16":  # a 16-bit PNG over its full range (read by its declared depth, as a 16-bit export is)
+        Image.fromarray((img * 65535).astype(np.uint16)).save(path.with_suffix(".png"))
     elif fmt == "jpg":
         Image.fromarray((img * 255).astype(np.uint8)).save(path.with_suffix(".jpg"), quality=92)
     else:

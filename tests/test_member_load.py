@@ -1,0 +1,169 @@
+"""One verified load path: every way of loading a member checks its weights against config.json's hash (issue 18.7),
+and a config.json whose sizes are not its weights' shapes (or are absurd) is refused before any module is built
+(issue 19.3). Tiny members saved here (resnet10t, 32 px); no training, no network."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo.model
+from zoo.members import MemberError, ShapeMismatch, WeightsMismatch, load_model
+from zoo.model import BoneClassifier
+
+REPO = "bone-zoo-tests/one-member"
+COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def _save(folder: Path, seed: int = 0, **kw) -> Path:
+    torch.manual_seed(seed)
+    args = {"backbone": "resnet10t", "img_size": 32, "head_hidden": [8], **kw}
+    return BoneClassifier(**args).save_member(folder)
+
+
+def _tamper(folder: Path) -> None:
+    """Weights of the same shapes but other values over model.safetensors; config.json (and its hash) untouched."""
+    other = _save(folder.parent / "other", seed=1)
+    shutil.copy(other / "model.safetensors", folder / "model.safetensors")
+    shutil.rmtree(other)
+
+
+def _hub_cache(member: Path, cache: Path) -> Path:
+    """The Hub cache layout of a one-member repo (files at the repo root): blobs by sha256, a snapshot of symlinks."""
+    repo = cache / f"models--{REPO.replace('/', '--')}"
+    snap = repo / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    for f in member.iterdir():
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return cache
+
+
+def _export(folder: Path) -> tuple[int, str]:
+    from zoo.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["export", str(folder), "--onnx"])
+    return code, err.getvalue()
+
+
+def _demo_member(folder: Path):
+    from demo.app import MemberPool
+
+    return MemberPool({folder.name: folder}).member(folder.name)
+
+
+ENTRY_POINTS = {
+    "BoneClassifier.load": lambda f, cache: BoneClassifier.load(f),
+    "BoneClassifier.from_pretrained(folder)": lambda f, cache: BoneClassifier.from_pretrained(str(f)),
+    "BoneClassifier.from_pretrained(Hub id, offline cache)":
+        lambda f, cache: BoneClassifier.from_pretrained(REPO, cache_dir=cache),
+    "zoo.members.load_model": lambda f, cache: load_model(f),
+    "the demo's member pool": lambda f, cache: _demo_member(f),
+}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_loads_an_intact_member(entry, tmp_path, offline):
+    member = _save(tmp_path / "m")
+    cache = _hub_cache(member, tmp_path / "hf-cache")
+    got = ENTRY_POINTS[entry](member, cache)
+    model = getattr(got, "model", got)  # the demo gives a Member
+    assert model.weights_sha256 == json.loads((member / "config.json").read_text())["weights_sha256"]
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_refuses_tampered_weights(entry, tmp_path, offline):
+    from demo.app import AnalysisError
+
+    member = _save(tmp_path / "m")
+    _tamper(member)
+    cache = _hub_cache(member, tmp_path / "hf-cache")
+    with pytest.raises((WeightsMismatch, MemberError, AnalysisError), match="is not the one its config.json names"):
+        ENTRY_POINTS[entry](member, cache)
+
+
+def test_export_refuses_tampered_weights_and_writes_nothing(tmp_path):
+    member = _save(tmp_path / "m")
+    _tamper(member)
+    code, err = _export(member)
+    assert code == 2 and "is not the one its config.json names" in err and "Traceback" not in err
+    assert not (member / "model.onnx").exists()
+
+
+# -- shapes before allocation (issue 19.3) ------------------------------------------------------------------------
+def _edit_config(folder: Path, **values) -> None:
+    """What an attacker (or a hand edit) does: change config.json; the weights' hash in it stays valid."""
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **values}))
+
+
+def _forbid_allocation(monkeypatch) -> None:
+    """From here on, building a backbone or a head off the meta device (a real allocation) fails the test."""
+    real_backbone, real_head = zoo.model.create_backbone, zoo.model.MLPHead
+
+    def on_meta_only(build, what):
+        def wrapped(*a, **k):
+            assert torch.get_default_device().type == "meta", f"a {what} was allocated before the shapes were checked"
+            return build(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(zoo.model, "create_backbone", on_meta_only(real_backbone, "backbone"))
+    monkeypatch.setattr(zoo.model, "MLPHead", on_meta_only(real_head, "head"))
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"head_hidden": [200000, 20000]}, r"head_hidden = 200000 is not an integer in \[1, 16384\]"),  # ~16 GB
+    ({"head_hidden": [4096, 4096]}, r"head_hidden \[4096, 4096\] asks for head widths \[4096, 4096, 1\], "
+                                    r"the weights hold 512x8 -> 8x1"),
+    ({"head_hidden": [8, 8]}, r"asks for head widths \[8, 8, 1\]"),
+    ({"img_size": 10 ** 6}, r"img_size = 1000000 is not an integer"),
+    ({"head_hidden": list(range(1, 40))}, r"at most 8 widths"),
+])
+def test_config_sizes_that_are_not_the_weights_are_refused_before_building(values, says, tmp_path, monkeypatch):
+    member = _save(tmp_path / "m")
+    _edit_config(member, **values)
+    _forbid_allocation(monkeypatch)
+    with pytest.raises(ShapeMismatch, match=says) as info:
+        BoneClassifier.load(member)
+    assert str(member) in str(info.value)
+    with pytest.raises(MemberError, match=says):
+        load_model(member)
+
+
+def test_vit_image_size_is_checked_against_its_position_embeddings(tmp_path, monkeypatch):
+    """A ViT records its image size in its weights (position embeddings): a config asking for another is refused,
+    naming the tensor, with the network built on the meta device only."""
+    member = BoneClassifier("vit_small_patch16_224", img_size=32, head_hidden=[8]).save_member(tmp_path / "vit")
+    _edit_config(member, img_size=64)
+    _forbid_allocation(monkeypatch)
+    with pytest.raises(ShapeMismatch, match=r"backbone.pos_embed: the config builds \(1, 17, 384\), the weights "
+                                            r"hold \(1, 5, 384\)"):
+        BoneClassifier.load(member)
+
+
+def test_a_matching_config_still_loads(tmp_path):
+    member = _save(tmp_path / "m")
+    model = BoneClassifier.load(member)
+    assert model.head_hidden == [8] and model.img_size == 32 and not model.training
