@@ -12,19 +12,39 @@ from zoo.members import finished_members
 from zoo.metrics import plot_roc
 
 COLUMNS = ["backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity", "val_ece",
-           "threshold", "best_epoch", "params", "train_time_s"]
+           "threshold", "best_epoch", "params", "train_time_s", "val_auc_lo", "val_auc_hi"]
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:
-    rows = [json.loads((d / "metrics.json").read_text()) | {"backbone": d.name} for d in finished_members(run_dir)]
+    rows = [json.loads((d / "metrics.json").read_text()) | {"backbone": d.name} | _auc_interval(d)
+            for d in finished_members(run_dir)]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
     return df.sort_values("val_auc", ascending=False, na_position="last").reset_index(drop=True)
 
 
+def _auc_interval(member_dir: Path) -> dict[str, float]:
+    """DeLong 95% interval of the member's validation AUC from its val_predictions.csv (NaN without one)."""
+    from zoo.stats import auc_ci
+
+    vp = member_dir / "val_predictions.csv"
+    if not vp.is_file():
+        return {"val_auc_lo": float("nan"), "val_auc_hi": float("nan")}
+    v = pd.read_csv(vp)
+    ci = auc_ci(v["label"].to_numpy(), v["prob"].to_numpy())
+    return {"val_auc_lo": ci["lo"], "val_auc_hi": ci["hi"]}
+
+
 def to_markdown(df: pd.DataFrame) -> str:
+    """The table people read: the validation AUC with its DeLong 95% interval beside it."""
+    from zoo.evaluation import interval
+
     show = df.copy()
+    if "val_auc_lo" in show:
+        at = show.columns.get_loc("val_auc") + 1
+        ci = [interval(lo, hi) for lo, hi in zip(show.pop("val_auc_lo"), show.pop("val_auc_hi"), strict=True)]
+        show.insert(at, "val_auc 95% CI", ci)
     show["params"] = (show["params"] / 1e6).map("{:.1f}M".format)
     show["train_time_s"] = show["train_time_s"].map("{:.0f}".format)
     return show.rename(columns={"train_time_s": "train s"}).to_markdown(index=False, floatfmt=".3f")

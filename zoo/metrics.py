@@ -73,8 +73,10 @@ def metrics_table(
 ) -> pd.DataFrame:
     """One row per (model column, body part or "ALL") with :func:`binary_metrics`, ECE, the ECE a perfectly
     calibrated model would show on the same studies and the p-value of the difference
-    (:func:`zoo.calibration.ece_check`), and the Brier score."""
+    (:func:`zoo.calibration.ece_check`), the Brier score, and 95% intervals (:func:`zoo.stats.intervals`:
+    ``auc_lo, auc_hi`` DeLong; ``kappa_, sensitivity_, specificity_, ece_`` ``lo/hi`` a bootstrap over studies)."""
     from zoo.calibration import brier, ece_check
+    from zoo.stats import intervals
 
     thresholds = thresholds or {}
     rows = []
@@ -87,7 +89,8 @@ def metrics_table(
             y, p = df["label"].to_numpy(), df[col].to_numpy()
             check = ece_check(y, p)
             rows.append({"model": col, "part": part, "threshold": thresholds.get(col, 0.5), **m, "ece": check["ece"],
-                         "ece_if_calibrated": check["expected"], "ece_p": check["p_value"], "brier": brier(y, p)})
+                         "ece_if_calibrated": check["expected"], "ece_p": check["p_value"], "brier": brier(y, p),
+                         **intervals(y, p, thresholds.get(col, 0.5))})
     return pd.DataFrame(rows)
 
 

@@ -2,6 +2,7 @@
 
   bone-zoo train   --data DIR [--models 'regnet*' ...]     train a zoo (= python train_all.py)
   bone-zoo predict --data DIR -output preds.csv            study-level CSV from an ensemble (= python predict.py)
+  bone-zoo evaluate RUN --data DIR [--annotations ...]     report with intervals, paired tests, subgroups, CAMs vs boxes
   bone-zoo demo    [--weights DIR | --hub ORG/NAME]        the Gradio demo with Grad-CAM
   bone-zoo push    RUN ORG/NAME                            upload a run to the Hugging Face Hub
   bone-zoo export  RUN --onnx [--int8 ...]                 ONNX graphs for --backend onnx / onnx-int8
@@ -15,7 +16,8 @@ import difflib
 import importlib
 import sys
 
-COMMANDS = {"train": "zoo.cli.train", "predict": "zoo.cli.predict", "demo": "demo.cli", "push": "zoo.cli.push",
+COMMANDS = {"train": "zoo.cli.train", "predict": "zoo.cli.predict", "evaluate": "zoo.cli.evaluate",
+            "demo": "demo.cli", "push": "zoo.cli.push",
             "export": "zoo.cli.export", "list": "zoo.cli.listing", "space": "zoo.cli.space"}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoo import evaluation
 from zoo.atomic import write_csv, write_text
 from zoo.calibration import plot_reliability, triage_summary
 from zoo.combiners import describe_combiners, list_combiners
@@ -76,11 +77,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
       "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     a("--quiet", action="store_true", help="no progress bars")
+    evaluation.add_evaluation_args(p)  # --strata, --annotations, --loc-methods, --road-samples, --pointing-tolerance
     return p
 
 
 def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir: Path, title: str,
-                 calibrated: Calibrated | None = None, triage: pd.Series | None = None) -> pd.DataFrame:
+                 calibrated: Calibrated | None = None, triage: pd.Series | None = None,
+                 strata: pd.DataFrame | None = None, extra_lines: list[str] | None = None) -> pd.DataFrame:
     """report.md, roc.png and reliability.png from the study table whose 'ensemble' column is what went into the
     CSV (calibrated unless --no-calibrate; then ``ensemble_raw`` is the raw row); a triage section with --triage."""
     labelled = studies[studies["label"].notna()]
@@ -95,6 +98,7 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity", "ece", "ece_if_calibrated",
               "ece_p", "brier"):
         show[c] = show[c].map(fmt)
+    show = evaluation.interval_columns(table, show)  # 95% intervals appended beside the point estimates
     overall = show[show["part"] == "ALL"].drop(columns="part")
     per_part = show[show["part"] != "ALL"]
     lines = [
@@ -115,6 +119,7 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
         "## Per body part", "", per_part.to_markdown(index=False, disable_numparse=True), "",
         "![ROC](roc.png) ![Reliability](reliability.png)", "",
     ]
+    lines += evaluation.research_sections(labelled, ens.names + bags, out_dir, strata) + (extra_lines or [])
     if triage is not None:
         lines += _triage_lines(labelled, triage.loc[labelled.index], calibrated.triage)
     write_text(out_dir / "report.md", "\n".join(lines))
@@ -176,6 +181,10 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"--evaluate needs labels for the test split ({Path(args.data) / 'test_labels.csv'} with "
                     "id,label, or MURA's valid_labeled_studies.csv); none found")
     try:
+        strata, coco = evaluation.load_evaluation_inputs(args)
+    except (ValueError, OSError, ImportError) as exc:
+        return fail(str(exc))
+    try:
         ens = Ensemble.from_paths(args.models or [args.weights], method=args.ensemble, device=args.device,
                                   weights_dir=args.weights, revision=args.revision, precision=args.precision,
                                   backend=args.backend)
@@ -221,9 +230,11 @@ def main(args: argparse.Namespace) -> int:
     if args.evaluate:
         st = st.assign(ensemble=sub["label"].to_numpy())  # exactly the CSV's scores
         report_dir = Path(args.report_dir) if args.report_dir else out.parent
-        table = write_report(st, ens, threshold, report_dir, dataset.name, calibrated, triage)
+        extra = [] if coco is None else evaluation.localisation_report(
+            ens, st.attrs["image_predictions"], coco, dataset.root, report_dir, args)
+        table = write_report(st, ens, threshold, report_dir, dataset.name, calibrated, triage, strata, extra)
         overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity",
-                                                 "ece", "ece_p", "brier"]]
+                                                 "ece", "ece_p", "brier", "auc_lo", "auc_hi"]]
         print(overall.to_markdown(index=False, floatfmt=".3f"))
         print(f"wrote {report_dir / 'report.md'}, roc.png and reliability.png", file=sys.stderr)
     return 0
