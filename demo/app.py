@@ -139,6 +139,8 @@ class Analysis:
     triage: str = "unavailable"  # normal / abnormal / uncertain at ``triage_rate``, or why it is unavailable
     triage_rate: float | None = None
     triage_note: str = ""  # when these members can decide no study at this rate: what their validation showed
+    triage_warning: str = ""  # Calibrated.warning: why the triage guarantees nothing (empty when certified)
+    certified: bool = False  # the triage's error rate is guaranteed (fitted on a held-out calibration split)
 
     @property
     def verdict(self) -> str:
@@ -196,6 +198,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     except MemberError:  # members without validation predictions: no triage guarantee to give
         cal = ens.calibrate(study)
         verdict, note = "unavailable (members have no val_predictions.csv)", ""
+    warning = cal.warning if cal.triage is not None else ""
     prob, thr = float(cal.studies["ensemble"].iloc[0]), cal.threshold
     panels: list[tuple[np.ndarray, str]] = []
     for j, i in enumerate(ex.readable):
@@ -214,7 +217,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     })
     spread = float(member_probs.max() - member_probs.min())
     return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()],
-                    raw, verdict, triage, note)
+                    raw, verdict, triage, note, warning, cal.certified)
 
 
 def summary_markdown(a: Analysis) -> str:
@@ -223,7 +226,9 @@ def summary_markdown(a: Analysis) -> str:
     lines = [f"## {a.verdict}: P(abnormal) = {a.probability:.3f}",
              f"Calibrated P(abnormal) of the ensemble and its threshold {a.threshold:.3f}: the score `predict.py` "
              f"writes and the verdict of `predict.py --binary`. **Triage** at error rate {a.triage_rate}: "
-             f"**{a.triage}** (conformal: decided only where the error among decided studies is guaranteed)."
+             f"**{a.triage}** " + ("(conformal: decided only where the error among decided studies is guaranteed "
+                                   "on held-out calibration studies)." if a.certified else
+                                   f"(not certified: {a.triage_warning or 'no guarantee'}).")
              + (f" {a.triage_note}" if a.triage_note else ""),
              f"Uncalibrated ensemble score {a.raw:.3f}. Spread between members {a.spread:.3f}: {agree}.",
              "_Research tool, not a medical device._"]
@@ -282,7 +287,8 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 method = gr.Radio(list(LABELS), value="Grad-CAM", label="CAM method", elem_id="method")
                 rate = gr.Slider(0.01, 0.2, value=0.05, step=0.01, label="Triage error rate", elem_id="triage",
                                  info="decide normal/abnormal only where the error among decided studies is "
-                                 "guaranteed below this rate; otherwise uncertain")
+                                 "kept below this rate; otherwise uncertain. Guaranteed only for members trained "
+                                 "with a calibration split (--calibration-fraction); otherwise the verdict says so")
                 combiner = gr.Radio(list_combiners(), value="auto", label="Ensemble method", elem_id="combiner",
                                     info=describe_combiners())
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")

@@ -61,10 +61,14 @@ def test_flags_over_a_recipe_are_what_the_card_says(tmp_path):
     assert "`resnet10t.safetensors`" in text and "/home/someone" not in text  # the file's name, not a local path
 
 
-@pytest.mark.parametrize("fraction, says", [(None, "Calibration split: none recorded"),
-                                            (0.2, "Calibration split: 0.2 of labelled studies, held out")])
+@pytest.mark.parametrize("fraction, says", [
+    (None, "Calibration split: none recorded"),
+    ({"calibration_fraction": 0.2}, "Calibration split: about 0.2 of labelled studies (requested), held out"),
+    ({"calibration_fraction": 0.3, "calibration_share": 0.3333, "n_calibration_studies": 100},
+     "Calibration split: 0.3333 of labelled studies (100 studies), held out of training and every selection step "
+     "(requested 0.3)")])
 def test_the_calibration_split_is_rendered_when_recorded(tmp_path, fraction, says):
-    flags = {} if fraction is None else {"calibration_fraction": fraction}
+    flags = fraction or {}  # the share actually held out where recorded; the request alone is not stated as exact
     training = {**_trained_config("modern"), **flags}
     model = BoneClassifier("resnet10t", img_size=32, head_hidden=[8], training=training)
     assert says in model.generate_model_card().text

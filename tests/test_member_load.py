@@ -167,3 +167,34 @@ def test_a_matching_config_still_loads(tmp_path):
     member = _save(tmp_path / "m")
     model = BoneClassifier.load(member)
     assert model.head_hidden == [8] and model.img_size == 32 and not model.training
+
+
+def _drop_hash(folder: Path) -> Path:
+    """config.json as an older bone-zoo wrote it: no weights_sha256."""
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["weights_sha256"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("entry", ["BoneClassifier.from_pretrained(Hub id, offline cache)", "hf:// member"])
+def test_a_hub_member_without_a_weights_hash_is_refused(entry, tmp_path, offline):
+    from zoo.members import resolve_member_dirs
+
+    cache = _hub_cache(_drop_hash(_save(tmp_path / "m")), tmp_path / "hf-cache")
+    with pytest.raises(WeightsMismatch, match="names no weights_sha256.*refused"):
+        if entry == "hf:// member":
+            load_model(resolve_member_dirs([f"hf://{REPO}"], cache_dir=str(cache))[0])
+        else:
+            ENTRY_POINTS[entry](None, cache)
+
+
+def test_a_local_member_without_a_weights_hash_loads_with_a_loud_warning(tmp_path):
+    from zoo.members import UnverifiedWeights
+
+    member = _drop_hash(_save(tmp_path / "m"))
+    with pytest.warns(UnverifiedWeights, match="names no weights_sha256") as caught:
+        model = load_model(member)
+    message = str(caught[0].message)
+    assert str(member) in message and "save_member" in message and "UNCHECKED" in message
+    assert model.weights_sha256 is not None

@@ -179,4 +179,4 @@ def test_triage_without_a_calibration_split_says_it_guarantees_nothing():
     t = Triage.fit(np.r_[np.zeros(150), np.ones(150)], np.r_[np.full(150, 0.01), np.full(150, 0.99)], 0.05,
                    certified=False)
     assert t.threshold <= 1 and not t.certified and "NO GUARANTEE" in t.warning() and "validation" in t.explain()
-    assert Triage.fit(np.r_[0.0, 1.0], np.r_[0.2, 0.8], 0.05).warning() == ""
+    assert Triage.fit(np.r_[0.0, 1.0], np.r_[0.2, 0.8], 0.05, certified=True).warning() == ""

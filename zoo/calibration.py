@@ -9,11 +9,13 @@
 - :func:`ece_check`: is an ECE evidence of miscalibration, or what a calibrated model shows on this few studies?
   Consistency resampling (Bröcker & Smith 2007): labels drawn from the predicted probabilities themselves give the
   ECE a perfectly calibrated model would show on the same studies, its range and a p-value.
-- :class:`Triage`: each study becomes ``normal``, ``abnormal`` or ``uncertain``. A study is decided when its
-  confidence ``max(p, 1 - p)`` reaches a threshold chosen on calibration studies by Learn-then-Test (Angelopoulos,
-  Bates et al. 2021): every threshold of a fixed grid gets an exact binomial test of "error among decided > alpha",
-  Bonferroni-corrected. With probability at least ``1 - delta`` over the calibration set, the error rate among
-  decided studies of new exchangeable data is at most ``alpha`` for the threshold kept.
+- :class:`Triage`: each study becomes ``normal``, ``abnormal`` or ``uncertain``. Its label is the one verdict of
+  every path, :func:`zoo.metrics.is_abnormal` at the ensemble's decision threshold (``predict.py --binary``'s); it is
+  decided when the confidence in that label (``p`` for abnormal, ``1 - p`` for normal) reaches a threshold chosen on
+  calibration studies by Learn-then-Test (Angelopoulos, Bates et al. 2021): every threshold of a fixed grid gets an
+  exact binomial test of "error among decided > alpha", errors counted against that label, Bonferroni-corrected.
+  With probability at least ``1 - delta`` over the calibration set, the error rate among decided studies of new
+  exchangeable data is at most ``alpha`` for the threshold kept.
 - :func:`calibration_split`: the studies that make that statement true. Learn-then-Test needs calibration studies
   that played no part in building the score, so ``train_all.py --calibration-fraction`` holds a grouped, stratified
   share of the labelled studies out of training *and* of every selection step (best epoch, member thresholds and
@@ -23,14 +25,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from zoo.metrics import is_abnormal
+
 EPS = 1e-6
 DEFAULT_CALIBRATION_FRACTION = 0.2  # of the labelled studies, when that holds MIN_CALIBRATION_STUDIES
+MAX_CALIBRATION_FRACTION = 0.5  # one fold of a 2-fold split: more would leave less to train on than to certify
 MIN_CALIBRATION_STUDIES = 150  # below this a certificate at 5% is out of reach (0 errors in 108 decided at best)
 
 
@@ -182,19 +187,27 @@ def auto_calibration_fraction(images: pd.DataFrame, requested: float | None) -> 
     labelled studies when that is at least ``MIN_CALIBRATION_STUDIES`` studies, else 0 (too few to certify a triage,
     and training would lose them for nothing)."""
     if requested is not None:
-        if not 0 <= requested < 1:
-            raise ValueError(f"--calibration-fraction must be in [0, 1), not {requested}")
+        _check_fraction(requested)
         return float(requested)
     n = images.loc[images["label"].notna(), "id"].nunique()
     return DEFAULT_CALIBRATION_FRACTION if n * DEFAULT_CALIBRATION_FRACTION >= MIN_CALIBRATION_STUDIES else 0.0
 
 
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction <= MAX_CALIBRATION_FRACTION:
+        raise ValueError(f"--calibration-fraction must be in [0, {MAX_CALIBRATION_FRACTION}], not {fraction}: the "
+                         "split is one fold of round(1 / F) folds, so more than half cannot be held out (0 = none)")
+
+
 def calibration_split(images: pd.DataFrame, fraction: float, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every other image, the calibration images): about ``fraction`` of the *labelled* studies held out, grouped by
     patient where the table has a ``patient`` column (a study without one is its own group), else by study, and
-    stratified by label (scikit-learn's ``StratifiedGroupKFold``: one fold of ``round(1 / fraction)``). Unlabelled
-    images stay with the rest. ``fraction`` 0: nothing held out."""
-    if fraction <= 0:
+    stratified by label (scikit-learn's ``StratifiedGroupKFold``: one fold of ``round(1 / fraction)``, so the share
+    held out is about ``1 / round(1 / fraction)``, not ``fraction`` itself: 0.3 holds out about a third; training
+    records the actual share). Unlabelled images stay with the rest. ``fraction`` 0: nothing held out; above
+    ``MAX_CALIBRATION_FRACTION``: refused."""
+    _check_fraction(fraction)
+    if fraction == 0:
         return images, images.iloc[:0]
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -215,9 +228,18 @@ def calibration_split(images: pd.DataFrame, fraction: float, seed: int = 0) -> t
     return images[~is_cal].reset_index(drop=True), images[is_cal].reset_index(drop=True)
 
 
+def calibration_share(images: pd.DataFrame, calibration: pd.DataFrame) -> float:
+    """The share of ``images``' labelled studies that ``calibration`` (from :func:`calibration_split`) holds: what
+    was actually held out, recorded with the member (the requested fraction is only approximate)."""
+    n = images.loc[images["label"].notna(), "id"].nunique()
+    return round(calibration["id"].nunique() / n, 4) if n and len(calibration) else 0.0
+
+
 @dataclass
 class Triage:
-    """Decide a study when its confidence ``max(p, 1 - p)`` is at least ``threshold`` (> 1: never decide)."""
+    """Label a study ``is_abnormal(p, decision_threshold)`` (the ensemble's verdict rule and threshold) and decide it
+    when the confidence in that label, ``p`` if abnormal else ``1 - p``, is at least ``threshold`` (> 1: never
+    decide). At ``decision_threshold`` 0.5 the confidence is ``max(p, 1 - p)``."""
 
     alpha: float
     threshold: float
@@ -230,23 +252,29 @@ class Triage:
     val_error: float = float("nan")
     # True: fitted on calibration studies held out of training and of every selection step, so the guarantee holds;
     # False: fitted on studies that chose the model (validation): the same arithmetic, but no guarantee
-    certified: bool = True
+    certified: bool = False
+    decision_threshold: float = 0.5  # the ensemble's threshold: a study's label is is_abnormal(p, this)
 
     @classmethod
-    def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1, certified: bool = True) -> Triage:
+    def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1, certified: bool = False,
+            decision_threshold: float = 0.5) -> Triage:
         """Learn-then-Test on calibration studies: each threshold of a fixed grid is tested for "error among decided
-        <= alpha" (exact binomial test of H0: error > alpha), Bonferroni-corrected at level ``delta``; the lowest
-        threshold that passes (most studies decided) is kept. None passes: nothing is decided.
+        <= alpha" (exact binomial test of H0: error > alpha, an error being a label ``is_abnormal(p,
+        decision_threshold)`` that is not the study's), Bonferroni-corrected at level ``delta``; the lowest threshold
+        that passes (most studies decided) is kept. None passes: nothing is decided. Pass the ensemble's decision
+        threshold (``Calibrated.threshold``, what ``--binary`` uses) so the triage's labels are its verdicts; it
+        must be fixed before these studies are seen (fitted on others, or given).
 
-        The guarantee needs ``y, p`` from studies that played no part in building ``p``; say ``certified=False``
-        when they did (validation studies that chose epochs, thresholds or the combiner)."""
+        The guarantee needs ``y, p`` from studies that played no part in building ``p``; only then say
+        ``certified=True`` (the default, False, never claims a guarantee)."""
         if not 0 < alpha < 1:
             raise ValueError(f"the triage error rate must be in (0, 1), not {alpha}")
         y, p = np.asarray(y, float), np.asarray(p, float)
         keep = ~np.isnan(y) & ~np.isnan(p)
         y, p = y[keep], p[keep]
-        conf = np.maximum(p, 1 - p)
-        wrong = (p >= 0.5).astype(float) != y
+        label = is_abnormal(p, decision_threshold)
+        conf = np.where(label, p, 1 - p)
+        wrong = label.astype(float) != y
         threshold, closest = 1.1, (2.0, float("nan"), 0, float("nan"))  # (p-value, threshold, decided, error)
         for lam in sorted(GRID, reverse=True):
             decided = conf >= lam
@@ -260,7 +288,8 @@ class Triage:
             if pval <= closest[0] or threshold == lam:
                 closest = (pval, float(lam), n, errors / n)
         return cls(alpha=float(alpha), threshold=threshold, delta=float(delta), n=int(len(y)),
-                   val_threshold=closest[1], val_decided=closest[2], val_error=closest[3], certified=bool(certified))
+                   val_threshold=closest[1], val_decided=closest[2], val_error=closest[3], certified=bool(certified),
+                   decision_threshold=float(decision_threshold))
 
     @property
     def source(self) -> str:
@@ -278,7 +307,7 @@ class Triage:
         """What the calibration studies showed, in words: why this threshold, or why nothing is decided."""
         if self.val_decided == 0:
             return f"no {self.source} study reached a confidence of {GRID[0]:.2f}"
-        seen = (f"on the {self.n} {self.source} studies, max(p, 1 - p) >= {self.val_threshold:.2f} decided "
+        seen = (f"on the {self.n} {self.source} studies, {self.confidence} >= {self.val_threshold:.2f} decided "
                 f"{self.val_decided} with an error rate of {self.val_error:.3f}")
         if self.threshold <= 1:
             return seen
@@ -287,15 +316,34 @@ class Triage:
         return (f"{seen} (the closest any threshold came): {why} to guarantee <= {self.alpha} with probability "
                 f"{1 - self.delta:.2f}. More {more} or a stronger ensemble would decide some")
 
-    def __call__(self, p: np.ndarray) -> np.ndarray:
+    @property
+    def confidence(self) -> str:
+        """The confidence of a study's label, in words (for reports)."""
+        return "max(p, 1 - p)" if self.decision_threshold == 0.5 else (
+            f"the confidence of its label (p if p >= {self.decision_threshold:.3f}, else 1 - p)")
+
+    def __call__(self, p: np.ndarray, decision_threshold: float | None = None) -> np.ndarray:
+        """``normal`` / ``abnormal`` (``is_abnormal(p, decision_threshold)``) where decided, else ``uncertain``.
+        ``decision_threshold`` defaults to the one fitted with; another is refused (the certificate is for that
+        labelling rule)."""
+        if decision_threshold is not None and decision_threshold != self.decision_threshold:
+            raise ValueError(f"this triage was fitted for the decision threshold {self.decision_threshold}, not "
+                             f"{decision_threshold}: fit it again at that threshold (Ensemble.calibrate(threshold=))")
         p = np.asarray(p, dtype=float)
-        conf = np.maximum(p, 1 - p)
-        out = np.where(p >= 0.5, "abnormal", "normal").astype(object)
+        label = is_abnormal(p, self.decision_threshold)
+        conf = np.where(label, p, 1 - p)
+        out = np.where(label, "abnormal", "normal").astype(object)
         out[(conf < self.threshold) | np.isnan(p)] = "uncertain"
         return out
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Triage:
+        """The inverse of :meth:`to_dict`; a dict written before ``decision_threshold`` existed was fitted at 0.5."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def triage_summary(y: np.ndarray, verdicts: np.ndarray) -> dict[str, float]:

@@ -80,7 +80,15 @@ def _calibration(t: dict[str, Any]) -> str:
     f = t.get("calibration_fraction")
     if f is None:
         return "none recorded"
-    return f"{_num(f)} of labelled studies, held out of training and every selection step" if f else "none"
+    if not f:
+        return "none"
+    held = " of training and every selection step"
+    share = t.get("calibration_share")
+    if share is None:  # recorded before the actual share was: the request, which the split only approximates
+        return f"about {_num(f)} of labelled studies (requested), held out{held}"
+    n = t.get("n_calibration_studies")
+    studies = f" ({n} studies)" if n else ""
+    return f"{_num(share)} of labelled studies{studies}, held out{held} (requested {_num(f)})"
 
 
 def recipe_lines(cfg: dict[str, Any]) -> list[str]:

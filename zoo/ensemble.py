@@ -86,7 +86,8 @@ class Calibrated:
     """Output of :meth:`Ensemble.calibrate`."""
 
     studies: pd.DataFrame  # member columns and ``ensemble`` calibrated; ``ensemble_raw`` as combined before
-    threshold: float  # Youden's J on the calibrated validation scores (without them: calibrated member thresholds)
+    threshold: float  # the one given, else Youden's J on the calibrated validation scores (without them: calibrated
+    # member thresholds); the triage's labels use it too
     calibrator: object  # the ensemble's zoo.calibration.Calibrator
     triage: object | None  # zoo.calibration.Triage, when asked for
     n_validation: int  # validation studies (the combiner's fit and the threshold; 0: none)
@@ -237,40 +238,50 @@ class Ensemble:
             df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
         return df if len(df) else None
 
-    def calibrate(self, studies: pd.DataFrame, triage: float | None = None) -> Calibrated:
+    def calibrate(self, studies: pd.DataFrame, triage: float | None = None, threshold: float | None = None,
+                  use_calibration_split: bool = True) -> Calibrated:
         """Calibrated study scores: each member's own calibration on its column, the combiner (fitted on the
         validation studies), then an ensemble calibration and, with ``triage``, a :class:`zoo.calibration.Triage` at
         that error rate, for exactly these members and this combiner. ``ensemble_raw`` keeps the raw score.
 
+        The decision threshold is ``threshold`` (on the calibrated scale: ``predict.py --threshold``) or Youden's J
+        on the calibrated validation scores; the triage labels studies with it (``is_abnormal``), so a decided
+        study's label is the ``--binary`` verdict.
+
         With a calibration split (members trained with ``--calibration-fraction``) the ensemble calibration and the
         triage are fitted on it alone: studies no selection step saw, so the triage is ``certified``. Without one
-        they are fitted on the validation studies, and the triage says it guarantees nothing."""
+        they are fitted on the validation studies, and the triage says it guarantees nothing.
+        ``use_calibration_split=False`` fits on the validation studies even when there is a split (for scores that
+        feed training, e.g. pseudo-labels, which must not see it); the triage is then not certified."""
         from zoo.calibration import Calibrator, Triage
 
         out = studies.copy()
         out["ensemble_raw"] = out["ensemble"]
         out = self._calibrated(out)
         val = self.validation_studies(calibrated=True)
-        cal = self.calibration_studies()
+        cal = self.calibration_studies() if use_calibration_split else None
         fit_on = cal if cal is not None else val  # the ensemble calibration's (and triage's) studies
-        ens_cal, tri = Calibrator(), None
-        if fit_on is not None:
-            fit_score = self.combine(fit_on, calibrated=True).to_numpy()
-            ens_cal = Calibrator.fit(fit_on["label"].to_numpy(), fit_score)
-            if triage is not None:
-                tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None)
-        if val is not None:
-            val_score = ens_cal(self.combine(val, calibrated=True).to_numpy())
         if triage is not None and fit_on is None:
             raise MemberError("--triage needs the members' validation predictions (val_predictions.csv, written by "
                               "training and pushed to the Hub with the member); none shared by these members")
+        ens_cal = Calibrator()
+        if fit_on is not None:
+            fit_score = self.combine(fit_on, calibrated=True).to_numpy()
+            ens_cal = Calibrator.fit(fit_on["label"].to_numpy(), fit_score)
         out["ensemble"] = ens_cal(self.combine(out, calibrated=True).to_numpy())
-        if val is not None:  # chosen on the calibrated validation scores, as each member's own threshold was
+        if threshold is not None:
+            threshold = float(threshold)
+        elif val is not None:  # chosen on the calibrated validation scores, as each member's own threshold was
+            val_score = ens_cal(self.combine(val, calibrated=True).to_numpy())
             threshold = best_threshold(val["label"].to_numpy(), val_score)
         else:  # (a combiner with a reference, rank, cannot exist without validation predictions)
             member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
                                                for m in self.members}])  # fold groups average them
             threshold = float(self.combine(member_thresholds, calibrated=True).iloc[0])
+        tri = None
+        if triage is not None:  # labels at the threshold above, fixed before the calibration studies' labels count
+            tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None,
+                             decision_threshold=threshold)
         return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val),
                           0 if cal is None else len(cal), tri is not None and tri.certified)
 

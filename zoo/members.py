@@ -92,12 +92,16 @@ def read_verified(folder: str | Path) -> VerifiedMember:
     config.json and model.safetensors are each read once, as bytes, and checked together: the SHA-256 of the weights
     must be config.json's ``weights_sha256`` (retried while a writer finishes its renames, then refused with
     :class:`WeightsMismatch`), and the sizes the config sets (head widths, image size) must be bounded and match the
-    shapes in the safetensors header (:class:`ShapeMismatch`), all before any module is built. A config written
-    before the hash existed is read without that check.
+    shapes in the safetensors header (:class:`ShapeMismatch`), all before any module is built. A config without the
+    hash is refused for a member from the Hub (its cache: ``hf://``, a Hub id), which bone-zoo always pushes with
+    one; a local folder written before the hash existed loads with a :class:`UnverifiedWeights` warning that names
+    the command to re-save it.
     """
     folder = Path(folder)
     for attempt in range(RETRIES):
         config = read_member_config(folder)
+        if WEIGHTS_HASH not in config:
+            _unhashed(folder)
         try:
             data = (folder / WEIGHTS).read_bytes()
         except FileNotFoundError as exc:
@@ -112,6 +116,31 @@ def read_verified(folder: str | Path) -> VerifiedMember:
     raise WeightsMismatch(f"{folder}: model.safetensors is not the one its config.json names ({WEIGHTS_HASH}): "
                           "damaged or truncated, replaced by hand, or being rewritten. Copy or download the whole "
                           "member folder again")
+
+
+class UnverifiedWeights(UserWarning):
+    """A local member folder whose config.json names no ``weights_sha256`` (saved before bone-zoo wrote it)."""
+
+
+def from_hub_cache(folder: str | Path) -> bool:
+    """Whether ``folder`` is (inside) a snapshot of the Hugging Face cache: ``models--ORG--NAME/snapshots/COMMIT``,
+    whatever the cache's location, which is where ``hf://`` members and Hub ids are loaded from."""
+    parts = Path(folder).absolute().parts
+    return any(a.startswith("models--") and b == "snapshots" for a, b in zip(parts, parts[1:]))
+
+
+def _unhashed(folder: Path) -> None:
+    """A config.json without ``weights_sha256``: refused from the Hub, loaded with a loud warning from a folder."""
+    if from_hub_cache(folder):
+        raise WeightsMismatch(f"{folder}: config.json names no {WEIGHTS_HASH}, so these weights from the Hub cannot "
+                              "be checked against it; refused. Ask the repo's owner to push the member again with "
+                              "`bone-zoo push` (which records the hash), or load a revision that has it")
+    import warnings
+
+    warnings.warn(f"{folder}: config.json names no {WEIGHTS_HASH} (saved by an older bone-zoo), so its weights are "
+                  "loaded UNCHECKED against it. Re-save the member to record the hash: python -c \"from zoo.model "
+                  f"import BoneClassifier; BoneClassifier.load('{folder}').save_member('{folder}')\"",
+                  UnverifiedWeights, stacklevel=3)
 
 
 def safetensors_shapes(data: bytes, where: str | Path) -> dict[str, tuple[int, ...]]:

@@ -26,10 +26,13 @@ def aggregate_studies(images: pd.DataFrame, columns: list[str] | str, how: str =
 
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Youden's J optimum on a ROC curve; 0.5 when only one class is present."""
+    """Youden's J optimum on a ROC curve (rows with a NaN label or score ignored); 0.5 when only one class is
+    present."""
     from sklearn.metrics import roc_curve  # imported where used: predicting without --evaluate never needs it
 
     y, p = np.asarray(y, float), np.asarray(p, float)
+    keep = ~np.isnan(y) & ~np.isnan(p)
+    y, p = y[keep], p[keep]
     if len(np.unique(y)) < 2:
         return 0.5
     fpr, tpr, thr = roc_curve(y, p)

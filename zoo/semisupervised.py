@@ -3,7 +3,9 @@
 Round 1 trains the members on the labelled studies. Their ensemble (calibrated, as predict.py scores) then predicts
 the unlabelled training studies; those it is confident about (``max(p, 1 - p) >= min_confidence``) get their
 calibrated probability as a *soft* target, and round 2 trains every member again with them added to its training
-split (never to validation, which keeps real labels only).
+split (never to validation, which keeps real labels only). The ensemble calibration behind those probabilities is
+fitted on the validation studies, never on the calibration split (``--calibration-fraction``), which stays out of
+training.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def pseudo_labels(ens, unlabelled: pd.DataFrame, min_confidence: float = 0.9, ca
         return unlabelled.iloc[0:0], {"unlabelled_studies": 0, "pseudo_labelled_studies": 0,
                                       "min_confidence": min_confidence}
     st = ens.predict_studies(unlabelled, cache_dir=cache_dir, quiet=quiet)
-    p = ens.calibrate(st).studies.set_index("id")["ensemble"]
+    # calibrated on validation only: the held-out calibration split must not pick training targets
+    p = ens.calibrate(st, use_calibration_split=False).studies.set_index("id")["ensemble"]
     keep = p[np.maximum(p, 1 - p) >= min_confidence].dropna()
     rows = unlabelled[unlabelled["id"].isin(keep.index)].copy()
     rows["label"] = rows["id"].map(keep).astype(float)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zoo.atomic import save_figure, write_csv, write_text
-from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_split, ece
+from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
 from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
 from zoo.data import Dataset, ImageArray, fold_split, load_images, split_by_study, studies
@@ -359,6 +359,8 @@ class Trainer:
                 "n_unlabelled_studies": int(train_st["label"].isna().sum()),
                 "calibration_fraction": self.calibration_fraction,  # as resolved (None in the flags: the default)
                 "n_calibration_studies": 0 if cal_st is None else len(cal_st),
+                # the share actually held out: one fold of round(1 / F), so not F itself (0.3 -> about 1/3)
+                "calibration_share": calibration_share(self.dataset.train, self.cal_df),
                 "calibration_grouping": self.dataset.grouping,
                 "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
                 "unreadable_images": len(self.unreadable), "device": self.device.type,

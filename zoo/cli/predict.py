@@ -45,9 +45,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       f"bone_zoo.combiners): {describe_combiners()} (default %(default)s)")
     a("--aggregate", choices=AGGREGATES, default="mean", help="study score from its images (default %(default)s)")
     a("--tta", action="store_true", help="test-time augmentation: average with the horizontal flip")
-    a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold")
-    a("--threshold", type=float, default=None, help="decision threshold for --binary and the report (default: the "
-      "members' stored validation thresholds, combined like their probabilities)")
+    a("--binary", action="store_true", help="add a 0/1 column 'abnormal' at --threshold (empty for a study with no "
+      "readable image)")
+    a("--threshold", type=float, default=None, help="decision threshold for --binary, --triage's labels and the "
+      "report, on the scale of the written scores (default: Youden's J on the ensemble's calibrated validation "
+      "scores; with --no-calibrate, the combiner's threshold on the raw scores)")
     a("--calibrate", action=argparse.BooleanOptionalAction, default=True, help="apply each member's stored "
       "calibration and an ensemble calibration refitted on the members' validation predictions; --no-calibrate "
       "writes the raw scores (default: %(default)s)")
@@ -151,8 +153,8 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
     return ["## Triage", ""] + ([f"**{tri.warning()}.**", ""] if not tri.certified else []) + [
             f"Target error rate among decided studies: {tri.alpha} (Learn-then-Test on {tri.n} {tri.source} "
             f"studies, " + (f"guarantee with probability {1 - tri.delta:.2f}" if tri.certified else "NOT certified")
-            + "); a study is decided when "
-            f"max(p, 1 - p) >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)"
+            + f"); labels at the decision threshold {tri.decision_threshold:.3f} (--binary's), a study decided when "
+            f"{tri.confidence} >= {tri.threshold:.2f}" + (" (none could be guaranteed: every study is uncertain)"
                                                         if tri.threshold > 1 else "") + f"; {tri.explain()}.", "",
             table.to_markdown(index=False, disable_numparse=True), ""]
 
@@ -199,11 +201,12 @@ def main(args: argparse.Namespace) -> int:
     missing = st["ensemble"].isna()
     if missing.any():
         print(f"warning: {int(missing.sum())} study(ies) have no readable image; written with label "
-              f"{args.missing_value}: {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
+              f"{args.missing_value}" + (" and no --binary verdict" if args.binary else "")
+              + f": {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
     calibrated = None
     if args.calibrate:
         try:
-            calibrated = ens.calibrate(st, args.triage)
+            calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)
         except MemberError as exc:
             return fail(str(exc))
         st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
@@ -214,8 +217,10 @@ def main(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else (
         calibrated.threshold if calibrated else ens.threshold())
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
-    if args.binary:
-        sub["abnormal"] = is_abnormal(sub["label"], threshold).astype(int)  # the demo's headline rule
+    if args.binary:  # the demo's headline rule, on the score itself: --missing-value is no evidence (empty)
+        score = st["ensemble"].to_numpy(dtype=float)
+        sub["abnormal"] = pd.array(is_abnormal(score, threshold).astype(int), dtype="Int64")
+        sub.loc[np.isnan(score), "abnormal"] = pd.NA
     triage = None
     if calibrated is not None and calibrated.triage is not None:
         triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)

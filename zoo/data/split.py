@@ -70,7 +70,12 @@ def split_by_study(
             strata = st["label"].astype(int)
         folds = _grouped_folds(st, strata, n_splits, seed)
         y = st["label"]
-        usable = [f for f in folds if _both_classes(y.iloc[f]) and _both_classes(y.drop(y.index[f]))] or folds
+        usable = [f for f in folds if _both_classes(y.iloc[f]) and _both_classes(y.drop(y.index[f]))]
+        if not usable:
+            raise ValueError(f"val_fraction {val_fraction}: with each patient's studies kept on one side, no "
+                             f"validation split of these {len(st)} labelled studies ({int(y.sum())} abnormal, "
+                             f"{n_patients} patients) has both classes on both sides. Label more patients of each "
+                             "class, or change --val-fraction")
         val = min(usable, key=lambda f: abs(len(f) - n_val))  # the first of the closest: deterministic
         val_ids = st["id"].iloc[val]
     is_val = labelled["id"].isin(set(val_ids))
