@@ -30,7 +30,12 @@ def fsync_path(path: str | Path) -> None:
 
 def durable_replace(tmp: str | Path, path: str | Path) -> None:
     """``os.replace(tmp, path)`` that survives a power loss: the file is flushed before the rename and its folder
-    after it, so no reader ever finds a complete-looking name with empty or partial content."""
+    after it, so no reader ever finds a complete-looking name with empty or partial content. A folder ``tmp`` (a
+    checkpoint epoch): each file in it is flushed first, then the folder."""
+    if Path(tmp).is_dir():
+        for f in sorted(Path(tmp).rglob("*")):
+            if f.is_file():
+                fsync_path(f)
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(Path(path).parent)

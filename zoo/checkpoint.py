@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.atomic import atomic_path, write_text
+from zoo.atomic import atomic_path, durable_replace, write_text
 from zoo.config import RUNTIME_FIELDS
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -131,7 +131,7 @@ class Checkpoint:
                 save_file(_state_dict(ema) if ema is not None else weights, str(f))
         final = self.folder / name
         shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        durable_replace(tmp, final)  # every epoch file flushed before LATEST can name it
         write_text(self.folder / "LATEST", name)
         for old in self.folder.glob("epoch-*"):
             if old != final:

@@ -111,7 +111,10 @@ class BoneClassifier(
         return member_card(self.get_config())
 
     def save_member(self, folder: str | Path) -> Path:
-        """Write model.safetensors, config.json and README.md into ``folder``, each file replaced atomically."""
+        """Write model.safetensors, config.json and README.md into ``folder``, each file replaced atomically and
+        durably (flushed before its rename, the folder after)."""
+        from zoo.atomic import durable_replace
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
@@ -121,7 +124,7 @@ class BoneClassifier(
             cfg[WEIGHTS_HASH] = file_sha256(tmp / WEIGHTS)
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
             for name in MEMBER_FILES:  # each rename is atomic; the hash ties the config to its weights between them
-                os.replace(tmp / name, folder / name)
+                durable_replace(tmp / name, folder / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.weights_sha256 = cfg[WEIGHTS_HASH]

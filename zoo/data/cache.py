@@ -7,13 +7,16 @@ back in the caller's order. Unreadable files are recorded, reported once, and le
 
 A cache a shared machine can live with: at most ``max_gb`` (``--cache-max-gb``, ``BONE_ZOO_CACHE_MAX_GB``, default
 20) on disk, least recently used entries evicted first, never one in use (each process using an entry holds a use
-record naming its host and PID until its arrays are released); temporary files name their host and PID too, and are
-reaped when that process is gone (same host) or when untouched for a day (any host: a PID says nothing across
-machines or containers).
+record naming its host, PID and a per-process nonce until its arrays are released); temporary files name them too.
+Whether an owner lives is asked of its lock file (``HOST.PID.NONCE.lock``, flock'ed for the owner's life: right
+across containers that share a host name and PIDs); where flock cannot tell, a same-host PID or a day untouched
+decides. Orphaned arrays (a crash between the two renames) are reaped. A set bigger than the bound is decoded into
+a temporary memory-mapped file in the cache folder, removed when its arrays are released.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -143,11 +146,59 @@ def _open_entry(data: Path, meta: Path, shape: tuple[int, int, int]) -> tuple[np
     return None
 
 
-# -- owners: temporary files and use records name their host and PID ----------------------------------------------
-def _owner_gone(path: Path, host: str, pid: str, max_age: float, age_on_this_host: bool) -> bool:
-    """Abandoned: written on this host by a process that is gone, or untouched for ``max_age`` seconds (a foreign host
-    always; this host only with ``age_on_this_host``, for files that their live owner keeps writing). A foreign
-    host's PID is never looked up here: it names another machine's (or container's) process."""
+# -- owners: temporary files and use records name their host, PID and a per-process nonce --------------------------
+_USE_NONCE = uuid.uuid4().hex[:8]  # one per interpreter: a recycled PID (or a PID in another container) is not it
+_LOCKS: dict[Path, int] = {}  # folder -> this process's lock file descriptor, held (flock) until the process ends
+
+
+def _hold_lock(folder: Path) -> None:
+    """``HOST.PID.NONCE.lock`` in ``folder``, flock'ed for this process's life: what others ask to know it lives.
+    Locked under a temporary name, then renamed, so no one finds it unlocked."""
+    if folder in _LOCKS:
+        return
+    name = f"{HOST}.{os.getpid()}.{_USE_NONCE}.lock"
+    tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, folder / name)
+    except OSError:  # a file system without flock: liveness falls back to PID and age
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        return
+    _LOCKS[folder] = fd
+
+
+def _lock_alive(lock: Path) -> bool | None:
+    """True: its owner holds the flock (alive, whatever its host or PID); False: no lock file, or nobody holds it
+    (the owner is gone); None: cannot tell (no flock on this file system)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # and with it the lock, had we taken it
+    return False
+
+
+def _owner_gone(path: Path, host: str, pid: str, max_age: float, age_on_this_host: bool,
+                nonce: str | None = None) -> bool:
+    """Abandoned. With a ``nonce`` (names written since the per-process lock): the owner's lock file says, by flock,
+    whatever the host or PID (containers may share both). Otherwise (or where flock cannot tell): written on this host
+    by a process that is gone, or untouched for ``max_age`` seconds (a foreign host always; this host only with
+    ``age_on_this_host``, for files that their live owner keeps writing)."""
+    if nonce is not None:
+        alive = _lock_alive(path.parent / f"{host}.{pid}.{nonce}.lock")
+        if alive is not None:
+            return not alive
     try:
         old = time.time() - path.stat().st_mtime > max_age
     except OSError:
@@ -164,17 +215,19 @@ def _owner_gone(path: Path, host: str, pid: str, max_age: float, age_on_this_hos
 
 
 def _remove_stale(folder: Path) -> None:
-    """Temporary files (``KEY.HOST.PID.tmp.*``) and use records (``KEY.HOST.PID.NONCE.use``) whose owner is gone."""
+    """Temporary files (``KEY.HOST.PID.NONCE.tmp.*``; older ``KEY.HOST.PID.tmp.*``), use records
+    (``KEY.HOST.PID.NONCE.ID.use``) and lock files (``HOST.PID.NONCE.lock``) whose owner is gone."""
     for f in folder.glob("*.tmp.*"):
         parts = f.name.split(".")
-        if len(parts) == 5 and _owner_gone(f, parts[1], parts[2], STALE_SECONDS, True):
+        if len(parts) == 6 and _owner_gone(f, parts[1], parts[2], STALE_SECONDS, True, parts[3]) or \
+                len(parts) == 5 and _owner_gone(f, parts[1], parts[2], STALE_SECONDS, True):
             f.unlink(missing_ok=True)
     for f in folder.glob("*.use"):
         if _use_gone(f):
             f.unlink(missing_ok=True)
-
-
-_USE_NONCE = uuid.uuid4().hex[:8]  # one per interpreter: a recycled PID on this host is not the same process
+    for f in folder.glob("*.lock"):
+        if _lock_alive(f) is False:
+            f.unlink(missing_ok=True)
 
 
 def _use_record(folder: Path, key: str) -> Path:
@@ -191,7 +244,7 @@ def _release(record: Path, pid: int) -> None:
 
 def _use_gone(record: Path) -> bool:
     parts = record.name.split(".")
-    return len(parts) != 6 or _owner_gone(record, parts[1], parts[2], USE_STALE_SECONDS, False)
+    return len(parts) != 6 or _owner_gone(record, parts[1], parts[2], USE_STALE_SECONDS, False, parts[3])
 
 
 def _in_use(folder: Path, key: str) -> bool:
@@ -203,9 +256,20 @@ def evict(folder: str | Path, max_bytes: int, keep: str | None = None) -> int:
     ``max_bytes``; entries in use (a live use record) and ``keep`` stay. Returns the bytes left."""
     folder = Path(folder)
     entries, total = [], 0
+    for data in folder.glob("*.npy"):  # KEY.npy without KEY.json: a crash between the two renames
+        key = data.name.split(".")[0]
+        if data.name != f"{key}.npy" or (folder / f"{key}.json").exists():
+            continue
+        if key == keep or _in_use(folder, key):  # its writer, between the renames: counted
+            try:
+                total += data.stat().st_size
+            except OSError:
+                pass
+        else:
+            data.unlink(missing_ok=True)  # never complete, never to be read: reaped
     for meta in folder.glob("*.json"):
         key = meta.name.split(".")[0]
-        if meta.name != f"{key}.json":  # a temporary KEY.HOST.PID.tmp.json, counted below
+        if meta.name != f"{key}.json":  # a temporary KEY.HOST.PID.NONCE.tmp.json, counted below
             continue
         data = folder / f"{key}.npy"
         try:
@@ -239,7 +303,8 @@ def load_images(
     max_gb: float | None = None,
 ) -> ImageArray:
     """Decode (or reuse) ``paths`` at ``size``. ``cache_dir=None`` uses the default folder; ``""`` keeps it in RAM.
-    ``max_gb`` bounds the cache folder (:func:`cache_max_bytes`); a set bigger than the bound is decoded into RAM."""
+    ``max_gb`` bounds the cache folder (:func:`cache_max_bytes`); a set bigger than the bound is decoded into a
+    temporary memory-mapped file in the cache folder (not RAM), removed when its arrays are released."""
     paths = [str(p) for p in paths]
     workers = workers or min(8, os.cpu_count() or 1)
     absolute = [os.path.abspath(p) for p in paths]
@@ -247,9 +312,18 @@ def load_images(
     bound = cache_max_bytes(max_gb)
     if cache_dir != "" and _entry_bytes(len(files), size) > bound:
         warnings.warn(f"{len(files)} images at {size}px need {_entry_bytes(len(files), size) / 1e9:.1f} GB, over the "
-                      f"{bound / 1e9:g} GB cache bound: decoded into memory, not cached (raise --cache-max-gb)",
+                      f"{bound / 1e9:g} GB cache bound: decoded into a temporary file, not cached "
+                      f"(raise --cache-max-gb)",
                       stacklevel=2)
-        cache_dir = ""
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        _hold_lock(folder)
+        tmp = folder / f"uncached-{uuid.uuid4().hex[:12]}.{HOST}.{os.getpid()}.{_USE_NONCE}.tmp.raw"
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+        weakref.finalize(arr, _release, tmp, os.getpid())  # removed with the last view of it (a crash: reaped)
+        errors = _decode_all(paths, size, arr, workers, quiet)
+        ok = np.array([p not in errors for p in paths], dtype=bool)
+        return ImageArray(paths, size, arr, ok, errors)
     if cache_dir == "":
         arr = np.zeros((len(paths), size, size), dtype=np.uint8)
         errors = _decode_all(paths, size, arr, workers, quiet)
@@ -258,6 +332,7 @@ def load_images(
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     key = _key(files, size)
+    _hold_lock(folder)
     _remove_stale(folder)
     record = _use_record(folder, key)
     try:
@@ -285,7 +360,7 @@ def _open_or_decode(folder: Path, key: str, files: list[str], size: int, bound: 
     entry = _open_entry(data, meta, (len(files), size, size))
     if entry is None:
         evict(folder, bound - _entry_bytes(len(files), size))  # room first: the bound holds while it is written
-        owner = f"{HOST}.{os.getpid()}"
+        owner = f"{HOST}.{os.getpid()}.{_USE_NONCE}"
         tmp = folder / f"{key}.{owner}.tmp.npy"
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size))
         errors = _decode_all(files, size, arr, workers, quiet)

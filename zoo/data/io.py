@@ -7,6 +7,7 @@ import threading
 import warnings
 import zlib
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,12 @@ class ImageReadError(ValueError):
 
 
 def max_pixels() -> int:
-    """The largest image (width x height) decoded: 64 Mpx unless ``BONE_ZOO_MAX_PIXELS`` says otherwise. Radiographs
-    are under 30 Mpx; a larger header is refused before any pixel is decoded (a decompression bomb inflates a small
-    file into gigabytes), as Pillow's own guard does at 179 Mpx."""
-    return int(os.environ.get("BONE_ZOO_MAX_PIXELS", 64_000_000))
+    """The largest image (width x height) decoded: 30 Mpx unless ``BONE_ZOO_MAX_PIXELS`` says otherwise. The largest
+    radiographs are ~20 Mpx (a 43 x 43 cm detector at 0.1 mm is 18.5 Mpx, mammograms 13-21 Mpx, most CR/DR 4-12 Mpx);
+    a larger header is refused before any pixel is decoded (a decompression bomb inflates a small file into
+    gigabytes: a 121 KB 16-bit PNG declares 64 Mpx), as Pillow's own guard does at 179 Mpx. At the bound a 16-bit
+    image costs 60 MB decoded and 120 MB as float32."""
+    return int(os.environ.get("BONE_ZOO_MAX_PIXELS", 30_000_000))
 
 
 BOMB_HINT = ("refused before decoding (decompression-bomb guard). Downscale it, or raise BONE_ZOO_MAX_PIXELS if it "
@@ -49,14 +52,22 @@ class TruncatedImageWarning(UserWarning):
 
 def _unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``a`` mapped from its declared range [lo, hi] (bit depth, LUT output) onto [0, 1]: never its own min/max, so
-    one film gives one tensor whatever the file format."""
-    a = np.asarray(a, dtype=np.float32)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0) if hi != lo else np.zeros_like(a)
+    one film gives one tensor whatever the file format. One float32 array, worked in place (no extra copies)."""
+    if hi == lo:
+        return np.zeros(np.shape(a), dtype=np.float32)
+    out = np.array(a, dtype=np.float32)  # the one copy
+    out -= lo
+    out *= 1.0 / (hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # -- DICOM: the header first, then at most the first frame --------------------------------------------------------
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
-DICOM_HEADER_SLACK = 16 * 2**20  # what a header (everything before the pixel data) may inflate to
+DICOM_HEADER_MAX = 2**20  # bytes before the pixel data (file meta included; a real header is a few KB)
+DICOM_MAX_ELEMENTS = 10_000  # elements before the pixel data (a real header has a few hundred)
+HEADER_WHAT = (f"the header runs past {DICOM_HEADER_MAX // 2**20} MB before the pixel data, refused before decoding "
+               "(header-bomb guard): real DICOM headers are a few KB")
+HEADER_HINT = "refused before decoding (header-bomb guard): real DICOM headers are a few KB and a few hundred elements"
 
 
 def _check_dicom_size(path: Path, ds) -> None:
@@ -72,19 +83,40 @@ def _check_dicom_size(path: Path, ds) -> None:
                              f"(16 bits a pixel, every frame counted), {BOMB_HINT}")
 
 
+def _past_limit(name: str, limit: int, what: str) -> ImageReadError:
+    return ImageReadError(f"{name}: {what} (byte {limit} of the file)")
+
+
+class _Bounded:
+    """A file read through, never past byte ``limit`` (raised once the header is read, to the first frame's end)."""
+
+    def __init__(self, fp, path: Path, limit: int) -> None:
+        self._fp, self.name, self.limit, self.what = fp, str(path), limit, HEADER_WHAT
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or self._fp.tell() + n > self.limit:
+            raise _past_limit(self.name, self.limit, self.what)
+        return self._fp.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
 class _Inflating:
     """A seekable, read-only view of a raw-deflate stream (Deflated Explicit VR Little Endian), inflated as it is read
     and never past ``limit`` bytes: pydicom's own reader inflates the whole file first, whatever its size."""
 
     def __init__(self, fp, path: Path, limit: int) -> None:
         self._fp, self._z, self._buf, self._pos = fp, zlib.decompressobj(-zlib.MAX_WBITS), bytearray(), 0
-        self.name, self.limit = str(path), limit
+        self.name, self.limit, self.what = str(path), limit, HEADER_WHAT
 
     def _fill(self, end: int) -> None:
         while len(self._buf) < end and not self._z.eof:
             if len(self._buf) >= self.limit:
-                raise ImageReadError(f"{self.name}: deflated data inflates past {self.limit / 1e6:.0f} MB before its "
-                                     f"header says it should, {BOMB_HINT}")
+                raise _past_limit(self.name, self.limit, self.what)
             data = self._z.unconsumed_tail or self._fp.read(1 << 16)
             if not data:
                 break
@@ -117,49 +149,123 @@ def _one_frame(ds):
     return frame
 
 
+def _counting_stop(path: Path):
+    """pydicom's ``stop_when``: stop at the pixel data, refuse past :data:`DICOM_MAX_ELEMENTS` elements."""
+    seen = [0]
+
+    def stop(tag, vr, length) -> bool:
+        seen[0] += 1
+        if seen[0] > DICOM_MAX_ELEMENTS:
+            raise ImageReadError(f"{path}: more than {DICOM_MAX_ELEMENTS} elements before the pixel data, "
+                                 f"{HEADER_HINT}")
+        return tag in _PIXEL_TAGS
+
+    return stop
+
+
+def _rle_check(path: Path, frame: bytes, ds) -> None:
+    """An RLE frame that decodes to exactly its header's size (each segment one byte plane of Rows x Columns),
+    checked by walking the run headers without decoding: a 2-byte run makes 128 bytes (a 64x bomb)."""
+    rows, cols, spp = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1)
+    plane, n_seg = rows * cols, spp * int(ds.BitsAllocated) // 8
+    if len(frame) > n_seg * 2 * plane + 80:  # 2 bytes a byte: runs of one (the worst honest encoding)
+        raise ImageReadError(f"{path}: an RLE frame of {len(frame)} bytes for {cols}x{rows} px x {n_seg} segment(s) "
+                             f"is longer than any honest encoding, {BOMB_HINT}")
+    offsets = [int.from_bytes(frame[4 * i:4 * i + 4], "little") for i in range(16)]
+    if offsets[0] != n_seg or any(not 64 <= o <= len(frame) for o in offsets[1:1 + n_seg]):
+        raise ImageReadError(f"{path}: an RLE header of {offsets[0]} segment(s) (offsets {offsets[1:1 + n_seg]}) for "
+                             f"{n_seg} expected in {len(frame)} bytes; not a readable RLE frame")
+    ends = offsets[2:1 + n_seg] + [len(frame)]
+    for start, end in zip(offsets[1:1 + n_seg], ends):
+        pos, out = start, 0
+        while pos < end and out <= plane + 1:
+            n = frame[pos]
+            out, pos = (out + n + 1, pos + n + 2) if n < 128 else (out + 257 - n, pos + 2) if n > 128 else \
+                (out, pos + 1)
+        if out > plane + 1:  # pydicom tolerates one byte of padding
+            raise ImageReadError(f"{path}: an RLE segment decodes past the {plane} bytes of its {cols}x{rows} px "
+                                 f"header, {BOMB_HINT}")
+
+
+def _jpeg_check(path: Path, frame: bytes, ds, syntax) -> None:
+    """A JPEG / JPEG-LS / JPEG 2000 frame whose codestream declares the header's size and samples (read from the
+    codestream's own header, nothing decoded): decoders follow the codestream, not Rows and Columns."""
+    from pydicom.pixels.utils import _get_jpg_parameters
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    rows, cols, spp = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1)
+    try:
+        with Image.open(BytesIO(frame)) as img:
+            size, bands = img.size, len(img.getbands())
+    except Exception:  # JPEG lossless / JPEG-LS: Pillow does not parse them; pydicom's own header reader does
+        info = _get_jpg_parameters(frame) if syntax not in JPEG2000TransferSyntaxes else {}
+        if not info:
+            raise ImageReadError(f"{path}: the compressed frame's size cannot be read from its codestream header; "
+                                 f"refused before decoding") from None
+        size, bands = (info["width"], info["height"]), info["components"]
+    if size != (cols, rows) or bands != spp:
+        raise ImageReadError(f"{path}: the compressed frame holds {size[0]}x{size[1]} px x {bands} sample(s) but the "
+                             f"header declares {cols}x{rows} px x {spp}; {BOMB_HINT}")
+
+
 def _dicom_header(path: Path, fp):
-    """``(header dataset without pixel data, first frame's pixel data bytes or None)``. Plain transfer syntaxes: the
-    header via ``stop_before_pixels`` (the pixels are decoded later, first frame only). Deflated: inflated on demand,
-    the header within :data:`DICOM_HEADER_SLACK`, then exactly one frame's bytes once the header passed the limit."""
-    import pydicom
+    """``(header dataset, the first frame's pixel data as the file holds it)``, parsed once: the header within
+    :data:`DICOM_HEADER_MAX` bytes and :data:`DICOM_MAX_ELEMENTS` elements (deflated: inflated on demand within the
+    same bound), checked against the pixel limit, then one frame's bytes: native, exactly one frame; encapsulated,
+    the first frame, no longer than an honest encoding and (JPEG family, RLE) declaring the header's size."""
+    from pydicom import uid
     from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate, generate_frames
     from pydicom.filereader import read_dataset, read_preamble
     from pydicom.pixels.utils import get_expected_length
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-    read_preamble(fp, False)
-    meta = FileMetaDataset(read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2))
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        fp.seek(0)
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        _check_dicom_size(path, ds)
-        return ds, None
-    stream = _Inflating(fp, path, DICOM_HEADER_SLACK)
-    ds = read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+    stream = _Bounded(fp, path, DICOM_HEADER_MAX)
+    read_preamble(stream, False)
+    meta = FileMetaDataset(read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2))
+    syntax = uid.UID(meta.get("TransferSyntaxUID") or uid.ImplicitVRLittleEndian)
+    if syntax.is_deflated:
+        stream = _Inflating(fp, path, DICOM_HEADER_MAX)
+    implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    ds = read_dataset(stream, implicit, little, stop_when=_counting_stop(path))
     ds.file_meta = meta
     _check_dicom_size(path, ds)
-    start = stream.tell()
-    head = stream.read(12)  # tag, VR, 2 reserved bytes, 32-bit length (OB/OW)
-    if len(head) < 12 or (int.from_bytes(head[:2], "little") << 16 | int.from_bytes(head[2:4], "little")) != 0x7FE00010:
-        raise ImageReadError(f"{path}: a deflated DICOM without (7FE0,0010) Pixel Data; nothing to read")
-    need = get_expected_length(_one_frame(ds), "bytes")
-    stream.limit = start + 12 + need
-    data = stream.read(need)
-    if len(data) < need:
-        raise ImageReadError(f"{path}: deflated pixel data ends after {len(data)} of the {need} bytes of one frame")
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated, the pixel data is native
-    return ds, data
+    order = "little" if little else "big"
+    head = stream.read(8)
+    tag = int.from_bytes(head[:2], order) << 16 | int.from_bytes(head[2:4], order) if len(head) == 8 else None
+    if tag not in _PIXEL_TAGS:
+        raise ImageReadError(f"{path}: a DICOM without (7FE0,0010) Pixel Data; nothing to read")
+    length = int.from_bytes(head[4:8] if implicit else stream.read(4), order)
+    frame_ds = _one_frame(ds)
+    need = get_expected_length(frame_ds, "bytes")
+    stream.what = f"the first frame runs past its header's {need} bytes"
+    if not syntax.is_encapsulated:
+        stream.limit = stream.tell() + need
+        data = stream.read(need)
+        if len(data) < need:
+            raise ImageReadError(f"{path}: pixel data ends after {len(data)} of the {need} bytes of one frame")
+        if syntax.is_deflated:
+            meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian  # inflated, the pixel data is native
+        return ds, tag, data
+    if length != 0xFFFFFFFF:
+        raise ImageReadError(f"{path}: compressed ({syntax.name}) pixel data of defined length; not encapsulated")
+    stream.limit = stream.tell() + 2 * need + 2**16  # no honest compressed frame (with its items) is bigger
+    stream.what = f"the first compressed frame runs past twice its header's {need} bytes, {BOMB_HINT}"
+    data = next(generate_frames(stream, number_of_frames=max(1, int(ds.get("NumberOfFrames") or 1))), b"")
+    if syntax == uid.RLELossless:
+        _rle_check(path, data, ds)
+    elif syntax in uid.JPEGTransferSyntaxes + uid.JPEGLSTransferSyntaxes + uid.JPEG2000TransferSyntaxes:
+        _jpeg_check(path, data, ds, syntax)
+    return ds, tag, encapsulate([data])
 
 
-def _dicom_pixels(path: Path, fp, ds, data: bytes | None) -> np.ndarray:
-    """The first frame, decoded (pydicom's decoders; only that frame's bytes are read)."""
+def _dicom_pixels(ds, tag: int, data: bytes) -> np.ndarray:
+    """The first frame, decoded by pydicom's decoders from its bytes alone (the file is not parsed again)."""
+    from pydicom.datadict import keyword_for_tag
     from pydicom.pixels import pixel_array
 
-    if data is None:
-        fp.seek(0)
-        return pixel_array(fp, index=0)
     frame = _one_frame(ds)
-    frame.file_meta, frame.PixelData = ds.file_meta, data
+    frame.file_meta = ds.file_meta
+    setattr(frame, keyword_for_tag(tag), data)
     return pixel_array(frame)
 
 
@@ -197,8 +303,8 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: reading DICOM needs pydicom (pip install 'bone-zoo[dicom]')") from exc
     try:
         with open(path, "rb") as fp:
-            ds, data = _dicom_header(path, fp)
-            arr = _dicom_pixels(path, fp, ds, data)
+            ds, tag, data = _dicom_header(path, fp)
+        arr = _dicom_pixels(ds, tag, data)
         return _dicom_to_unit(np.asarray(arr), ds)
     except ImageReadError:
         raise
@@ -218,17 +324,31 @@ def _declared_bits(img: Image.Image) -> int:
     return int(bits) if bits else 16 if img.format == "PNG" else 32
 
 
-def _pil_to_gray(img: Image.Image) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """``a`` (H, W) shrunk by ``f`` (a box filter, as Pillow's ``reduce``), as float32; no full-size float copy."""
+    h, w = a.shape[0] // f, a.shape[1] // f
+    return a[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _pil_to_gray(img: Image.Image, size: int | None = None) -> np.ndarray:
+    """Grayscale float32 in [0, 1]. With ``size`` (the target of :func:`load_resized`), an image over 4x it is first
+    shrunk by a whole factor to about 2x it (Pillow's ``reduce``, a box filter), before any float conversion."""
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy when nothing is to be turned
+    factor = max(1, max(img.size) // (2 * size)) if size else 1
     if img.mode == "F":  # floating point: taken as intensities in [0, 1]
-        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        a = np.asarray(img, dtype=np.float32)
+        return np.clip(_block_mean(a, factor) if factor > 1 else a, 0.0, 1.0)
     if img.mode.startswith("I"):  # 16/32-bit: by the declared depth, so 12-bit data in a 16-bit file stays dark
-        return _unit(np.asarray(img), 0.0, 2.0 ** _declared_bits(img) - 1)
+        a = np.asarray(img)
+        return _unit(_block_mean(a, factor) if factor > 1 else a, 0.0, 2.0 ** _declared_bits(img) - 1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(bg, img)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    img = img.convert("L")
+    if factor > 1:
+        img = img.reduce(factor)
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 class _TruncationGate:
@@ -273,8 +393,10 @@ class _TruncationGate:
 _GATE = _TruncationGate()
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, bool]:
+def decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray, bool]:
     """``(float32 image in [0, 1] of shape (H, W), was_truncated)``; undecodable files raise :class:`ImageReadError`.
+    With ``size``, a large image comes back shrunk to about twice ``size`` (JPEG decoded at that scale already);
+    DICOM is always read at full size.
 
     Thread-safe and silent (no warnings module state touched), for the parallel decoder of the image cache.
     """
@@ -284,8 +406,10 @@ def decode(path: str | Path) -> tuple[np.ndarray, bool]:
     try:
         with _GATE.strict(), Image.open(path) as img:
             _check_size(path, *img.size)  # from the header: nothing decoded yet
+            if size and img.format == "JPEG":
+                img.draft(img.mode, (2 * size, 2 * size))  # libjpeg's DCT scaling: never the full size in memory
             img.load()
-            return _pil_to_gray(img), False
+            return _pil_to_gray(img, size), False
     except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError) as exc:
         raise ImageReadError(f"{path}: not an image ({type(exc).__name__})") from exc
     except ImageReadError:
@@ -298,7 +422,7 @@ def decode(path: str | Path) -> tuple[np.ndarray, bool]:
     try:  # truncated: read what is there
         with _GATE.permissive(), Image.open(path) as img:
             img.load()
-            return _pil_to_gray(img), True
+            return _pil_to_gray(img, size), True
     except Exception as exc:
         raise ImageReadError(f"{path}: truncated beyond repair ({exc})") from exc
 
@@ -327,5 +451,5 @@ def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
 
 def load_resized(path: str | Path, size: int) -> tuple[np.ndarray, bool]:
     """``(resize_pad(image, size), was_truncated)`` for one file (see :func:`decode`)."""
-    img, truncated = decode(path)
+    img, truncated = decode(path, size)
     return resize_pad(img, size), truncated
