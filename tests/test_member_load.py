@@ -139,6 +139,7 @@ def _forbid_allocation(monkeypatch) -> None:
                                     r"the weights hold 512x8 -> 8x1"),
     ({"head_hidden": [8, 8]}, r"asks for head widths \[8, 8, 1\]"),
     ({"img_size": 10 ** 6}, r"img_size = 1000000 is not an integer"),
+    ({"img_size": 2048}, r"img_size = 2048 is not an integer in \[8, 1024\]"),  # 16x the CAM work of 512 px
     ({"head_hidden": list(range(1, 40))}, r"at most 4 widths"),
 ])
 def test_config_sizes_that_are_not_the_weights_are_refused_before_building(values, says, tmp_path, monkeypatch):
