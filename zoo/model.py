@@ -139,8 +139,13 @@ class BoneClassifier(
         if os.path.isdir(model_id):
             folder = Path(model_id)
         else:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import HfApi, constants, snapshot_download
 
+            if not (local_files_only or constants.HF_HUB_OFFLINE):  # sizes listed first: nothing over its bound
+                from zoo.hub import check_sizes, repo_listing
+
+                check_sizes(repo_listing(HfApi(token=token), model_id, revision, model_id), ["config.json", WEIGHTS],
+                            model_id)
             folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
                                             force_download=force_download, local_files_only=local_files_only,
                                             allow_patterns=["config.json", WEIGHTS]))
