@@ -231,8 +231,54 @@ def test_pushed_pseudonyms_are_stable_per_run_and_unlinkable_without_the_salt(ru
     other, _ = pushed_files(b)
     rel = f"{TINY[0]}/val_predictions.csv"
     assert first[rel] == again[rel]  # the same run pushes the same pseudonyms
-    ids = lambda data: [i.split("-", 1)[1] for i in pd_ids(data)]  # noqa: E731
-    assert not set(ids(first[rel])) & set(ids(other[rel]))  # another salt: no hash in common
+    assert not set(pd_ids(first[rel])) & set(pd_ids(other[rel]))  # another salt: no hash in common
+
+
+def test_a_pseudonym_is_the_salted_hash_of_its_id_alone():
+    """No rank among the run's ids (which leaked their order): a study's pseudonym is the same whatever else the run
+    holds, and the pseudonyms' order is not the ids' order."""
+    import re
+
+    from zoo.hub import pseudonyms
+
+    ids = [f"patient{i:05d}" for i in range(200)]
+    names = pseudonyms(ids, b"s" * 32)
+    assert pseudonyms(["patient00007"], b"s" * 32)["patient00007"] == names["patient00007"]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", v) for v in names.values())
+    assert sorted(names, key=names.get) != sorted(ids)
+
+
+def test_ensemble_fitting_does_not_depend_on_how_studies_are_named(tmp_path):
+    """The validation rows the combiners and calibrations fit on come in the same order with real ids and with
+    pushed pseudonyms, so the fitted ensemble gives the same scores."""
+    import numpy as np
+    import pandas as pd
+
+    from zoo.ensemble import Ensemble
+    from zoo.members import Member
+
+    rng = np.random.default_rng(0)
+    ids = [f"patient{i:05d}" for i in range(60)]
+    labels = rng.integers(0, 2, len(ids))
+    names = {i: hashlib.sha256(i.encode()).hexdigest()[:16] for i in ids}  # hashed: another order than the ids'
+    runs = {}
+    for kind in ("real", "hashed"):
+        members = []
+        for k, name in enumerate(("a", "b")):
+            folder = BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / kind / name)
+            probs = np.clip(labels * 0.3 + np.random.default_rng(k).random(len(ids)) * 0.7, 0, 1)
+            df = pd.DataFrame({"id": ids, "label": labels, "prob": probs})
+            if kind == "hashed":
+                df = df.assign(id=df["id"].map(names))
+            df.to_csv(folder / "val_predictions.csv", index=False)
+            members.append(Member(name, folder))
+        runs[kind] = Ensemble(members, "auto")
+    real, hashed = (runs[k].validation_studies().drop(columns="id") for k in ("real", "hashed"))
+    pd.testing.assert_frame_equal(real, hashed)
+    study = pd.DataFrame({"a": [0.2, 0.7, 0.55], "b": [0.3, 0.8, 0.4]})
+    np.testing.assert_allclose(runs["real"].calibrate(study.assign(ensemble=runs["real"].combine(study)))
+                               .studies["ensemble"], runs["hashed"].calibrate(
+                                   study.assign(ensemble=runs["hashed"].combine(study))).studies["ensemble"])
 
 
 def pd_ids(data: bytes) -> list[str]:

@@ -215,13 +215,11 @@ def ensure_study_id_salt(run_dir: str | Path) -> Path:
 
 
 def pseudonyms(ids, salt: bytes) -> dict[str, str]:
-    """Study id -> ``NNNNNN-<salted hash>``: the rank among the run's ids (so anything that sorts or merges by id gives
-    the same answer as on the real ids) and 12 hex digits of HMAC-SHA256(salt, id). Without the salt, which never
-    leaves the machine, a pseudonym cannot be tied to a study id."""
-    uniq = sorted({str(i) for i in ids})
-    width = max(6, len(str(len(uniq))))
-    return {sid: f"{k:0{width}d}-{hmac.new(salt, sid.encode(), hashlib.sha256).hexdigest()[:12]}"
-            for k, sid in enumerate(uniq)}
+    """Study id -> 16 hex digits of HMAC-SHA256(salt, id), a function of that id alone (no rank: nothing of the ids'
+    order leaks). Without the salt, which never leaves the machine, a pseudonym cannot be tied to a study id; the
+    ensemble fits on validation rows in an order that does not depend on the ids (zoo.ensemble._content_order), so
+    pushed predictions give the same answers as local ones."""
+    return {sid: hmac.new(salt, sid.encode(), hashlib.sha256).hexdigest()[:16] for sid in sorted({str(i) for i in ids})}
 
 
 def plan_push(run_dir: str | Path, repo_id: str, include_study_ids: bool = False) -> PushPlan:
