@@ -205,12 +205,15 @@ def test_push_is_private_by_default_names_no_patient_and_rewrites_nothing(run, t
         assert not any(sid in text for sid in ids if len(sid) > 3), rel
     pushed_cfg = json.loads(files[f"{TINY[0]}/config.json"])
     assert pushed_cfg["training"]["pretrained_weights"] == secret_weights.name
-    for n in TINY:  # pseudonyms, one per study, the same across members, and sorted like the ids they replace
+    from zoo.hub import pseudonyms
+
+    names = pseudonyms(ids, bytes.fromhex("ab" * 32))
+    for n in TINY:  # pseudonyms, one per study, the same across members: the salted hash of each id (no rank)
         local = pd.read_csv(run_dir / n / "val_predictions.csv", dtype={"id": str})
         pushed = pd.read_csv(io.BytesIO(files[f"{n}/val_predictions.csv"]), dtype={"id": str})
         assert len(pushed) == len(local) and pushed["id"].is_unique
         assert (pushed.drop(columns="id") == local.drop(columns="id")).all().all()
-        assert list(pushed["id"].argsort()) == list(local["id"].argsort())
+        assert list(pushed["id"]) == [names[i] for i in local["id"]]
     assert _tree(run_dir) == before  # push only reads the run folder
     api = RecordingHfApi()
     push_run(run_dir, REPO, api=api, private=False, include_study_ids=True, say=notes.append)
