@@ -30,7 +30,8 @@ from zoo.metrics import is_abnormal
 MAX_FILE_MB = 25  # per upload; Gradio refuses a bigger one while it streams in (launch(max_file_size=...))
 MAX_FILES = 8  # per request: a study has 1-4 views
 MAX_ENSEMBLES = 8  # fitted ensembles kept (least recently used evicted), one per member set and combiner
-DELETE_CACHE = (1800, 3600)  # Gradio's upload/result cache: every 30 min, delete its files older than 1 h
+MAX_CAM_PIXELS = 64 * 512**2  # per request, files x sum of members' img_size^2: 8 views x 8 members at 512 px
+DELETE_CACHE = (600, 900)  # Gradio's upload/result cache (radiographs): every 10 min, delete files older than 15 min
 EXAMPLES_DIR = Path("data/synthetic")
 
 
@@ -180,6 +181,11 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         ens = pool.ensemble(list(members), combiner)
     except KeyError as exc:
         raise AnalysisError(str(exc.args[0])) from None
+    pixels = len(paths) * sum(m.img_size ** 2 for m in ens.members)
+    if pixels > MAX_CAM_PIXELS:
+        raise AnalysisError(f"{len(paths)} image(s) x {len(ens.members)} member(s) at their sizes is "
+                            f"{pixels / 1e6:.0f} M pixels of Grad-CAM; the limit is {MAX_CAM_PIXELS / 1e6:.0f} M per "
+                            "analysis. Pick fewer members or upload fewer images.")
     ex = explain_study(ens, paths, method)  # one batched CAM pass per member: its maps and its probabilities
     if not ex.readable:
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
@@ -216,7 +222,9 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
                     for m in ens.members],
     })
     spread = float(member_probs.max() - member_probs.min())
-    return Analysis(prob, thr, rows, panels, spread, [f"{Path(p).name}: {e}" for p, e in ex.errors.items()],
+    return Analysis(prob, thr, rows, panels, spread,  # the file's name only, never the server's temp path
+                    [f"{Path(p).name}: {e.split(': ', 1)[-1].replace(p, Path(p).name)}"
+                     for p, e in ex.errors.items()],
                     raw, verdict, triage, note, warning, cal.certified)
 
 

@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, scan_cache_dir, snapshot_download
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from zoo.hub import SALT_FILE, PushError, download_members, push_run
+from zoo.members import WEIGHTS
 from zoo.model import BoneClassifier
 
 REPO = "bone-zoo-tests/tiny-zoo"
@@ -204,12 +205,15 @@ def test_push_is_private_by_default_names_no_patient_and_rewrites_nothing(run, t
         assert not any(sid in text for sid in ids if len(sid) > 3), rel
     pushed_cfg = json.loads(files[f"{TINY[0]}/config.json"])
     assert pushed_cfg["training"]["pretrained_weights"] == secret_weights.name
-    for n in TINY:  # pseudonyms, one per study, the same across members, and sorted like the ids they replace
+    from zoo.hub import pseudonyms
+
+    names = pseudonyms(ids, bytes.fromhex("ab" * 32))
+    for n in TINY:  # pseudonyms, one per study, the same across members: the salted hash of each id (no rank)
         local = pd.read_csv(run_dir / n / "val_predictions.csv", dtype={"id": str})
         pushed = pd.read_csv(io.BytesIO(files[f"{n}/val_predictions.csv"]), dtype={"id": str})
         assert len(pushed) == len(local) and pushed["id"].is_unique
         assert (pushed.drop(columns="id") == local.drop(columns="id")).all().all()
-        assert list(pushed["id"].argsort()) == list(local["id"].argsort())
+        assert list(pushed["id"]) == [names[i] for i in local["id"]]
     assert _tree(run_dir) == before  # push only reads the run folder
     api = RecordingHfApi()
     push_run(run_dir, REPO, api=api, private=False, include_study_ids=True, say=notes.append)
@@ -230,8 +234,54 @@ def test_pushed_pseudonyms_are_stable_per_run_and_unlinkable_without_the_salt(ru
     other, _ = pushed_files(b)
     rel = f"{TINY[0]}/val_predictions.csv"
     assert first[rel] == again[rel]  # the same run pushes the same pseudonyms
-    ids = lambda data: [i.split("-", 1)[1] for i in pd_ids(data)]  # noqa: E731
-    assert not set(ids(first[rel])) & set(ids(other[rel]))  # another salt: no hash in common
+    assert not set(pd_ids(first[rel])) & set(pd_ids(other[rel]))  # another salt: no hash in common
+
+
+def test_a_pseudonym_is_the_salted_hash_of_its_id_alone():
+    """No rank among the run's ids (which leaked their order): a study's pseudonym is the same whatever else the run
+    holds, and the pseudonyms' order is not the ids' order."""
+    import re
+
+    from zoo.hub import pseudonyms
+
+    ids = [f"patient{i:05d}" for i in range(200)]
+    names = pseudonyms(ids, b"s" * 32)
+    assert pseudonyms(["patient00007"], b"s" * 32)["patient00007"] == names["patient00007"]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", v) for v in names.values())
+    assert sorted(names, key=names.get) != sorted(ids)
+
+
+def test_ensemble_fitting_does_not_depend_on_how_studies_are_named(tmp_path):
+    """The validation rows the combiners and calibrations fit on come in the same order with real ids and with
+    pushed pseudonyms, so the fitted ensemble gives the same scores."""
+    import numpy as np
+    import pandas as pd
+
+    from zoo.ensemble import Ensemble
+    from zoo.members import Member
+
+    rng = np.random.default_rng(0)
+    ids = [f"patient{i:05d}" for i in range(60)]
+    labels = rng.integers(0, 2, len(ids))
+    names = {i: hashlib.sha256(i.encode()).hexdigest()[:16] for i in ids}  # hashed: another order than the ids'
+    runs = {}
+    for kind in ("real", "hashed"):
+        members = []
+        for k, name in enumerate(("a", "b")):
+            folder = BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / kind / name)
+            probs = np.clip(labels * 0.3 + np.random.default_rng(k).random(len(ids)) * 0.7, 0, 1)
+            df = pd.DataFrame({"id": ids, "label": labels, "prob": probs})
+            if kind == "hashed":
+                df = df.assign(id=df["id"].map(names))
+            df.to_csv(folder / "val_predictions.csv", index=False)
+            members.append(Member(name, folder))
+        runs[kind] = Ensemble(members, "auto")
+    real, hashed = (runs[k].validation_studies().drop(columns="id") for k in ("real", "hashed"))
+    pd.testing.assert_frame_equal(real, hashed)
+    study = pd.DataFrame({"a": [0.2, 0.7, 0.55], "b": [0.3, 0.8, 0.4]})
+    np.testing.assert_allclose(runs["real"].calibrate(study.assign(ensemble=runs["real"].combine(study)))
+                               .studies["ensemble"], runs["hashed"].calibrate(
+                                   study.assign(ensemble=runs["hashed"].combine(study))).studies["ensemble"])
 
 
 def pd_ids(data: bytes) -> list[str]:
@@ -271,11 +321,25 @@ def test_model_cards_parse_and_their_metadata_validates(hub_cache):
 class ListingHfApi:
     """Test double of HfApi for a repo held in a local folder: lists its files."""
 
-    def __init__(self, repo: Path):
-        self.repo = repo
+    def __init__(self, repo: Path, sizes: dict | None = None, extra: dict | None = None):
+        self.repo, self.sizes, self.extra = repo, sizes if sizes is not None else {}, extra if extra is not None else {}
 
     def list_repo_files(self, repo_id, revision=None, repo_type=None):
         return sorted(p.relative_to(self.repo).as_posix() for p in self.repo.rglob("*") if p.is_file())
+
+    def list_repo_tree(self, repo_id, revision=None, repo_type=None, recursive=False, **kw):
+        """As HfApi's: RepoFile-like entries (path, size) and folders (size None); ``sizes`` overrides what a file
+        claims, ``extra`` adds listed names that are no file here."""
+        Entry = type("Entry", (), {})  # noqa: N806
+        for p in sorted(self.repo.rglob("*")):
+            e = Entry()
+            e.path = p.relative_to(self.repo).as_posix()
+            e.size = self.sizes.get(e.path, p.stat().st_size) if p.is_file() else None
+            yield e
+        for path, size in self.extra.items():
+            e = Entry()
+            e.path, e.size = path, size
+            yield e
 
 
 @pytest.fixture
@@ -308,8 +372,9 @@ def hostile_repo(tmp_path, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("zoo.hub.snapshot_download", fake_snapshot_download)
-    monkeypatch.setattr("zoo.hub.HfApi", lambda token=None: ListingHfApi(repo))
-    return {"repo": repo, "downloaded": downloaded}
+    sizes, extra = {}, {}  # what the listing claims beyond the files (set by a test)
+    monkeypatch.setattr("zoo.hub.HfApi", lambda token=None: ListingHfApi(repo, sizes, extra))
+    return {"repo": repo, "downloaded": downloaded, "sizes": sizes, "extra": extra}
 
 
 def test_a_repo_without_a_member_folder_is_listed_and_only_member_files_are_downloaded(hostile_repo):
@@ -333,3 +398,47 @@ def test_a_repo_without_members_downloads_nothing(hostile_repo):
     with pytest.raises(MemberError, match="holds no bone-zoo member"):
         download_members("org/run/junk")
     assert hostile_repo["downloaded"] == []
+
+
+@pytest.mark.parametrize("path, size, says", [
+    ("m1/model.safetensors", 3 * 2**30, r"m1/model.safetensors is 3072 MB, over the 2048 MB"),
+    ("m2/val_predictions.csv", 60 * 2**20, r"m2/val_predictions.csv is 60 MB, over the 50 MB"),
+    ("m2/config.json", 51 * 2**20, r"m2/config.json is 51 MB, over the 50 MB"),
+])
+def test_a_member_file_over_its_size_bound_is_refused_before_any_download(hostile_repo, path, size, says):
+    from zoo.members import MemberError
+
+    if not (hostile_repo["repo"] / path).exists():  # listed, as on the Hub, though the double holds no such file
+        hostile_repo["extra"][path] = size
+    hostile_repo["sizes"][path] = size
+    with pytest.raises(MemberError, match=says):
+        download_members("org/run")
+    assert hostile_repo["downloaded"] == []
+
+
+def test_a_huge_file_outside_the_members_is_not_refused_nor_downloaded(hostile_repo):
+    hostile_repo["sizes"]["junk/huge.bin"] = 100 * 2**30
+    assert [f.name for f in download_members("org/run")] == ["m1", "m2"]
+    assert not any(f.startswith("junk/") for f in hostile_repo["downloaded"])
+
+
+@pytest.mark.parametrize("name", ["../outside/model.safetensors", "/etc/passwd", "m1/../../x.json", "C:/x/config.json"])
+def test_a_repo_naming_a_path_outside_itself_is_refused(hostile_repo, name):
+    from zoo.members import MemberError
+
+    hostile_repo["extra"][name] = 10
+    with pytest.raises(MemberError, match="a path outside the repo; nothing downloaded"):
+        download_members("org/run")
+    assert hostile_repo["downloaded"] == []
+
+
+def test_from_pretrained_of_a_hub_id_lists_sizes_first(hostile_repo, monkeypatch):
+    import zoo.model
+    from zoo.members import MemberError
+
+    repo = hostile_repo["repo"] / "m2"
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: ListingHfApi(repo, {WEIGHTS: 3 * 2**30}))
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **k: pytest.fail("downloaded past the bound"))
+    with pytest.raises(MemberError, match="model.safetensors is 3072 MB"):  # the mixin's from_pretrained ends here
+        zoo.model.BoneClassifier._from_pretrained(model_id="org/one-member", revision=None, cache_dir=None,
+                                                  force_download=False, local_files_only=False, token=None)

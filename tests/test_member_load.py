@@ -134,12 +134,13 @@ def _forbid_allocation(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("values, says", [
-    ({"head_hidden": [200000, 20000]}, r"head_hidden = 200000 is not an integer in \[1, 16384\]"),  # ~16 GB
+    ({"head_hidden": [200000, 20000]}, r"head_hidden = 200000 is not an integer in \[1, 8192\]"),  # ~16 GB
     ({"head_hidden": [4096, 4096]}, r"head_hidden \[4096, 4096\] asks for head widths \[4096, 4096, 1\], "
                                     r"the weights hold 512x8 -> 8x1"),
     ({"head_hidden": [8, 8]}, r"asks for head widths \[8, 8, 1\]"),
     ({"img_size": 10 ** 6}, r"img_size = 1000000 is not an integer"),
-    ({"head_hidden": list(range(1, 40))}, r"at most 8 widths"),
+    ({"img_size": 2048}, r"img_size = 2048 is not an integer in \[8, 1024\]"),  # 16x the CAM work of 512 px
+    ({"head_hidden": list(range(1, 40))}, r"at most 4 widths"),
 ])
 def test_config_sizes_that_are_not_the_weights_are_refused_before_building(values, says, tmp_path, monkeypatch):
     member = _save(tmp_path / "m")
@@ -198,3 +199,70 @@ def test_a_local_member_without_a_weights_hash_loads_with_a_loud_warning(tmp_pat
     message = str(caught[0].message)
     assert str(member) in message and "save_member" in message and "UNCHECKED" in message
     assert model.weights_sha256 is not None
+
+
+# -- a header that claims shapes its file does not hold (issue 19, review) -------------------------------------------
+def _header_bomb(folder: Path, head_hidden: list[int]) -> Path:
+    """What an attacker writes: a real resnet10t member's config.json with a wide head, and a model.safetensors
+    whose header copies the shapes that config builds but whose offsets are all [0, 0] (a few KB on disk); the hash
+    in config.json is the file's, so every check that trusts the header passes."""
+    member = _save(folder)
+    with torch.device("meta"):
+        shapes = BoneClassifier("resnet10t", img_size=32, head_hidden=head_hidden).state_dict()
+    dtypes = {torch.float32: "F32", torch.int64: "I64"}
+    header = json.dumps({k: {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [0, 0]}
+                         for k, t in shapes.items()}).encode()
+    data = len(header).to_bytes(8, "little") + header
+    (member / "model.safetensors").write_bytes(data)
+    _edit_config(member, head_hidden=head_hidden, weights_sha256=hashlib.sha256(data).hexdigest())
+    return member
+
+
+def test_a_header_whose_shapes_its_file_does_not_hold_is_refused_before_building(tmp_path, monkeypatch):
+    member = _header_bomb(tmp_path / "bomb", [8192] * 4)  # ~1 GB of head if built, from a ~12 KB file
+    assert (member / "model.safetensors").stat().st_size < 20_000
+    _forbid_allocation(monkeypatch)
+    with pytest.raises(MemberError, match=r"damaged .*needs \d+ bytes, its offsets \[0, 0\] hold 0"):
+        BoneClassifier.load(member)
+    with pytest.raises(MemberError, match="damaged"):
+        load_model(member)
+
+
+def test_the_reviewers_header_bomb_is_refused_with_a_small_peak(tmp_path):
+    """The reported case (head_hidden [16384] x 8: 7.6 GB before) and one within the width bounds (~1 GB before), each
+    loaded in a fresh process: refused with a message, peak RSS that of loading an intact tiny member."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\nfrom zoo.members import MemberError, load_model\n"
+            "try:\n    load_model(sys.argv[1]); print('LOADED')\n"
+            "except MemberError as exc:\n    print('REFUSED', exc)\n"
+            "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    launch = "import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', *sys.argv[1:]]).returncode)"
+    def peak(member: Path) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", launch, code, str(member)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONPATH": str(Path(zoo.model.__file__).parents[1])})
+        assert "RSS_MB" in out.stdout, out.stdout + out.stderr
+        return out.stdout, float(out.stdout.split("RSS_MB")[1])
+
+    said, base = peak(_save(tmp_path / "intact"))  # importing torch and timm, building and loading a tiny member
+    assert "LOADED" in said, said
+    for name, hidden in (("reported", [16384] * 8), ("wide", [8192] * 4)):
+        said, rss = peak(_header_bomb(tmp_path / name, hidden))
+        assert "REFUSED" in said and "damaged" in said and "needs" in said, said
+        assert rss < base + 100, f"{name}: peak RSS {rss:.0f} MB, an intact tiny member {base:.0f} MB"  # head: 1-7.6 GB
+
+
+def test_a_torchvision_member_is_compared_with_its_weights_too(tmp_path):
+    """torchvision's builders cannot run on the meta device; their members are still compared tensor by tensor with
+    the header (then built for real, within the bounded sizes) and a mismatch is refused by name, never skipped."""
+    from safetensors.torch import load_file, save_file
+
+    member = BoneClassifier("regnet_x_800mf", img_size=32, head_hidden=[8]).save_member(tmp_path / "tv")
+    state = load_file(member / "model.safetensors")
+    name = next(k for k in state if k.startswith("backbone.") and state[k].dim() == 4)
+    state[name] = state[name].reshape(state[name].shape[0], -1, 1, 1).contiguous()  # same bytes, another shape
+    save_file(state, member / "model.safetensors")
+    _edit_config(member, weights_sha256=hashlib.sha256((member / "model.safetensors").read_bytes()).hexdigest())
+    with pytest.raises(ShapeMismatch, match=rf"{name}: the config builds"):
+        BoneClassifier.load(member)

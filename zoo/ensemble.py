@@ -57,7 +57,7 @@ class Group:
                 f = f.assign(prob=m.calibrator(f["prob"].to_numpy(dtype=float)))
             frames.append(f[["id", "label", "prob"]])
         df = pd.concat(frames, ignore_index=True)
-        return df.groupby("id", sort=True).agg({"label": "first", "prob": "mean"}).reset_index()
+        return _content_order(df.groupby("id", sort=True).agg({"label": "first", "prob": "mean"}).reset_index())
 
     @functools.cached_property
     def val_auc(self) -> float:
@@ -72,6 +72,14 @@ class Group:
     @property
     def threshold(self) -> float:
         return float(np.mean([m.threshold for m in self.members]))
+
+
+def _content_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Validation rows in an order that does not depend on how studies are named (real ids or the salted pseudonyms
+    a push writes): by label, then the scores; the id breaks only ties between rows of equal content, whose order no
+    fit can tell apart. The combiners, calibrations and triage fitted on them are the same either way."""
+    keys = ["label", *[c for c in df.columns if c not in ("id", "label")], "id"]
+    return df.sort_values(keys, kind="stable", ignore_index=True)
 
 
 def _read_predictions(path: Path) -> pd.DataFrame | None:
@@ -224,7 +232,7 @@ class Ensemble:
         df = frames[0][["id", "label"]].copy()
         for g, f in zip(self.groups, frames):
             df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
-        return df if len(df) else None
+        return _content_order(df) if len(df) else None
 
     def calibration_studies(self) -> pd.DataFrame | None:
         """The calibration split as :meth:`validation_studies` (calibrated members): ``id, label`` and one column per
@@ -236,7 +244,7 @@ class Ensemble:
         df = frames[0][["id", "label"]].copy()
         for g, f in zip(self.groups, frames):
             df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
-        return df if len(df) else None
+        return _content_order(df) if len(df) else None
 
     def calibrate(self, studies: pd.DataFrame, triage: float | None = None, threshold: float | None = None,
                   use_calibration_split: bool = True) -> Calibrated:

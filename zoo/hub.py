@@ -11,7 +11,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 from huggingface_hub import HfApi, snapshot_download
@@ -20,7 +20,17 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 from zoo import leaderboard
 from zoo.atomic import write_text
 from zoo.card import member_card, run_card
-from zoo.members import MEMBER_FILES, TRAINING_FILES, MemberError, member_subfolders, members_in, read_member_config
+from zoo.members import (
+    MAX_SMALL_FILE_BYTES,
+    MAX_WEIGHTS_BYTES,
+    MEMBER_FILES,
+    TRAINING_FILES,
+    WEIGHTS,
+    MemberError,
+    member_subfolders,
+    members_in,
+    read_member_config,
+)
 
 RUN_FILES = ["README.md", "leaderboard.csv", "leaderboard.md", "roc.png"]
 PREDICTION_FILES = ("val_predictions.csv", "calibration_predictions.csv")  # study ids: pseudonymised when pushed
@@ -43,8 +53,12 @@ def download_members(spec: str, revision: str | None = None, cache_dir: str | Pa
 
     The repo is listed first and only member files are fetched: the member file set (``MEMBER_FILES`` +
     ``TRAINING_FILES``) of the folder named (``ORG/NAME/sub``, or the repo root) when it is a member, else of each
-    folder directly inside it that holds model.safetensors and config.json. Nothing else the repo holds is downloaded.
+    folder directly inside it that holds model.safetensors and config.json. Nothing else the repo holds is downloaded,
+    and nothing is downloaded when a chosen file is over its size bound (:func:`check_sizes`) or the repo names a
+    path outside itself.
     """
+    import glob
+
     from huggingface_hub import constants
 
     repo_id, sub = split_repo(spec)
@@ -52,12 +66,17 @@ def download_members(spec: str, revision: str | None = None, cache_dir: str | Pa
         files = None
         if not constants.HF_HUB_OFFLINE:
             try:
-                files = (api or HfApi(token=token)).list_repo_files(repo_id, revision=revision, repo_type="model")
+                files = repo_listing(api or HfApi(token=token), repo_id, revision, spec)
             except (RepositoryNotFoundError, RevisionNotFoundError):
                 raise
             except _UNREACHABLE:  # offline, Hub down, private without a token: the cache may still hold it
                 files = None
-        patterns = _member_files(files, sub) if files is not None else _member_patterns(sub)
+        if files is not None:
+            chosen = _member_files(list(files), sub)
+            check_sizes(files, chosen, spec)
+            patterns = [glob.escape(f) for f in chosen]  # allow_patterns are fnmatch patterns
+        else:
+            patterns = _member_patterns(sub)
         if not patterns:
             raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)"
                               f"{' under ' + sub if sub else ''}; nothing downloaded")
@@ -86,10 +105,7 @@ except ImportError:  # older ones talk requests, whose errors are OSErrors
 
 def _member_files(files: list[str], sub: str) -> list[str]:
     """The paths to download from a repo listing: the member file set of ``sub`` (the root if "") when it is a
-    member, else of each member folder directly inside it (what :func:`zoo.members.members_in` then finds); escaped,
-    as allow_patterns are fnmatch patterns."""
-    import glob
-
+    member, else of each member folder directly inside it (what :func:`zoo.members.members_in` then finds)."""
     present = set(files)
     prefix = f"{sub}/" if sub else ""
 
@@ -102,7 +118,37 @@ def _member_files(files: list[str], sub: str) -> list[str]:
         dirs = sorted({f[: -len("model.safetensors")] for f in present if f.startswith(prefix)
                        and f.endswith("/model.safetensors") and f[len(prefix):].count("/") == 1})
         dirs = [d for d in dirs if is_member(d)]
-    return [glob.escape(f"{d}{name}") for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
+    return [f"{d}{name}" for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
+
+
+def repo_listing(api: HfApi, repo_id: str, revision: str | None, spec: str) -> dict[str, int]:
+    """Path -> size in bytes of every file of a Hub repo (one listing, before anything is downloaded); a repo that
+    names a path outside itself (``..``, absolute) is a :class:`MemberError`."""
+    out: dict[str, int] = {}
+    for entry in api.list_repo_tree(repo_id, revision=revision, repo_type="model", recursive=True):
+        if getattr(entry, "size", None) is None:  # a folder
+            continue
+        path = str(entry.path)
+        if path.startswith(("/", "\\")) or "\\" in path or ".." in PurePosixPath(path).parts \
+                or PureWindowsPath(path).drive:
+            raise MemberError(f"hf://{spec}: the repo lists the file {path!r}, a path outside the repo; nothing "
+                              "downloaded. It was not written by bone-zoo push")
+        out[path] = int(entry.size)
+    return out
+
+
+def size_limit(path: str) -> int:
+    """The most bytes a member file may have when downloaded (the bounds zoo.members reads with)."""
+    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] == WEIGHTS else MAX_SMALL_FILE_BYTES
+
+
+def check_sizes(sizes: dict[str, int], paths: list[str], spec: str) -> None:
+    """Refuse, before anything is downloaded, a chosen file over its bound (:func:`size_limit`)."""
+    over = [(p, sizes[p]) for p in paths if p in sizes and sizes[p] > size_limit(p)]
+    if over:
+        p, n = over[0]
+        raise MemberError(f"hf://{spec}: {p} is {n / 2**20:.0f} MB, over the {size_limit(p) / 2**20:.0f} MB a "
+                          f"bone-zoo member file may hold ({len(over)} file(s) over their bound); nothing downloaded")
 
 
 def _member_patterns(sub: str) -> list[str]:
@@ -169,13 +215,11 @@ def ensure_study_id_salt(run_dir: str | Path) -> Path:
 
 
 def pseudonyms(ids, salt: bytes) -> dict[str, str]:
-    """Study id -> ``NNNNNN-<salted hash>``: the rank among the run's ids (so anything that sorts or merges by id gives
-    the same answer as on the real ids) and 12 hex digits of HMAC-SHA256(salt, id). Without the salt, which never
-    leaves the machine, a pseudonym cannot be tied to a study id."""
-    uniq = sorted({str(i) for i in ids})
-    width = max(6, len(str(len(uniq))))
-    return {sid: f"{k:0{width}d}-{hmac.new(salt, sid.encode(), hashlib.sha256).hexdigest()[:12]}"
-            for k, sid in enumerate(uniq)}
+    """Study id -> 16 hex digits of HMAC-SHA256(salt, id), a function of that id alone (no rank: nothing of the ids'
+    order leaks). Without the salt, which never leaves the machine, a pseudonym cannot be tied to a study id; the
+    ensemble fits on validation rows in an order that does not depend on the ids (zoo.ensemble._content_order), so
+    pushed predictions give the same answers as local ones."""
+    return {sid: hmac.new(salt, sid.encode(), hashlib.sha256).hexdigest()[:16] for sid in sorted({str(i) for i in ids})}
 
 
 def plan_push(run_dir: str | Path, repo_id: str, include_study_ids: bool = False) -> PushPlan:

@@ -31,10 +31,15 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_HASH = "weights_sha256"  # config.json's SHA-256 of model.safetensors, written by BoneClassifier.save_member
 RETRIES = 8  # a verified read retried while a writer is between its renames (milliseconds), then refused
 # Bounds on what a config.json may ask to allocate, whatever its weights say (a downloaded config is untrusted)
-MAX_IMG_SIZE = 4096
-MAX_HEAD_LAYERS = 8
-MAX_HEAD_WIDTH = 16384
+MAX_IMG_SIZE = 1024  # the method's 512 px with a 2x margin: a bigger one costs each demo request 4x the CAM work
+MAX_HEAD_LAYERS = 4  # the recipes' head is 1024-512 (2 layers)
+MAX_HEAD_WIDTH = 8192  # 8x the recipes' widest layer
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on its JSON header
+MAX_WEIGHTS_BYTES = 2 * 2**30  # model.safetensors read (or downloaded); the zoo's largest backbone is ~0.1 GB
+MAX_SMALL_FILE_BYTES = 50 * 2**20  # config.json, cards, CSVs, metrics
+# bytes per element of each safetensors dtype (the format's table), to check every header entry against its offsets
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 class MemberError(ValueError):
@@ -55,6 +60,7 @@ def read_member_config(folder: str | Path) -> dict[str, Any]:
     :class:`MemberError` that names it."""
     f = Path(folder) / "config.json"
     try:
+        _check_size(f, MAX_SMALL_FILE_BYTES)
         cfg = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise MemberError(f"{f}: missing; a member folder holds model.safetensors + config.json") from exc
@@ -63,6 +69,14 @@ def read_member_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("backbone"), str):
         raise MemberError(f"{f}: not a bone-zoo member config (no \"backbone\"); copy or download it again")
     return cfg
+
+
+def _check_size(f: Path, limit: int) -> None:
+    """Refuse a member file bigger than ``limit`` before it is read (a missing one: FileNotFoundError)."""
+    size = f.stat().st_size
+    if size > limit:
+        raise MemberError(f"{f}: {size / 2**20:.0f} MB, over the {limit / 2**20:.0f} MB a bone-zoo member file may "
+                          "hold; not read. Copy or download the member again")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -103,6 +117,7 @@ def read_verified(folder: str | Path) -> VerifiedMember:
         if WEIGHTS_HASH not in config:
             _unhashed(folder)
         try:
+            _check_size(folder / WEIGHTS, MAX_WEIGHTS_BYTES)
             data = (folder / WEIGHTS).read_bytes()
         except FileNotFoundError as exc:
             raise MemberError(f"{folder / WEIGHTS}: missing;{_pickles_note(folder)}") from exc
@@ -145,13 +160,38 @@ def _unhashed(folder: Path) -> None:
 
 def safetensors_shapes(data: bytes, where: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header (an 8-byte little-endian length, then JSON), without
-    loading any tensor; a file that is not safetensors is a :class:`MemberError`."""
+    loading any tensor. Every entry is checked against the bytes the file holds, as safetensors' own loader does:
+    a known dtype, ``itemsize x prod(shape) == end - start``, the entries contiguous from 0 to the end of the file.
+    So the shapes returned are ones the file really holds (a header that claims a large head over an empty file is
+    refused); a file that is not safetensors is a :class:`MemberError`."""
     n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
     try:
         if not 0 < n <= min(MAX_HEADER_BYTES, len(data) - 8):
             raise ValueError(f"header length {n} does not fit a file of {len(data)} bytes")
         header = json.loads(data[8:8 + n])
-        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        shapes, spans = {}, []
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            shape = tuple(int(d) for d in v["shape"])
+            start, end = (int(o) for o in v["data_offsets"])
+            if v["dtype"] not in DTYPE_BYTES or min(shape, default=0) < 0:
+                raise ValueError(f"tensor {k}: dtype {v['dtype']!r} or shape {list(shape)} is not one safetensors "
+                                 "writes")
+            need = DTYPE_BYTES[v["dtype"]] * math.prod(shape)
+            if end - start != need:
+                raise ValueError(f"tensor {k}: {v['dtype']} {list(shape)} needs {need} bytes, its offsets "
+                                 f"[{start}, {end}] hold {end - start}")
+            shapes[k] = shape
+            spans.append((start, end))
+        at = 0
+        for start, end in sorted(spans):
+            if start != at:
+                raise ValueError(f"tensor data at byte {start} where {at} was expected (overlapping or a gap)")
+            at = end
+        if at != len(data) - 8 - n:
+            raise ValueError(f"the tensors hold {at} bytes, the file {len(data) - 8 - n} after its header")
+        return shapes
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
         raise MemberError(f"{where}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
                           "member again") from exc

@@ -142,8 +142,13 @@ class BoneClassifier(
         if os.path.isdir(model_id):
             folder = Path(model_id)
         else:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import HfApi, constants, snapshot_download
 
+            if not (local_files_only or constants.HF_HUB_OFFLINE):  # sizes listed first: nothing over its bound
+                from zoo.hub import check_sizes, repo_listing
+
+                check_sizes(repo_listing(HfApi(token=token), model_id, revision, model_id), ["config.json", WEIGHTS],
+                            model_id)
             folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
                                             force_download=force_download, local_files_only=local_files_only,
                                             allow_patterns=["config.json", WEIGHTS]))
@@ -172,21 +177,25 @@ class BoneClassifier(
         member = read_verified(folder)
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in member.config.items() if k in params and k != "self"}
-        cls._check_skeleton(kwargs, member.shapes, Path(folder))
-        model = cls(**kwargs)
+        try:
+            with torch.device("meta"):
+                skeleton, model = cls(**kwargs), None
+        except (RuntimeError, NotImplementedError):  # a builder that cannot run on meta (torchvision's stem copy):
+            # built for real, compared all the same: its sizes are bounded and its head is the header's, which
+            # zoo.members.safetensors_shapes checked against the bytes the file holds
+            skeleton = model = cls(**kwargs)
+        cls._check_skeleton(skeleton, kwargs, member.shapes, Path(folder))
+        model = model if model is not None else cls(**kwargs)
         model.load_state_dict(load_safetensors(member.data), strict=True)
         model.weights_sha256 = member.sha256
         return model.to(device).eval()
 
-    @classmethod
-    def _check_skeleton(cls, kwargs: dict[str, Any], shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
-        """The network ``kwargs`` build, on the meta device, against the weights' shapes: anything the config sets
-        that the weights record (a ViT's image size in its position embeddings) is refused before allocation."""
-        try:
-            with torch.device("meta"):
-                skeleton = cls(**kwargs)
-        except (RuntimeError, NotImplementedError):  # a builder that cannot run on meta (torchvision's stem copy):
-            return  # the strict load still checks, after an allocation zoo.members.check_config_shapes bounds
+    @staticmethod
+    def _check_skeleton(skeleton: nn.Module, kwargs: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                        folder: Path) -> None:
+        """The network ``kwargs`` build (on the meta device where it can) against the weights' shapes: anything the
+        config sets that the weights record (a ViT's image size in its position embeddings) is refused before the
+        weights are loaded, and, on the meta device, before the network is allocated."""
         want = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
         differ = [k for k in sorted(want.keys() | shapes.keys()) if want.get(k) != shapes.get(k)]
         if differ:
@@ -195,4 +204,4 @@ class BoneClassifier(
                 f"{folder}: its weights do not match its config.json (backbone {kwargs.get('backbone')}, img_size "
                 f"{kwargs.get('img_size')}, head_hidden {kwargs.get('head_hidden')}): {len(differ)} tensor(s) differ, "
                 f"e.g. {k}: the config builds {want.get(k, 'nothing')}, the weights hold {shapes.get(k, 'nothing')}. "
-                "Refused before building the network; copy or download the whole member folder again")
+                "Refused before its weights were loaded; copy or download the whole member folder again")

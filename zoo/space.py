@@ -60,7 +60,9 @@ def write_space(folder: str | Path, repo_id: str, models: list[str], requirement
 def push_space(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
                api: HfApi | None = None) -> str:
     """Create the Space (gradio sdk; private unless ``private=False``) if needed and upload ``folder``'s Space files
-    in one commit; the commit URL. A file that is a symlink out of ``folder`` is refused, never followed."""
+    in one commit; the commit URL. An existing public Space is refused (:class:`zoo.hub.PushError`) unless
+    ``private=False``, as :func:`zoo.hub.push_run` refuses a public model repo.
+    A file that is a symlink out of ``folder`` is refused, never followed."""
     folder = Path(folder)
     root = folder.resolve()
     for name in SPACE_FILES:
@@ -70,6 +72,11 @@ def push_space(folder: str | Path, repo_id: str, *, private: bool = True, token:
                              "`bone-zoo space` instead of linking files into it")
     api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    if private and getattr(api.repo_info(repo_id, repo_type="space"), "private", None) is False:
+        from zoo.hub import PushError
+
+        raise PushError(f"{repo_id} already exists and is a PUBLIC Space: nothing pushed. Make it private on the Hub, "
+                        "push to another Space, or give --public to publish the demo")
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="space",
                              commit_message="bone-zoo demo Space", allow_patterns=list(SPACE_FILES),
                              ignore_patterns=[".*"])

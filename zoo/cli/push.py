@@ -20,7 +20,7 @@ def add_privacy_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
                      "scripts)")
     p.add_argument("--include-study-ids", action="store_true", help=f"{prefix}push val_predictions.csv and "
                    "calibration_predictions.csv with the real study ids (MURA patient numbers, accession numbers). "
-                   "Default: each id replaced by its rank and a salted hash (the salt stays in the run folder), "
+                   "Default: each id replaced by a salted hash (the salt stays in the run folder), "
                    "which is all the ensemble calibration and triage need")
 
 

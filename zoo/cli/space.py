@@ -19,19 +19,28 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default %(default)s)")
     p.add_argument("--push", action="store_true", help="create the Space and upload it (token from HF_TOKEN, "
                    "`hf auth login` or --token)")
-    p.add_argument("--private", action="store_true", help="with --push: a private Space (the default)")
-    p.add_argument("--public", action="store_true", help="with --push: a public Space (default: private)")
+    vis = p.add_mutually_exclusive_group()
+    vis.add_argument("--private", action="store_true", help="with --push: a private Space (the default; an existing "
+                     "public Space is refused)")
+    vis.add_argument("--public", action="store_true", help="with --push: a public Space (default: private)")
     p.add_argument("--token", default=None, help="Hub token")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from zoo.hub import PushError
     from zoo.space import push_space, write_space
 
     out = Path(args.out or f"space-{args.repo_id.split('/')[-1]}")
     write_space(out, args.repo_id, args.models, args.requirement)
     print(f"wrote {out}/app.py, requirements.txt, README.md (run it locally: cd {out} && python app.py)")
     if args.push:
-        url = push_space(out, args.repo_id, private=not args.public, token=args.token)
+        try:
+            url = push_space(out, args.repo_id, private=not args.public, token=args.token)
+        except PushError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"pushed the Space {args.repo_id}: {url}")
     return 0
