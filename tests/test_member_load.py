@@ -266,3 +266,15 @@ def test_a_torchvision_member_is_compared_with_its_weights_too(tmp_path):
     _edit_config(member, weights_sha256=hashlib.sha256((member / "model.safetensors").read_bytes()).hexdigest())
     with pytest.raises(ShapeMismatch, match=rf"{name}: the config builds"):
         BoneClassifier.load(member)
+
+
+@pytest.mark.parametrize("flags, says", [(["--img-size", "2048"], "--img-size 2048"),
+                                         (["--head-hidden", "9000"], "--head-hidden 9000"),
+                                         (["--head-hidden", "8", "8", "8", "8", "8"], "at most 4 widths")])
+def test_training_refuses_sizes_its_members_could_never_load(flags, says, tmp_path, capsys):
+    from zoo.cli.train import get_args_parser, main
+
+    args = get_args_parser().parse_args(["--out", str(tmp_path / "w"), *flags])
+    assert main(args) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything is written

@@ -167,12 +167,29 @@ def budget_plan(args: argparse.Namespace, dataset, acc, say, given: list[str] | 
     return models, make_accelerator(config_for(args, models[0]))
 
 
+def unloadable(args: argparse.Namespace) -> str | None:
+    """Why a member of these sizes could be trained but never loaded (zoo.members bounds what a config may allocate),
+    or None: refused before any training, not after hours of it."""
+    from zoo.members import MAX_HEAD_LAYERS, MAX_HEAD_WIDTH, MAX_IMG_SIZE
+
+    if args.img_size is not None and not 8 <= args.img_size <= MAX_IMG_SIZE:
+        return f"--img-size {args.img_size}: members load from 8 to {MAX_IMG_SIZE} px only"
+    hidden = args.head_hidden or []
+    if len(hidden) > MAX_HEAD_LAYERS or any(not 1 <= h <= MAX_HEAD_WIDTH for h in hidden):
+        return (f"--head-hidden {' '.join(map(str, hidden))}: members load with at most {MAX_HEAD_LAYERS} widths of "
+                f"1 to {MAX_HEAD_WIDTH} only")
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     from zoo.registry import describe_backbones, resolve_backbones  # the registry imports PyTorch: not for --help
 
     if args.list_models:
         print(describe_backbones())
         return 0
+    if (too_big := unloadable(args)) is not None:
+        print(f"error: {too_big}", file=sys.stderr)
+        return 2
     if args.cache_max_gb is not None:  # also the bound of the ensemble's decodes (--semi-supervised)
         os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     synthetic = args.data is None
