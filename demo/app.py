@@ -2,6 +2,7 @@
 
   python -m demo                      # members under weights/
   python -m demo --hub ORG/NAME       # members downloaded (and cached) from the Hugging Face Hub
+  python -m demo --annotations FILE.coco.json   # ground-truth boxes drawn over the CAMs of the images it names
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble, Group
 from zoo.explain import explain_study
+from zoo.localisation import FUSED, TOLERANCE, boxes_by_image, load_annotations, pad_geometry, pointing_hit
 from zoo.members import Member, MemberError, load_model, resolve_member_dirs
 from zoo.metrics import is_abnormal
 
@@ -33,6 +35,8 @@ MAX_ENSEMBLES = 8  # fitted ensembles kept (least recently used evicted), one pe
 MAX_CAM_PIXELS = 64 * 512**2  # per request, files x sum of members' img_size^2: 8 views x 8 members at 512 px
 DELETE_CACHE = (600, 900)  # Gradio's upload/result cache (radiographs): every 10 min, delete files older than 15 min
 EXAMPLES_DIR = Path("data/synthetic")
+BOX_COLOUR = (0, 255, 0)  # the ground-truth outline over the CAM panels
+BOX_WIDTH = 2  # px, at the panel's scale
 
 
 class AnalysisError(ValueError):
@@ -46,8 +50,14 @@ class MemberPool:
     folders: dict[str, Path]
     precision: str = "auto"  # inference precision of the members (zoo.inference.resolve_precision)
     max_ensembles: int = MAX_ENSEMBLES
+    annotations: str | Path | None = None  # a COCO json: its boxes are drawn over the CAMs of the images it names
     _loaded: dict[str, Member] = field(default_factory=dict)
     _ensembles: OrderedDict[tuple, Ensemble] = field(default_factory=OrderedDict)  # LRU: most recent last
+
+    @functools.cached_property
+    def coco(self):
+        """The ``annotations`` read once (:func:`zoo.localisation.load_annotations`); None without them."""
+        return load_annotations(self.annotations) if self.annotations else None
 
     @classmethod
     def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
@@ -61,8 +71,10 @@ class MemberPool:
 
     @classmethod
     def from_source(cls, weights: str | Path = "weights", hub: str | None = None,
-                    precision: str = "auto") -> MemberPool:
-        return cls.from_specs([f"hf://{hub}" if hub else str(weights)], precision)
+                    precision: str = "auto", annotations: str | Path | None = None) -> MemberPool:
+        pool = cls.from_specs([f"hf://{hub}" if hub else str(weights)], precision)
+        pool.annotations = annotations or None
+        return pool
 
     @functools.cached_property
     def voters(self) -> dict[str, list[str]]:
@@ -142,6 +154,7 @@ class Analysis:
     triage_note: str = ""  # when these members can decide no study at this rate: what their validation showed
     triage_warning: str = ""  # Calibrated.warning: why the triage guarantees nothing (empty when certified)
     certified: bool = False  # the triage's error rate is guaranteed (fitted on a held-out calibration split)
+    ground_truth: str = ""  # for uploads the annotations name: where the boxes come from and the pointing game
 
     @property
     def verdict(self) -> str:
@@ -161,6 +174,22 @@ def _check_files(files: list[str]) -> list[str]:
         if size_mb > MAX_FILE_MB:
             raise AnalysisError(f"{Path(p).name} is {size_mb:.0f} MB; the limit is {MAX_FILE_MB} MB per file.")
     return paths
+
+
+def draw_boxes(panel: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+    """``panel`` (RGB) with ``[x0, y0, x1, y1]`` boxes (its pixels) outlined in :data:`BOX_COLOUR`, ``BOX_WIDTH`` px
+    inward from each box's edge, clipped to the panel."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(panel))
+    draw = ImageDraw.Draw(img)
+    h, w = panel.shape[:2]
+    for x0, y0, x1, y1 in np.asarray(xyxy, float).reshape(-1, 4):
+        c0, r0 = max(0, round(x0)), max(0, round(y0))
+        c1, r1 = min(w, round(x1)) - 1, min(h, round(y1)) - 1  # the last pixel column/row inside the box
+        if c1 >= c0 and r1 >= r0:
+            draw.rectangle((c0, r0, c1, r1), outline=BOX_COLOUR, width=BOX_WIDTH)
+    return np.asarray(img)
 
 
 def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool: MemberPool | None = None,
@@ -206,14 +235,32 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
         verdict, note = "unavailable (members have no val_predictions.csv)", ""
     warning = cal.warning if cal.triage is not None else ""
     prob, thr = float(cal.studies["ensemble"].iloc[0]), cal.threshold
+    truth = boxes_by_image(pool.coco, [paths[i] for i in ex.readable]) if pool.coco is not None else {}
     panels: list[tuple[np.ndarray, str]] = []
+    pointing: list[str] = []
     for j, i in enumerate(ex.readable):
         name, base = Path(paths[i]).name, ex.bases[j]
+        gt = truth.get(paths[i])  # (COCO boxes, stored height, width), matched on the upload's base name
+        xyxy = None if gt is None else pad_geometry(gt[1], gt[2], base.shape[0]).to_input(gt[0])  # panel pixels
+
+        def cam_panel(cam: np.ndarray, base: np.ndarray = base, xyxy: np.ndarray | None = xyxy) -> np.ndarray:
+            panel = overlay(base, cam)
+            return panel if xyxy is None else draw_boxes(panel, xyxy)
+
         panels.append((np.repeat(base[..., None], 3, axis=2), f"{name}: original"))
         for m in ens.members:
             p = float(ex.image_probs.at[j, m.name])
-            panels.append((overlay(base, ex.cams[m.name][j]), f"{name}: {m.name} p={p:.2f}"))
-        panels.append((overlay(base, ex.fused[j]), f"{name}: ensemble (probability-weighted)"))
+            panels.append((cam_panel(ex.cams[m.name][j]), f"{name}: {m.name} p={p:.2f}"))
+        panels.append((cam_panel(ex.fused[j]), f"{name}: ensemble (probability-weighted)"))
+        if gt is not None:
+            hits = [(n, pointing_hit(c, gt[0], pad_geometry(gt[1], gt[2], c.shape[0])))
+                    for n, c in [*((m.name, ex.cams[m.name][j]) for m in ens.members), (FUSED, ex.fused[j])]]
+            pointing.append(f"{name}: " + ", ".join(f"{n} {'hit' if h else 'miss'}" for n, h in hits))
+    ground_truth = ""
+    if pointing:
+        ground_truth = (f"**Green boxes: ground truth** from `{Path(pool.annotations).name}` "
+                        f"({len(pointing)} of {len(ex.readable)} image(s) annotated). Pointing game (the CAM's "
+                        f"maximum within {TOLERANCE} px of a box): " + "; ".join(pointing) + ".")
     rows = pd.DataFrame({
         "member": ens.names,
         "val AUC": [round(m.val_auc, 3) for m in ens.members],
@@ -225,7 +272,7 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     return Analysis(prob, thr, rows, panels, spread,  # the file's name only, never the server's temp path
                     [f"{Path(p).name}: {e.split(': ', 1)[-1].replace(p, Path(p).name)}"
                      for p, e in ex.errors.items()],
-                    raw, verdict, triage, note, warning, cal.certified)
+                    raw, verdict, triage, note, warning, cal.certified, ground_truth)
 
 
 def summary_markdown(a: Analysis) -> str:
@@ -240,6 +287,8 @@ def summary_markdown(a: Analysis) -> str:
              + (f" {a.triage_note}" if a.triage_note else ""),
              f"Uncalibrated ensemble score {a.raw:.3f}. Spread between members {a.spread:.3f}: {agree}.",
              "_Research tool, not a medical device._"]
+    if a.ground_truth:
+        lines.insert(-1, a.ground_truth)
     if a.skipped:
         lines.append("**Skipped unreadable uploads:** " + "; ".join(a.skipped))
     return "\n\n".join(lines)
@@ -321,8 +370,10 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
 
 @functools.cache
 def default_pool() -> MemberPool:
-    """The members named by BONE_ZOO_WEIGHTS (default weights/) or BONE_ZOO_HUB, found on first use."""
-    return MemberPool.from_source(os.environ.get("BONE_ZOO_WEIGHTS", "weights"), os.environ.get("BONE_ZOO_HUB"))
+    """The members named by BONE_ZOO_WEIGHTS (default weights/) or BONE_ZOO_HUB, found on first use; the ground-truth
+    boxes of BONE_ZOO_ANNOTATIONS (a COCO json), if set."""
+    return MemberPool.from_source(os.environ.get("BONE_ZOO_WEIGHTS", "weights"), os.environ.get("BONE_ZOO_HUB"),
+                                  annotations=os.environ.get("BONE_ZOO_ANNOTATIONS"))
 
 
 def __getattr__(name: str):
