@@ -227,18 +227,18 @@ class Ensemble:
         group (a member's own validation split, or a backbone's out-of-fold predictions; with ``calibrated``, each
         member's calibration applied first); None when a member has no val_predictions.csv or they share no study."""
         frames = [g.val_predictions(calibrated) for g in self.groups]
-        if any(f is None for f in frames):
-            return None
-        df = frames[0][["id", "label"]].copy()
-        for g, f in zip(self.groups, frames):
-            df = df.merge(f[["id", "prob"]].rename(columns={"prob": g.name}), on="id")
-        return _content_order(df) if len(df) else None
+        return self._shared_studies(frames)
 
     def calibration_studies(self) -> pd.DataFrame | None:
         """The calibration split as :meth:`validation_studies` (calibrated members): ``id, label`` and one column per
         group, on the studies every member was trained without and selected without; None when a member has no
         ``calibration_predictions.csv`` (trained without ``--calibration-fraction``) or they share no study."""
         frames = [g.calibration_predictions() for g in self.groups]
+        return self._shared_studies(frames)
+
+    def _shared_studies(self, frames: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+        """One column per group over the studies every group's frame (``id, label, prob``) has, in content order;
+        None when a group has no frame or they share no study."""
         if any(f is None for f in frames):
             return None
         df = frames[0][["id", "label"]].copy()
