@@ -69,6 +69,24 @@ def _run_in_process(command: str, argv: list[str], cwd: Path) -> subprocess.Comp
     return subprocess.CompletedProcess([command, *argv], code, out.getvalue(), err.getvalue())
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on, for a demo served in a test."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pool(trained_run):
+    """The demo's member pool over the shared trained run (a test file may define its own ``pool``)."""
+    from demo.app import MemberPool
+
+    assert trained_run["proc"].returncode == 0
+    return MemberPool.from_source(trained_run["out"])
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     from zoo.data import SyntheticSpec, ensure_synthetic

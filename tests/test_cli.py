@@ -4,14 +4,13 @@ import ast
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, free_port, run_script
 
 from zoo.cli import COMMANDS
 from zoo.cli import main as bone_zoo
@@ -89,12 +88,6 @@ def test_model_cards_usage_lines_name_installed_commands(run):
     assert "bone-zoo predict --models hf://org/run" in text and "python predict.py" not in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_space_is_written_pushed_and_serves(run, tmp_path):
     from huggingface_hub import SpaceCard
@@ -114,7 +107,7 @@ def test_space_is_written_pushed_and_serves(run, tmp_path):
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
     assert api.calls[0][2]["repo_type"] == "space" and api.calls[0][2]["space_sdk"] == "gradio"
     assert api.calls[1][2]["files"] == ["README.md", "app.py", "requirements.txt"]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.DEVNULL,

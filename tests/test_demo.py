@@ -1,26 +1,19 @@
 """The Gradio demo: the pure analyse() function, the app over HTTP with gradio_client, and a real browser."""
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import RUN_SIZE, TINY
+from conftest import RUN_SIZE, TINY, free_port
 from PIL import Image
 
 from demo.app import AnalysisError, MemberPool, analyse, build_demo, summary_markdown
 from zoo.cam import compute_cam, fuse_cams
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def pool(trained_run):
-    assert trained_run["proc"].returncode == 0
-    return MemberPool.from_source(trained_run["out"])
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +72,10 @@ def test_sixteen_bit_upload(pool, tmp_path):
     assert 0 <= a.probability <= 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(pool, trained_run, tmp_path_factory):
     app = build_demo(pool, examples=False)
-    port = _free_port()
+    port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="25mb")
     yield f"http://127.0.0.1:{port}/"
     app.close()
@@ -167,7 +154,7 @@ def test_demo_serves_on_gradio_server_port(tmp_path):
 
     from conftest import ROOT
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "demo", "--weights", str(tmp_path / "none")], cwd=tmp_path,

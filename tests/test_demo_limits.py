@@ -2,33 +2,20 @@
 member specs written as data, not code (issue 19.5)."""
 
 import ast
-import socket
 
 import gradio as gr
 import pytest
-from conftest import TINY
+from conftest import TINY, free_port
 
 import demo.app as app_module
-from demo.app import DELETE_CACHE, MAX_FILE_MB, MAX_FILES, MemberPool, build_demo
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def pool(trained_run):
-    assert trained_run["proc"].returncode == 0
-    return MemberPool.from_source(trained_run["out"])
+from demo.app import DELETE_CACHE, MAX_FILE_MB, MAX_FILES, build_demo
 
 
 @pytest.fixture(scope="module")
 def served(pool):
     """Launched as a user would, without max_file_size: the demo's own limit must hold."""
     demo = build_demo(pool, examples=False)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -76,12 +76,6 @@ def test_load_images(case, bad_images):
         assert path.name in arr.errors[str(path)]
 
 
-@pytest.fixture(scope="module")
-def pool(trained_run):
-    assert trained_run["proc"].returncode == 0
-    return MemberPool.from_source(trained_run["out"])
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_demo_analyse(case, bad_images, pool):
     path, expect = bad_images[case], IMAGE_CASES[case][1]
