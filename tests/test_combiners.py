@@ -75,7 +75,7 @@ def test_entry_point_combiner_reaches_predict_help_ensemble_and_demo(tmp_path, m
         radios = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "combiner"]
         assert radios and "median" in [c[1] if isinstance(c, tuple) else c for c in radios[0].choices]
     finally:
-        combiners._REGISTRY.pop("median", None)
+        combiners.COMBINERS.unregister("median")
         sys.modules.pop("bone_zoo_median_plugin", None)
 
 

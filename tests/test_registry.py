@@ -4,6 +4,8 @@ import textwrap
 import pytest
 
 from zoo import registry
+from zoo.backbones.vit import vit_reshape
+from zoo.plugins import natural_key
 from zoo.registry import create_backbone, get_backbone, list_backbones, register_backbone, resolve_backbones
 
 REQUIRED = ["regnet_x_800mf", "regnetx_016", "regnety_008", "regnety_016", "regnety_032", "resnet50", "densenet121",
@@ -16,7 +18,7 @@ def test_required_backbones_are_registered():
 
 def test_wildcards_and_natural_sort():
     regnets = list_backbones("regnet*")
-    assert regnets == sorted(regnets, key=registry._natural_key)
+    assert regnets == sorted(regnets, key=natural_key)
     assert {"regnetx_002", "regnetx_016", "regnety_032", "regnet_x_800mf"} <= set(regnets)
     assert all(n.startswith("regnet") for n in regnets)
     assert list_backbones(["densenet*", "resnet50"]) == ["densenet121", "densenet169", "resnet50"]
@@ -40,7 +42,7 @@ def test_duplicate_registration_names_both_places():
 
 def test_spec_carries_cam_layer_and_source():
     spec = get_backbone("vit_small_patch16_224")
-    assert spec.reshape == "vit" and spec.source == "timm:vit_small_patch16_224" and spec.family == "vit"
+    assert spec.reshape_transform is vit_reshape and spec.source == "timm:vit_small_patch16_224" and spec.family == "vit"
     assert get_backbone("regnet_x_800mf").source.startswith("torchvision:")
 
 
@@ -81,5 +83,5 @@ def test_entry_point_plugin_from_an_installed_distribution(tmp_path, monkeypatch
 
         assert create_backbone("dummy_net")(torch.zeros(2, 1, 16, 16)).shape == (2, 8)
     finally:
-        registry._REGISTRY.pop("dummy_net", None)
+        registry.BACKBONES.unregister("dummy_net")
         sys.modules.pop("bone_zoo_dummy_plugin", None)

@@ -9,7 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {"BoneClassifier": "zoo.model", "create_backbone": "zoo.registry", "get_backbone": "zoo.registry",
-         "list_backbones": "zoo.registry", "register_backbone": "zoo.registry"}
+         "list_backbones": "zoo.registry", "register_backbone": "zoo.registry", "Combiner": "zoo.combiners",
+         "create_combiner": "zoo.combiners", "list_combiners": "zoo.combiners", "register_combiner": "zoo.combiners"}
 __all__ = list(_LAZY)
 
 

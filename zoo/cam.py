@@ -29,20 +29,11 @@ def resolve_layer(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def _vit_reshape(backbone: nn.Module):
-    gh, gw = backbone.patch_embed.grid_size
-    prefix = getattr(backbone, "num_prefix_tokens", 1)
-
-    def reshape(tokens: torch.Tensor) -> torch.Tensor:
-        x = tokens[:, prefix:, :].reshape(tokens.size(0), gh, gw, tokens.size(2))
-        return x.permute(0, 3, 1, 2)
-
-    return reshape
-
-
-def _float(reshape=None):
-    """Activations and gradients as fp32 (NumPy has no bf16), after the backbone's own reshape if it has one."""
-    return lambda t: (reshape(t) if reshape is not None else t).float()
+def _reshape(model: BoneClassifier):
+    """pytorch-grad-cam's ``reshape_transform``: the backbone spec's own (tokens to a grid), then fp32 (NumPy has no
+    bf16) for activations and gradients alike."""
+    own, backbone = model.spec.reshape_transform, model.backbone
+    return lambda t: (own(t, backbone) if own is not None else t).float()
 
 
 def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gradcam",
@@ -50,19 +41,17 @@ def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gr
     """CAMs of the abnormality logit for a batch of preprocessed images (uint8 ``(n, S, S)``, the model's size) and
     the probabilities of the same forward pass: ``(cams float32 (n, S, S) in [0, 1], probabilities (n,))``.
 
-    One forward and one backward for the whole batch. The target layer comes from the backbone's spec; transformers
-    get their token-to-grid reshape. ``precision`` as in :func:`zoo.inference.resolve_precision`.
+    One forward and one backward for the whole batch. The target layer and its reshape (a transformer's tokens to a
+    grid) come from the backbone's spec. ``precision`` as in :func:`zoo.inference.resolve_precision`.
     """
     key = LABELS.get(method, method).lower()
     if key not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; one of {', '.join(LABELS)}")
-    spec = model.spec
-    layer = resolve_layer(model.backbone, spec.cam_layer)
-    reshape = _float(_vit_reshape(model.backbone) if spec.reshape == "vit" else None)
+    layer = resolve_layer(model.backbone, model.spec.cam_layer)
     device = next(model.parameters()).device
     x = to_input(torch.from_numpy(np.asarray(images_u8))[:, None].to(device), model.mean, model.std)
     model.eval()
-    with METHODS[key](model=model, target_layers=[layer], reshape_transform=reshape) as cam, \
+    with METHODS[key](model=model, target_layers=[layer], reshape_transform=_reshape(model)) as cam, \
             autocast(device, resolve_precision(precision, device)):
         out = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
         probs = torch.sigmoid(cam.outputs.detach().float().reshape(-1)).cpu().numpy()

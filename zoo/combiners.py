@@ -17,18 +17,18 @@ entry-point group ``bone_zoo.combiners``::
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 
-from zoo.plugins import load_entry_points
+from zoo.plugins import Registry
 
 ENTRY_POINT_GROUP = "bone_zoo.combiners"
-_REGISTRY: dict[str, type[Combiner]] = {}
-_state = {"plugins": False}
+# built-ins first, in registration order (they are registered below, in this module)
+COMBINERS: Registry[type[Combiner]] = Registry("ensemble method", ENTRY_POINT_GROUP, hint="Registered: {names}",
+                                               natural_sort=False, decorator="@zoo.register_combiner")
 
 
 class Combiner:
@@ -93,48 +93,31 @@ def register_combiner(cls: type[Combiner] | None = None, *, name: str | None = N
         key = name or c.name
         if not key:
             raise ValueError(f"{c.__qualname__} needs a name (class attribute or register_combiner(name=...))")
-        old = _REGISTRY.get(key)
-        if old is not None and old is not c and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__):
-            raise ValueError(f"combiner {key!r} is registered twice: by {old.__module__}.{old.__qualname__} and by "
-                             f"{c.__module__}.{c.__qualname__}")
+        COMBINERS.add(key, c, c)
         c.name = key
-        _REGISTRY[key] = c
         return c
 
     return deco(cls) if cls is not None else deco
 
 
-def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
+def load_plugins() -> list[str]:
     """Import every ``bone_zoo.combiners`` entry point (each must name a registered Combiner subclass)."""
-    return load_entry_points(group, lambda obj: obj.name if isinstance(obj, type) and issubclass(obj, Combiner)
-                             and _REGISTRY.get(obj.name) is obj else None, "register_combiner")
-
-
-def _ensure_loaded() -> None:
-    if not _state["plugins"]:
-        _state["plugins"] = True
-        load_plugins()
+    return COMBINERS.load_plugins()
 
 
 def list_combiners() -> list[str]:
     """Registered combiner names, built-ins first (in registration order)."""
-    _ensure_loaded()
-    return list(_REGISTRY)
+    return COMBINERS.names()
 
 
 def describe_combiners() -> str:
     """``name: description`` for every registered combiner, for --help and the demo."""
-    _ensure_loaded()
-    return "; ".join(f"{n}: {c.description()}" for n, c in _REGISTRY.items())
+    return "; ".join(f"{n}: {c.description()}" for n, c in COMBINERS.items())
 
 
 def create_combiner(name: str, members: Sequence) -> Combiner:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown ensemble method {name!r}.{hint} Registered: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name](members)
+    """A registered combiner for ``members``; an unknown name lists the closest registered ones."""
+    return COMBINERS.get(name)(members)
 
 
 @register_combiner
@@ -286,7 +269,7 @@ class Auto(Combiner):
         if len(self.members) < 2 or np.bincount(y, minlength=2).min() < self.folds:
             return self
         splits = list(StratifiedKFold(self.folds, shuffle=True, random_state=0).split(x, y))
-        for name, cls in _REGISTRY.items():
+        for name, cls in COMBINERS.items():
             if cls is Auto:
                 continue
             aucs = []  # per held-out part
@@ -297,7 +280,7 @@ class Auto(Combiner):
                 aucs.append(_auc(y[te], c.combine(x[te])))
             self.scores[name] = float(np.nanmean(aucs))
         best = max(self.scores, key=lambda k: (round(self.scores[k], 3), -list(self.scores).index(k)))
-        self.chosen = _REGISTRY[best](self.members)
+        self.chosen = COMBINERS.get(best)(self.members)
         if self.chosen.fitted:
             self.chosen.fit(x, y)
         return self

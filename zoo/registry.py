@@ -1,36 +1,50 @@
-"""The backbone registry: one decorated builder per backbone, found by name or wildcard.
+"""The backbone registry: one decorated function per backbone, found by name or wildcard.
 
 Built-in backbones live in ``zoo/backbones/<family>.py``; other packages add theirs through the entry-point group
-``bone_zoo.backbones`` (loaded lazily, once, the first time the registry is asked anything).
+``bone_zoo.backbones`` (loaded lazily, once, the first time the registry is asked anything). The mechanics (entry
+points, duplicates, suggestions, wildcards) are the one :class:`zoo.plugins.Registry` the combiners use too.
+
+A backbone is described once, in its decorator: ``source="timm:regnetx_002"`` says where the architecture and its
+pretrained weights come from. A builder whose body is only its docstring is built from that source by the source's
+factory (:data:`SOURCES`: ``timm`` and ``torchvision``, in ``zoo/backbones/_common.py``); a builder with a body
+(a plugin's own network) returns its module itself.
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import importlib
 import inspect
-import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from zoo.plugins import load_entry_points
+from zoo.plugins import Registry, origin
 
 ENTRY_POINT_GROUP = "bone_zoo.backbones"
+
+# activations of the CAM layer and the built backbone -> (B, C, H, W) for Grad-CAM (transformers' tokens to a grid)
+ReshapeTransform = Callable[[torch.Tensor, nn.Module], torch.Tensor]
+
+
+def _docstring_only() -> None:
+    """A builder like this one (a docstring and nothing else) is built from its spec's source."""
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the zoo knows about one backbone, besides how to build it."""
+    """What the zoo knows about one backbone, and how to build it."""
 
     name: str
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., nn.Module | None]
     source: str  # where the architecture (and its pretrained weights) come from, e.g. "timm:regnety_016"
-    cam_layer: str  # dotted path of the Grad-CAM target layer inside the built backbone
-    native_size: int = 224  # the input size its pretrained weights were trained at
-    reshape: str | None = None  # "vit" for token outputs that need a reshape for CAMs
+    cam_layer: str  # dotted path of the Grad-CAM target layer inside the built backbone (negative indices allowed)
+    native_size: int = 224  # the input size its pretrained weights were trained at (--list-models; a warning)
+    reshape_transform: ReshapeTransform | None = None  # for CAM layers whose output is not (B, C, H, W)
+    first_conv: str | None = None  # dotted path of the RGB stem conv a source factory adapts (torchvision)
+    classifier: str | None = None  # dotted path of the final Linear a source factory removes (torchvision)
+    sized: bool = False  # built for the configured image size (ViT position embeddings are resampled to it)
     description: str = ""
     origin: str = ""  # "module:function (file:line)", for error messages
 
@@ -38,87 +52,87 @@ class BackboneSpec:
     def family(self) -> str:
         return self.builder.__module__.rsplit(".", 1)[-1]
 
+    @property
+    def scheme(self) -> str:
+        """The source's kind: ``"timm"`` of ``"timm:regnety_016"``."""
+        return self.source.partition(":")[0]
+
+    @property
+    def model_name(self) -> str:
+        """The source's own name of the model: ``"regnety_016"`` of ``"timm:regnety_016"``."""
+        return self.source.partition(":")[2]
+
+    @property
+    def from_source(self) -> bool:
+        """True when the builder is only a docstring, so the source's factory builds it."""
+        code = getattr(self.builder, "__code__", None)
+        return code is not None and code.co_code == _docstring_only.__code__.co_code
+
     def build(self, *, pretrained: bool = False, weights: str | None = None, img_size: int | None = None) -> nn.Module:
-        model = self.builder(pretrained=pretrained, weights=weights, img_size=img_size)
+        kwargs = {"pretrained": pretrained, "weights": weights, "img_size": img_size}
+        model = SOURCES.get(self.scheme)(self, **kwargs) if self.from_source else self.builder(**kwargs)
         if not isinstance(getattr(model, "num_features", None), int):
             raise TypeError(f"backbone {self.name!r} ({self.origin}) must return a module with an int `num_features`")
+        if (pretrained or weights) and img_size and not self.native_size / 2 <= img_size <= self.native_size * 2:
+            warnings.warn(f"backbone {self.name!r}: its pretrained weights were trained at {self.native_size} px and "
+                          f"it is used at {img_size} px; features may transfer poorly (--img-size closer to "
+                          f"{self.native_size}, or --no-pretrained)", stacklevel=3)
         return model
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
-_state = {"builtins": False, "plugins": False}
+BACKBONES: Registry[BackboneSpec] = Registry(
+    "backbone", ENTRY_POINT_GROUP, builtins="zoo.backbones",
+    hint="`python train_all.py --list-models` shows all {n}.", decorator="@zoo.register_backbone")
+# how a docstring-only builder is built, per source scheme: fn(spec, *, pretrained, weights, img_size) -> module
+SOURCES: Registry[Callable[..., nn.Module]] = Registry(
+    "backbone source", builtins="zoo.backbones",
+    hint="Registered: {names}; a builder from another source returns its module itself.")
 
 
-def _origin(fn: Callable) -> str:
-    try:
-        where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
-    except (OSError, TypeError):
-        where = "unknown file"
-    return f"{fn.__module__}:{fn.__qualname__} ({where})"
+def register_source(scheme: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: ``fn(spec, *, pretrained, weights, img_size)`` builds the docstring-only backbones of ``scheme``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        return SOURCES.add(scheme, fn, fn)
+
+    return deco
 
 
 def register_backbone(
-    *, source: str, cam_layer: str, native_size: int = 224, reshape: str | None = None, name: str | None = None
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(pretrained=False, weights=None, img_size=None) -> nn.Module`` under its name.
+    *, source: str, cam_layer: str, native_size: int = 224, reshape_transform: ReshapeTransform | None = None,
+    first_conv: str | None = None, classifier: str | None = None, sized: bool = False, name: str | None = None,
+) -> Callable[[Callable[..., nn.Module | None]], Callable[..., nn.Module | None]]:
+    """Decorator: register a backbone under the function's name (or ``name``), with its one-line docstring.
 
-    The module it returns takes ``(B, 1, H, W)`` and gives pooled features ``(B, num_features)``.
+    The function is ``fn(pretrained=False, weights=None, img_size=None) -> nn.Module``, or only a docstring, in which
+    case ``source``'s factory builds it. The module takes ``(B, 1, H, W)`` and gives pooled features
+    ``(B, num_features)``. ``reshape_transform(activations, backbone)`` turns the CAM layer's output into
+    ``(B, C, H, W)`` where it is not (see ``zoo.backbones.vit.vit_reshape``).
     """
 
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name or fn.__name__
+    def deco(fn: Callable[..., nn.Module | None]) -> Callable[..., nn.Module | None]:
         doc = (inspect.getdoc(fn) or "").strip().splitlines()
         spec = BackboneSpec(
-            name=key,
-            builder=fn,
-            source=source,
-            cam_layer=cam_layer,
-            native_size=native_size,
-            reshape=reshape,
-            description=doc[0] if doc else "",
-            origin=_origin(fn),
+            name=name or fn.__name__, builder=fn, source=source, cam_layer=cam_layer, native_size=native_size,
+            reshape_transform=reshape_transform, first_conv=first_conv, classifier=classifier, sized=sized,
+            description=doc[0] if doc else "", origin=origin(fn),
         )
-        old = _REGISTRY.get(key)
-        if old is not None and old.origin != spec.origin:
-            raise ValueError(f"backbone {key!r} is registered twice: by {old.origin} and by {spec.origin}")
-        _REGISTRY[key] = spec
+        BACKBONES.add(spec.name, spec, fn)
         fn.spec = spec  # type: ignore[attr-defined]
         return fn
 
     return deco
 
 
-def _ensure_loaded() -> None:
-    if not _state["builtins"]:
-        _state["builtins"] = True
-        importlib.import_module("zoo.backbones")
-    if not _state["plugins"]:
-        _state["plugins"] = True
-        load_plugins()
-
-
-def load_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
-    """Import every entry point of ``group``; their ``@register_backbone`` decorators register them.
-
-    An entry point must name a builder decorated with :func:`register_backbone`. Returns the names loaded.
-    A plugin that fails to import, or names an undecorated object, is reported with a warning and skipped.
-    """
-    return load_entry_points(group, lambda obj: obj.spec.name if isinstance(getattr(obj, "spec", None), BackboneSpec)
-                             else None, "register_backbone")
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+def load_plugins() -> list[str]:
+    """Import every ``bone_zoo.backbones`` entry point (each must name a function decorated with
+    :func:`register_backbone`); returns the names loaded. Broken or undecorated plugins are warned about, skipped."""
+    return BACKBONES.load_plugins()
 
 
 def list_backbones(pattern: str | list[str] | None = None) -> list[str]:
     """Registered names matching a wildcard pattern (or any of several), naturally sorted."""
-    _ensure_loaded()
-    names = sorted(_REGISTRY, key=_natural_key)
-    if pattern is None:
-        return names
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    return BACKBONES.names(pattern)
 
 
 def resolve_backbones(patterns: list[str]) -> list[str]:
@@ -133,21 +147,14 @@ def resolve_backbones(patterns: list[str]) -> list[str]:
 
 
 def describe_backbones(pattern: str | list[str] | None = None) -> str:
-    """One line per registered backbone: name, source, description (for --list-models)."""
-    return "\n".join(f"{n:24s} {_REGISTRY[n].source:34s} {_REGISTRY[n].description}" for n in list_backbones(pattern))
+    """One line per registered backbone: name, source, native size, description (for --list-models)."""
+    specs = [get_backbone(n) for n in list_backbones(pattern)]
+    return "\n".join(f"{s.name:24s} {s.source:34s} {s.native_size:4d} px  {s.description}" for s in specs)
 
 
 def get_backbone(name: str) -> BackboneSpec:
     """The spec of a registered backbone; an unknown name fails with the closest registered names."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(
-            f"unknown backbone {name!r}.{hint} `python train_all.py --list-models` shows all {len(_REGISTRY)}."
-        ) from None
+    return BACKBONES.get(name)
 
 
 def create_backbone(

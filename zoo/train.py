@@ -26,7 +26,7 @@ from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
 from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
-from zoo.data import Dataset, ImageArray, fold_split, load_images, split_by_study, studies
+from zoo.data import DatasetTables, ImageArray, fold_split, load_images, split_by_study, studies
 from zoo.data.transforms import train_augment
 from zoo.engine import evaluate, train_one_epoch
 from zoo.inference import ArrayDataset, auto_workers
@@ -120,15 +120,16 @@ class TrainData:
 
 
 class Trainer:
-    """Trains one member on a :class:`Dataset` into ``out_dir``:
+    """Trains one member on a :class:`DatasetTables` into ``out_dir``:
     model.safetensors, config.json, README.md, metrics.json, metrics.jsonl, val_predictions.csv, curves.png.
 
     While it runs, ``out_dir/checkpoint/`` holds the last complete epoch and the best weights for ``resume``.
     Under DDP every process runs it; only the main process writes files.
     """
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, out_dir: str | Path, images: ImageArray | None = None,
-                 accelerator=None, pseudo: pd.DataFrame | None = None, pseudo_record: dict | None = None):
+    def __init__(self, config: TrainConfig, dataset: DatasetTables, out_dir: str | Path,
+                 images: ImageArray | None = None, accelerator=None, pseudo: pd.DataFrame | None = None,
+                 pseudo_record: dict | None = None):
         self.cfg = config
         self.dataset = dataset
         self.out = Path(out_dir)

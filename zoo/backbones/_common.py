@@ -1,4 +1,8 @@
-"""Helpers the backbone builders share: timm and torchvision models with a 1-channel stem and pooled features."""
+"""The source factories: timm and torchvision models with a 1-channel stem and pooled features.
+
+A backbone whose builder is only a docstring is built here from its spec (``source="timm:NAME"`` or
+``"torchvision:NAME"``); :func:`timm_backbone` and :func:`torchvision_backbone` are also there for builders with a body.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from torch import nn
+
+from zoo.registry import BackboneSpec, register_source
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -113,3 +119,22 @@ def torchvision_backbone(
     model.num_features = getattr(head_parent, head_attr).in_features
     setattr(head_parent, head_attr, nn.Identity())
     return model
+
+
+@register_source("timm")
+def from_timm(spec: BackboneSpec, *, pretrained: bool = False, weights: str | Path | None = None,
+              img_size: int | None = None) -> nn.Module:
+    """``timm:NAME``; a ``sized`` spec is built for ``img_size`` (default its native size)."""
+    return timm_backbone(spec.model_name, pretrained=pretrained, weights=weights,
+                         img_size=(img_size or spec.native_size) if spec.sized else None, pass_img_size=spec.sized)
+
+
+@register_source("torchvision")
+def from_torchvision(spec: BackboneSpec, *, pretrained: bool = False, weights: str | Path | None = None,
+                     img_size: int | None = None) -> nn.Module:
+    """``torchvision:NAME``, with the spec's ``first_conv`` made 1-channel and its ``classifier`` removed."""
+    if not (spec.first_conv and spec.classifier):
+        raise TypeError(f"backbone {spec.name!r} ({spec.origin}): a torchvision source needs first_conv= and "
+                        "classifier= in its @register_backbone (dotted paths of the stem conv and the final Linear)")
+    return torchvision_backbone(spec.model_name, stem=spec.first_conv, head=spec.classifier, pretrained=pretrained,
+                                weights=weights)

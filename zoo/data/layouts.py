@@ -29,8 +29,10 @@ class LayoutError(ValueError):
 
 
 @dataclass
-class Dataset:
-    """A dataset on disk: its layout name and image tables for the training and test splits."""
+class DatasetTables:
+    """What :func:`load_dataset` read from a dataset folder: its layout name, one image table (a DataFrame, one row
+    per image: ``path, id, part, label, patient``) for each of the training and test splits, and notes on what was
+    skipped. Plain tables, not a ``torch.utils.data.Dataset``: the trainer makes those from them."""
 
     root: Path
     layout: str
@@ -204,7 +206,7 @@ def _attach_labels(images: pd.DataFrame, table: pd.DataFrame, csv: Path, notes: 
     return images
 
 
-def load_competition(root: Path) -> Dataset:
+def load_competition(root: Path) -> DatasetTables:
     notes: list[str] = []
     splits = {}
     for split, csv_names in (("train", ("train.csv",)), ("test", ("test_labels.csv", "test.csv"))):
@@ -214,7 +216,7 @@ def load_competition(root: Path) -> Dataset:
         if csv is not None and not images.empty:
             images = _attach_labels(images, read_label_table(csv, notes), csv, notes)
         splits[split] = images
-    return Dataset(root, "competition", splits["train"], splits["test"], notes)
+    return DatasetTables(root, "competition", splits["train"], splits["test"], notes)
 
 
 def _mura_root(root: Path) -> Path | None:
@@ -262,13 +264,13 @@ def _load_mura_split(mura: Path, split: str, notes: list[str]) -> pd.DataFrame:
     return images
 
 
-def load_mura(root: Path) -> Dataset:
+def load_mura(root: Path) -> DatasetTables:
     mura = _mura_root(root)
     assert mura is not None
     notes: list[str] = []
     train = _load_mura_split(mura, "train", notes)
     test = _load_mura_split(mura, "valid", notes)  # MURA's public evaluation split
-    return Dataset(mura, "mura", train, test, notes)
+    return DatasetTables(mura, "mura", train, test, notes)
 
 
 def detect_layout(root: str | Path) -> str:
@@ -286,7 +288,7 @@ def detect_layout(root: str | Path) -> str:
     )
 
 
-def load_dataset(root: str | Path) -> Dataset:
+def load_dataset(root: str | Path) -> DatasetTables:
     """Read a dataset folder in either layout (auto-detected)."""
     root = Path(root).expanduser()
     ds = load_mura(root) if detect_layout(root) == "mura" else load_competition(root)
