@@ -85,7 +85,9 @@ def _split_seg(seg: Seg, t: float) -> tuple[Seg, Seg]:
     return ((x0, y0), mid, width), (mid, (x1, y1), width)
 
 
-def _render(part: str, finding: str | None, rng: np.random.Generator, size: int) -> np.ndarray:
+def _pose(part: str, finding: str | None, rng: np.random.Generator, size: int):
+    """Image width and height, the bones, the target bone's index and where along it the finding sits (a displaced
+    bone is already split in two, its far piece shifted and angled)."""
     aspect = rng.uniform(0.7, 1.0)
     h = size
     w = max(32, round(size * aspect))
@@ -98,48 +100,40 @@ def _render(part: str, finding: str | None, rng: np.random.Generator, size: int)
         (bx0, by0), (bx1, by1), bw = b
         rods[target] = a
         rods.append(((bx0 + shift, by0 + 0.02), (bx1 + shift * 1.8, by1), bw))
-    tissue = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(tissue).ellipse([w * 0.12, -h * 0.1, w * 0.88, h * 1.1], fill=255)
-    tissue = tissue.filter(ImageFilter.GaussianBlur(size / 14))
-    bone = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(bone)
-    for seg in rods:
-        _line(d, seg, w, h, 235)  # cortex
-    for seg in rods:
-        _line(d, seg, w, h, 170, scale=0.5)  # medulla
-    for cx, cy, rx, ry in blobs:
-        d.ellipse([(cx - rx) * w, (cy - ry) * h, (cx + rx) * w, (cy + ry) * h], fill=215, outline=240)
-    metal = Image.new("L", (w, h), 0)
-    if finding == "fracture":  # a dark, slightly oblique gap across the target bone
-        (x0, y0), (x1, y1), bw = rods[target]
-        cx, cy = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
-        ang = math.atan2(y1 - y0, x1 - x0) + math.pi / 2 + rng.uniform(-0.5, 0.5)
-        half = bw * 0.9
-        dx, dy = math.cos(ang) * half, math.sin(ang) * half
-        pts = [((cx - dx) * w, (cy - dy) * h), (cx * w + rng.normal(0, 1.5), cy * h + rng.normal(0, 1.5)),
-               ((cx + dx) * w, (cy + dy) * h)]
-        d.line(pts, fill=25, width=max(2, round(size * 0.045)))
-    elif finding == "implant":  # a plate along the target bone with screws through it
-        (x0, y0), (x1, y1), bw = rods[target]
-        md = ImageDraw.Draw(metal)
-        p0 = (x0 + (x1 - x0) * 0.2, y0 + (y1 - y0) * 0.2)
-        p1 = (x0 + (x1 - x0) * 0.8, y0 + (y1 - y0) * 0.8)
-        off = bw * 0.55
-        md.line([((p0[0] + off) * w, p0[1] * h), ((p1[0] + off) * w, p1[1] * h)], fill=255,
-                width=max(2, round(size * 0.025)))
-        for k in range(4):
-            s = 0.2 + 0.6 * k / 3
-            sx, sy = x0 + (x1 - x0) * s, y0 + (y1 - y0) * s
-            md.line([((sx - bw * 0.6) * w, sy * h), ((sx + off) * w, sy * h)], fill=255,
-                    width=max(1, round(size * 0.012)))
-    img = 0.06 + 0.22 * np.asarray(tissue, np.float32) / 255 + 0.5 * np.asarray(bone, np.float32) / 255
-    if finding is not None:  # soft-tissue swelling around the finding, as in real injuries
-        (x0, y0), (x1, y1), _ = rods[target]
-        cx, cy = (x0 + (x1 - x0) * t) * w, (y0 + (y1 - y0) * t) * h
-        yy, xx = np.mgrid[0:h, 0:w]
-        img += 0.12 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (0.12 * size) ** 2)).astype(np.float32)
-    img = np.maximum(img, np.asarray(metal, np.float32) / 255)
-    pil = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return w, h, rods, blobs, target, t
+
+
+def _fracture(d: ImageDraw.ImageDraw, rod: Seg, t: float, w: int, h: int, size: int,
+              rng: np.random.Generator) -> None:
+    """A dark, slightly oblique gap across ``rod`` at ``t``."""
+    (x0, y0), (x1, y1), bw = rod
+    cx, cy = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
+    ang = math.atan2(y1 - y0, x1 - x0) + math.pi / 2 + rng.uniform(-0.5, 0.5)
+    half = bw * 0.9
+    dx, dy = math.cos(ang) * half, math.sin(ang) * half
+    pts = [((cx - dx) * w, (cy - dy) * h), (cx * w + rng.normal(0, 1.5), cy * h + rng.normal(0, 1.5)),
+           ((cx + dx) * w, (cy + dy) * h)]
+    d.line(pts, fill=25, width=max(2, round(size * 0.045)))
+
+
+def _implant(metal: Image.Image, rod: Seg, w: int, h: int, size: int) -> None:
+    """A plate along ``rod`` with screws through it, drawn on ``metal``."""
+    (x0, y0), (x1, y1), bw = rod
+    md = ImageDraw.Draw(metal)
+    p0 = (x0 + (x1 - x0) * 0.2, y0 + (y1 - y0) * 0.2)
+    p1 = (x0 + (x1 - x0) * 0.8, y0 + (y1 - y0) * 0.8)
+    off = bw * 0.55
+    md.line([((p0[0] + off) * w, p0[1] * h), ((p1[0] + off) * w, p1[1] * h)], fill=255,
+            width=max(2, round(size * 0.025)))
+    for k in range(4):
+        s = 0.2 + 0.6 * k / 3
+        sx, sy = x0 + (x1 - x0) * s, y0 + (y1 - y0) * s
+        md.line([((sx - bw * 0.6) * w, sy * h), ((sx + off) * w, sy * h)], fill=255,
+                width=max(1, round(size * 0.012)))
+
+
+def _film(pil: Image.Image, w: int, h: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """What the acquisition adds: an L/R marker in a top corner, rotation, a mirror half the time, blur and noise."""
     marker = ImageDraw.Draw(pil)
     font = ImageFont.load_default(size=max(8, size // 10))
     corner = (w * rng.uniform(0.03, 0.1), h * rng.uniform(0.03, 0.08))
@@ -152,6 +146,35 @@ def _render(part: str, finding: str | None, rng: np.random.Generator, size: int)
     pil = pil.filter(ImageFilter.GaussianBlur(0.6))
     out = np.asarray(pil, np.float32) / 255 + rng.normal(0, 0.025, (h, w)).astype(np.float32)
     return np.clip(out, 0, 1)
+
+
+def _render(part: str, finding: str | None, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One view: soft tissue, bones (cortex brighter than the medulla), the finding, then :func:`_film`."""
+    w, h, rods, blobs, target, t = _pose(part, finding, rng, size)
+    tissue = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(tissue).ellipse([w * 0.12, -h * 0.1, w * 0.88, h * 1.1], fill=255)
+    tissue = tissue.filter(ImageFilter.GaussianBlur(size / 14))
+    bone = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(bone)
+    for seg in rods:
+        _line(d, seg, w, h, 235)  # cortex
+    for seg in rods:
+        _line(d, seg, w, h, 170, scale=0.5)  # medulla
+    for cx, cy, rx, ry in blobs:
+        d.ellipse([(cx - rx) * w, (cy - ry) * h, (cx + rx) * w, (cy + ry) * h], fill=215, outline=240)
+    metal = Image.new("L", (w, h), 0)
+    if finding == "fracture":
+        _fracture(d, rods[target], t, w, h, size, rng)
+    elif finding == "implant":
+        _implant(metal, rods[target], w, h, size)
+    img = 0.06 + 0.22 * np.asarray(tissue, np.float32) / 255 + 0.5 * np.asarray(bone, np.float32) / 255
+    if finding is not None:  # soft-tissue swelling around the finding, as in real injuries
+        (x0, y0), (x1, y1), _ = rods[target]
+        cx, cy = (x0 + (x1 - x0) * t) * w, (y0 + (y1 - y0) * t) * h
+        yy, xx = np.mgrid[0:h, 0:w]
+        img += 0.12 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (0.12 * size) ** 2)).astype(np.float32)
+    img = np.maximum(img, np.asarray(metal, np.float32) / 255)
+    return _film(Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)), w, h, size, rng)
 
 
 def _save(img: np.ndarray, path: Path, fmt: str) -> None:
