@@ -60,3 +60,51 @@ def test_pickle_weights_are_refused(tmp_path):
     torch.save({}, file)
     with pytest.raises(PretrainedUnavailable, match="only .safetensors"):
         create_backbone("resnet10t", weights=str(file))
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "vit_small_patch16_224", "regnet_x_800mf"])
+def test_a_docstring_only_builder_is_built_from_its_source(name):
+    """The decorator's ``source`` is the one statement of where a backbone comes from: the built module is the one
+    the source's helper builds (same architecture, same initial weights for the same seed)."""
+    from zoo.backbones._common import timm_backbone, torchvision_backbone
+    from zoo.registry import get_backbone
+
+    spec = get_backbone(name)
+    assert spec.from_source and spec.source.endswith(":" + name)
+    torch.manual_seed(0)
+    got = create_backbone(name, img_size=96)
+    torch.manual_seed(0)
+    if spec.scheme == "torchvision":
+        want = torchvision_backbone(name, stem="stem.0", head="fc")
+    else:
+        want = timm_backbone(name, img_size=96, pass_img_size=name.startswith("vit"))
+    a, b = got.state_dict(), want.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert got.num_features == want.num_features
+
+
+def test_a_builder_without_a_body_needs_a_known_source():
+    from zoo import registry
+    from zoo.registry import register_backbone
+
+    @register_backbone(source="myhub:thing", cam_layer="x")
+    def test_bodiless(pretrained=False, weights=None, img_size=None):
+        """No body, and a source the zoo has no factory for."""
+
+    try:
+        with pytest.raises(KeyError, match=r"unknown backbone source 'myhub'.*Registered: timm, torchvision"):
+            create_backbone("test_bodiless")
+    finally:
+        registry.BACKBONES.unregister("test_bodiless")
+
+
+def test_pretrained_weights_far_from_their_native_size_warn(tmp_path, recwarn):
+    rgb = timm.create_model("resnet10t", pretrained=False)
+    file = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(file))
+    with pytest.warns(UserWarning, match="trained at 176 px and it is used at 64 px"):
+        create_backbone("resnet10t", weights=str(file), img_size=64)
+    recwarn.clear()
+    create_backbone("resnet10t", weights=str(file), img_size=224)
+    create_backbone("resnet10t", img_size=64)  # random init: the size is the user's business
+    assert not [w for w in recwarn if "native" in str(w.message) or "trained at" in str(w.message)]

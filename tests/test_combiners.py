@@ -43,6 +43,21 @@ def test_a_duplicate_name_is_an_error_naming_both():
         register_combiner(Other)
 
 
+def test_a_duplicate_combiner_names_both_places_with_file_and_line():
+    """As for backbones: module:class (file:line) of the registered one and of the newcomer."""
+
+    class Weighted(Combiner):
+        name = "weighted"
+
+    with pytest.raises(ValueError, match=r"'weighted' is registered twice: by zoo\.combiners:Weighted "
+                                         r"\(.*combiners\.py:\d+\) and by .*Weighted \(.*test_combiners\.py:\d+\)"):
+        register_combiner(Weighted)
+    assert create_combiner("weighted", _members([0.9], [0.5])).__class__.__module__ == "zoo.combiners"
+    with pytest.raises(KeyError, match=r"unknown ensemble method 'weigthed'\. Did you mean: weighted\? Registered: "
+                                       r"mean, weighted, rank"):
+        create_combiner("weigthed", [])
+
+
 def test_entry_point_combiner_reaches_predict_help_ensemble_and_demo(tmp_path, monkeypatch):
     site = tmp_path / "site"
     dist = site / "bone_zoo_median-0.1.dist-info"

@@ -1,6 +1,7 @@
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from zoo import registry
@@ -42,7 +43,8 @@ def test_duplicate_registration_names_both_places():
 
 def test_spec_carries_cam_layer_and_source():
     spec = get_backbone("vit_small_patch16_224")
-    assert spec.reshape_transform is vit_reshape and spec.source == "timm:vit_small_patch16_224" and spec.family == "vit"
+    assert spec.reshape_transform is vit_reshape
+    assert spec.source == "timm:vit_small_patch16_224" and spec.family == "vit"
     assert get_backbone("regnet_x_800mf").source.startswith("torchvision:")
 
 
@@ -85,3 +87,114 @@ def test_entry_point_plugin_from_an_installed_distribution(tmp_path, monkeypatch
     finally:
         registry.BACKBONES.unregister("dummy_net")
         sys.modules.pop("bone_zoo_dummy_plugin", None)
+
+
+def test_one_mechanism_for_backbones_and_combiners():
+    """Both plugin kinds are the one zoo.plugins.Registry; the combiners' twin registry code is gone."""
+    from zoo import combiners
+    from zoo.plugins import Registry
+
+    assert isinstance(registry.BACKBONES, Registry) and isinstance(combiners.COMBINERS, Registry)
+    assert (registry.BACKBONES.group, combiners.COMBINERS.group) == ("bone_zoo.backbones", "bone_zoo.combiners")
+    assert not any(hasattr(combiners, n) for n in ("_REGISTRY", "_state", "_ensure_loaded"))
+
+
+def test_registry_mechanics_duplicates_suggestions_and_wildcards():
+    from zoo.plugins import Registry
+
+    reg = Registry("widget", hint="{n} registered: {names}")
+
+    def net_10():
+        """Ten."""
+
+    def net_2():
+        """Two."""
+
+    reg.add("net_10", 10, net_10)
+    reg.add("net_2", 2, net_2)
+    reg.add("net_2", 2, net_2)  # the same definition again (a module imported twice) is no error
+    assert reg.names() == ["net_2", "net_10"] and reg.names("*_1?") == ["net_10"] and reg.get("net_2") == 2
+    with pytest.raises(KeyError, match=r"unknown widget 'net_20'\. Did you mean: net_2, net_10\? 2 registered: net_2"):
+        reg.get("net_20")
+
+    def impostor():
+        """Another net_2."""
+
+    with pytest.raises(ValueError, match=r"widget 'net_2' is registered twice: by .*:test_registry_mechanics[^ ]*"
+                                         r"net_2 \(.*test_registry\.py:\d+\) and by .*impostor \(.*test_registry\.py"):
+        reg.add("net_2", 3, impostor)
+
+
+def test_duplicate_backbone_names_both_places_with_file_and_line():
+    def resnet18():
+        """Impostor."""
+
+    with pytest.raises(ValueError, match=r"backbone 'resnet18' is registered twice: by zoo\.backbones\.resnet:resnet18 "
+                                         r"\(.*resnet\.py:\d+\) and by .*resnet18 \(.*test_registry\.py:\d+\)"):
+        register_backbone(source="timm:resnet18", cam_layer="layer4")(resnet18)
+    assert get_backbone("resnet18").origin.startswith("zoo.backbones.resnet:resnet18")  # the original stays
+
+
+def _fake_entry_points(site, monkeypatch):
+    """A plugin module on sys.path and ``zoo.plugins.entry_points`` answering for both groups; returns the groups
+    asked, in order."""
+    from importlib.metadata import EntryPoint
+
+    (site / "bone_zoo_both_plugin.py").write_text(textwrap.dedent('''
+        import numpy as np
+        from zoo import register_backbone, register_combiner
+        from zoo.combiners import Combiner
+
+        @register_backbone(source="timm:resnet10t", cam_layer="layer4", native_size=176)
+        def ep_resnet():
+            """An entry-point backbone built from its source."""
+
+        @register_combiner
+        class EpMax(Combiner):
+            """max of the members' probabilities"""
+            name = "ep_max"
+
+            def combine(self, scores):
+                return np.nanmax(scores, axis=1)
+    '''))
+    monkeypatch.syspath_prepend(str(site))
+    eps = {"bone_zoo.backbones": [EntryPoint("ep_resnet", "bone_zoo_both_plugin:ep_resnet", "bone_zoo.backbones")],
+           "bone_zoo.combiners": [EntryPoint("ep_max", "bone_zoo_both_plugin:EpMax", "bone_zoo.combiners"),
+                                  EntryPoint("nope", "bone_zoo_both_plugin:np", "bone_zoo.combiners")]}
+    asked: list[str] = []
+
+    def entry_points(group):
+        asked.append(group)
+        return eps.get(group, [])
+
+    monkeypatch.setattr("zoo.plugins.entry_points", entry_points)
+    return asked
+
+
+def test_entry_points_of_each_group_load_lazily_once_through_the_one_mechanism(tmp_path, monkeypatch):
+    from zoo import combiners
+
+    asked = _fake_entry_points(tmp_path, monkeypatch)
+    monkeypatch.setattr(registry.BACKBONES, "_plugins_loaded", False)
+    monkeypatch.setattr(combiners.COMBINERS, "_plugins_loaded", False)
+    try:
+        assert asked == []  # nothing is loaded before the registry is asked
+        assert "ep_resnet" in list_backbones("ep_*") and list_backbones("ep_*") == ["ep_resnet"]
+        assert asked == ["bone_zoo.backbones"]
+        with pytest.warns(UserWarning, match=r"'nope'.*not decorated with @zoo\.register_combiner"):
+            assert combiners.list_combiners()[-1] == "ep_max"
+        combiners.list_combiners()
+        assert asked == ["bone_zoo.backbones", "bone_zoo.combiners"]  # once per group
+        assert get_backbone("ep_resnet").description == "An entry-point backbone built from its source."
+        assert create_backbone("ep_resnet").num_features == create_backbone("resnet10t").num_features
+        scores = np.array([[0.2, 0.7]])
+        assert combiners.create_combiner("ep_max", [None, None]).combine(scores).tolist() == [0.7]
+    finally:
+        registry.BACKBONES.unregister("ep_resnet")
+        combiners.COMBINERS.unregister("ep_max")
+        sys.modules.pop("bone_zoo_both_plugin", None)
+
+
+def test_listing_shows_each_backbones_native_size():
+    line = next(ln for ln in registry.describe_backbones("resnet10t").splitlines())
+    assert "timm:resnet10t" in line and "176 px" in line
