@@ -129,11 +129,3 @@ class Registry(Generic[T]):
         """``(name, entry)`` in :meth:`names` order."""
         return ((n, self._entries[n].value) for n in self.names())
 
-    def __contains__(self, name: object) -> bool:
-        self.load()
-        return name in self._entries
-
-    def __len__(self) -> int:
-        self.load()
-        return len(self._entries)
-
