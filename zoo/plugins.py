@@ -41,7 +41,11 @@ def origin(obj: object) -> str:
 class _Entry(Generic[T]):
     value: T  # what the registry hands out (a BackboneSpec, a Combiner class)
     obj: object  # what was decorated (what an entry point names)
-    origin: str
+
+    def same_definition(self, obj: object) -> bool:
+        """``obj`` is this entry's definition, or the same one imported again (same module and qualified name)."""
+        key = (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
+        return obj is self.obj or key == (getattr(self.obj, "__module__", 0), getattr(self.obj, "__qualname__", 0))
 
 
 class Registry(Generic[T]):
@@ -63,14 +67,13 @@ class Registry(Generic[T]):
         self._plugins_loaded = group is None
 
     def add(self, name: str, value: T, obj: object) -> T:
-        """Register ``value`` under ``name``; ``obj`` is the decorated function or class (its origin is recorded).
-        The same definition registered again (a module imported twice) replaces itself; another one is an error."""
-        new = _Entry(value, obj, origin(obj))
+        """Register ``value`` under ``name``; ``obj`` is the decorated function or class. The same definition
+        registered again (a module imported twice) replaces itself; another one is an error naming both places."""
         old = self._entries.get(name)
-        if old is not None and old.origin != new.origin:
-            raise ValueError(f"{self.kind} {name!r} is registered twice: by {old.origin} and by {new.origin}; "
+        if old is not None and not old.same_definition(obj):
+            raise ValueError(f"{self.kind} {name!r} is registered twice: by {origin(old.obj)} and by {origin(obj)}; "
                              "rename one of them (or uninstall the plugin package that repeats it)")
-        self._entries[name] = new
+        self._entries[name] = _Entry(value, obj)
         return value
 
     def unregister(self, name: str) -> None:
