@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import zoo.model
-from zoo.members import MemberError, ShapeMismatch, WeightsMismatch, load_model
+from zoo.loader import load_model
+from zoo.members import MemberError, ShapeMismatch, WeightsMismatch
 from zoo.model import BoneClassifier
 
 REPO = "bone-zoo-tests/one-member"
@@ -72,7 +73,7 @@ ENTRY_POINTS = {
     "BoneClassifier.from_pretrained(folder)": lambda f, cache: BoneClassifier.from_pretrained(str(f)),
     "BoneClassifier.from_pretrained(Hub id, offline cache)":
         lambda f, cache: BoneClassifier.from_pretrained(REPO, cache_dir=cache),
-    "zoo.members.load_model": lambda f, cache: load_model(f),
+    "zoo.loader.load_model": lambda f, cache: load_model(f),
     "the demo's member pool": lambda f, cache: _demo_member(f),
 }
 
@@ -234,7 +235,7 @@ def test_the_reviewers_header_bomb_is_refused_with_a_small_peak(tmp_path):
     import subprocess
     import sys
 
-    code = ("import resource, sys\nfrom zoo.members import MemberError, load_model\n"
+    code = ("import resource, sys\nfrom zoo.loader import load_model\nfrom zoo.members import MemberError\n"
             "try:\n    load_model(sys.argv[1]); print('LOADED')\n"
             "except MemberError as exc:\n    print('REFUSED', exc)\n"
             "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
