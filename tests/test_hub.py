@@ -443,3 +443,16 @@ def test_from_pretrained_of_a_hub_id_lists_sizes_first(hostile_repo, monkeypatch
     with pytest.raises(MemberError, match="model.safetensors is 3072 MB"):  # the mixin's from_pretrained ends here
         zoo.model.BoneClassifier._from_pretrained(model_id="org/one-member", revision=None, cache_dir=None,
                                                   force_download=False, local_files_only=False, token=None)
+
+
+def test_the_run_card_carries_the_leaderboard_the_run_wrote(tmp_path):
+    """A push uploads what the run wrote: the run card's leaderboard is RUN/leaderboard.md as written (issue 20: the
+    push recomputed the leaderboard from the members instead)."""
+    from zoo.hub import plan_push
+
+    run_dir = tmp_path / "run"
+    BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(run_dir / "m1")
+    (run_dir / "leaderboard.md").write_text("| member | val_auc |\n|---|---|\n| m1 | 0.777 (as written) |\n")
+    card = plan_push(run_dir, REPO).files["README.md"].decode()
+    assert "| m1 | 0.777 (as written) |" in card
+    assert plan_push(run_dir, REPO).files["leaderboard.md"] == (run_dir / "leaderboard.md").resolve()

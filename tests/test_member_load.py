@@ -279,3 +279,20 @@ def test_training_refuses_sizes_its_members_could_never_load(flags, says, tmp_pa
     assert main(args) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_the_constructor_takes_the_config_objects_fields(tmp_path):
+    """``BoneClassifier(backbone, **options)``: the options are ClassifierConfig's fields (an unknown one is a
+    TypeError naming it), get_config() is that config, and config.json round trips through from_pretrained."""
+    from dataclasses import fields
+
+    from zoo.model import ClassifierConfig
+
+    model = BoneClassifier("resnet10t", img_size=48, head_hidden=[8], threshold=0.3, metrics={"val_auc": 0.8})
+    assert list(model.get_config()) == [f.name for f in fields(ClassifierConfig)]
+    assert ClassifierConfig.from_dict({**model.get_config(), "weights_sha256": "ab"}) == ClassifierConfig(
+        **model.get_config())
+    with pytest.raises(TypeError, match="img_sise"):
+        BoneClassifier("resnet10t", img_sise=48)
+    back = BoneClassifier.from_pretrained(str(model.save_member(tmp_path / "m")))
+    assert back.get_config() == model.get_config() and back.threshold == 0.3
