@@ -15,7 +15,7 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from zoo.card import CARD_METADATA, MEMBER_TAGS, REPO_URL
+from zoo.card import CARD_METADATA, MEMBER_TAGS, REPO_URL, member_card
 from zoo.head import MLPHead
 from zoo.members import (  # WeightsMismatch is re-exported: zoo.model.WeightsMismatch as before
     ShapeMismatch,
@@ -100,8 +100,6 @@ class BoneClassifier(nn.Module, PyTorchModelHubMixin, repo_url=REPO_URL, tags=li
         return self.head(self.backbone(x)).squeeze(-1)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        from zoo.card import member_card
-
         return member_card(self.get_config())
 
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs):
