@@ -24,8 +24,9 @@ from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Ensemble, Group
 from zoo.explain import explain_study
+from zoo.loader import Member, load_model
 from zoo.localisation import FUSED, TOLERANCE, boxes_by_image, load_annotations, pad_geometry, pointing_hit
-from zoo.members import Member, MemberError, load_model, resolve_member_dirs
+from zoo.members import MemberError, resolve_member_dirs
 from zoo.metrics import is_abnormal
 
 # What one request may cost (DESIGN "cost is bounded by what the user asked for"):

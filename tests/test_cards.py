@@ -87,3 +87,18 @@ def test_the_run_card_describes_each_member_from_its_config():
     assert _names(seed_row, "Adam") and "StepLR" in seed_row and "cosine" not in seed_row
     assert _names(modern_row, "AdamW") and "cosine" in modern_row and "0.998" in modern_row
     assert "256 px" in modern_row and "512 px" in seed_row
+
+
+def test_card_metadata_is_defined_once_for_the_mixin_and_the_cards(tmp_path):
+    """The PyTorchModelHubMixin class keywords and the rendered cards take the same metadata (zoo.card), and the
+    mixin's own tag does not leak into the shared tags."""
+    from zoo.card import CARD_METADATA, MEMBER_TAGS
+
+    mixin = BoneClassifier._hub_mixin_info.model_card_data.to_dict()
+    meta = ModelCard.load(BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / "m")
+                          / "README.md").data.to_dict()
+    for key, value in CARD_METADATA.items():
+        assert mixin[key] == meta[key] == value, key
+    assert set(MEMBER_TAGS) <= set(mixin["tags"]) and set(meta["tags"]) == {*MEMBER_TAGS, "resnet10t"}
+    run = run_card("org/run", "|x|", ["a"]).data.to_dict()
+    assert {k: run[k] for k in CARD_METADATA} == CARD_METADATA and "model_hub_mixin" not in run["tags"]

@@ -13,9 +13,10 @@ from conftest import TINY, run_script
 from huggingface_hub import ModelCard, scan_cache_dir, snapshot_download
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from zoo.hub import SALT_FILE, PushError, download_members, push_run
-from zoo.members import WEIGHTS
+from zoo.hub import PushError, PushOptions, push_run
+from zoo.members import WEIGHTS, download_members
 from zoo.model import BoneClassifier
+from zoo.run import SALT_FILE
 
 REPO = "bone-zoo-tests/tiny-zoo"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -46,7 +47,7 @@ def make_hub_cache(files: dict[str, bytes], cache: Path, repo_id: str = REPO) ->
 def pushed_files(run_dir: Path, repo_id: str = REPO, **kw) -> tuple[dict[str, bytes], "RecordingHfApi"]:
     """What push_run uploads for ``run_dir`` (through the recording double): path in repo -> bytes."""
     api = RecordingHfApi()
-    push_run(run_dir, repo_id, api=api, say=lambda m: None, **kw)
+    push_run(run_dir, repo_id, PushOptions(**kw), api=api, say=lambda m: None)
     (commit,) = [c for c in api.calls if c[0] == "create_commit"]
     return commit[2]["files"], api
 
@@ -148,7 +149,7 @@ def test_push_run_wiring(run, tmp_path):
     (run_dir / TINY[0] / "checkpoint").mkdir()
     (run_dir / TINY[0] / "checkpoint" / "last.safetensors").write_bytes(b"x")
     api = RecordingHfApi()
-    url = push_run(run_dir, REPO, private=True, revision="v1", api=api)
+    url = push_run(run_dir, REPO, PushOptions(private=True, revision="v1"), api=api)
     assert url.endswith("/commit/1")
     kinds = [c[0] for c in api.calls]
     assert kinds == ["create_repo", "create_branch", "create_commit"]
@@ -216,7 +217,7 @@ def test_push_is_private_by_default_names_no_patient_and_rewrites_nothing(run, t
         assert list(pushed["id"]) == [names[i] for i in local["id"]]
     assert _tree(run_dir) == before  # push only reads the run folder
     api = RecordingHfApi()
-    push_run(run_dir, REPO, api=api, private=False, include_study_ids=True, say=notes.append)
+    push_run(run_dir, REPO, PushOptions(private=False, include_study_ids=True), api=api, say=notes.append)
     assert api.calls[0][2]["private"] is False
     assert set(pd.read_csv(io.BytesIO(api.calls[-1][2]["files"][f"{TINY[0]}/val_predictions.csv"]),
                            dtype={"id": str})["id"]) <= ids
@@ -258,7 +259,7 @@ def test_ensemble_fitting_does_not_depend_on_how_studies_are_named(tmp_path):
     import pandas as pd
 
     from zoo.ensemble import Ensemble
-    from zoo.members import Member
+    from zoo.loader import Member
 
     rng = np.random.default_rng(0)
     ids = [f"patient{i:05d}" for i in range(60)]
@@ -371,9 +372,9 @@ def hostile_repo(tmp_path, monkeypatch):
         return str(snap)
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("zoo.hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     sizes, extra = {}, {}  # what the listing claims beyond the files (set by a test)
-    monkeypatch.setattr("zoo.hub.HfApi", lambda token=None: ListingHfApi(repo, sizes, extra))
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: ListingHfApi(repo, sizes, extra))
     return {"repo": repo, "downloaded": downloaded, "sizes": sizes, "extra": extra}
 
 
@@ -442,3 +443,16 @@ def test_from_pretrained_of_a_hub_id_lists_sizes_first(hostile_repo, monkeypatch
     with pytest.raises(MemberError, match="model.safetensors is 3072 MB"):  # the mixin's from_pretrained ends here
         zoo.model.BoneClassifier._from_pretrained(model_id="org/one-member", revision=None, cache_dir=None,
                                                   force_download=False, local_files_only=False, token=None)
+
+
+def test_the_run_card_carries_the_leaderboard_the_run_wrote(tmp_path):
+    """A push uploads what the run wrote: the run card's leaderboard is RUN/leaderboard.md as written (issue 20: the
+    push recomputed the leaderboard from the members instead)."""
+    from zoo.hub import plan_push
+
+    run_dir = tmp_path / "run"
+    BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(run_dir / "m1")
+    (run_dir / "leaderboard.md").write_text("| member | val_auc |\n|---|---|\n| m1 | 0.777 (as written) |\n")
+    card = plan_push(run_dir, REPO).files["README.md"].decode()
+    assert "| m1 | 0.777 (as written) |" in card
+    assert plan_push(run_dir, REPO).files["leaderboard.md"] == (run_dir / "leaderboard.md").resolve()

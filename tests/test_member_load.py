@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import zoo.model
-from zoo.members import MemberError, ShapeMismatch, WeightsMismatch, load_model
+from zoo.loader import load_model
+from zoo.members import MemberError, ShapeMismatch, WeightsMismatch
 from zoo.model import BoneClassifier
 
 REPO = "bone-zoo-tests/one-member"
@@ -72,7 +73,7 @@ ENTRY_POINTS = {
     "BoneClassifier.from_pretrained(folder)": lambda f, cache: BoneClassifier.from_pretrained(str(f)),
     "BoneClassifier.from_pretrained(Hub id, offline cache)":
         lambda f, cache: BoneClassifier.from_pretrained(REPO, cache_dir=cache),
-    "zoo.members.load_model": lambda f, cache: load_model(f),
+    "zoo.loader.load_model": lambda f, cache: load_model(f),
     "the demo's member pool": lambda f, cache: _demo_member(f),
 }
 
@@ -234,7 +235,7 @@ def test_the_reviewers_header_bomb_is_refused_with_a_small_peak(tmp_path):
     import subprocess
     import sys
 
-    code = ("import resource, sys\nfrom zoo.members import MemberError, load_model\n"
+    code = ("import resource, sys\nfrom zoo.loader import load_model\nfrom zoo.members import MemberError\n"
             "try:\n    load_model(sys.argv[1]); print('LOADED')\n"
             "except MemberError as exc:\n    print('REFUSED', exc)\n"
             "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
@@ -278,3 +279,20 @@ def test_training_refuses_sizes_its_members_could_never_load(flags, says, tmp_pa
     assert main(args) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_the_constructor_takes_the_config_objects_fields(tmp_path):
+    """``BoneClassifier(backbone, **options)``: the options are ClassifierConfig's fields (an unknown one is a
+    TypeError naming it), get_config() is that config, and config.json round trips through from_pretrained."""
+    from dataclasses import fields
+
+    from zoo.model import ClassifierConfig
+
+    model = BoneClassifier("resnet10t", img_size=48, head_hidden=[8], threshold=0.3, metrics={"val_auc": 0.8})
+    assert list(model.get_config()) == [f.name for f in fields(ClassifierConfig)]
+    assert ClassifierConfig.from_dict({**model.get_config(), "weights_sha256": "ab"}) == ClassifierConfig(
+        **model.get_config())
+    with pytest.raises(TypeError, match="img_sise"):
+        BoneClassifier("resnet10t", img_sise=48)
+    back = BoneClassifier.from_pretrained(str(model.save_member(tmp_path / "m")))
+    assert back.get_config() == model.get_config() and back.threshold == 0.3

@@ -103,7 +103,7 @@ def test_train_all_end_to_end_learns(trained_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert trained_run["seconds"] < 120, f"took {trained_run['seconds']:.0f}s"
     board = pd.read_csv(out / "leaderboard.csv")
-    assert sorted(board["backbone"]) == sorted(TINY)
+    assert sorted(board["member"]) == sorted(TINY)
     assert board["val_auc"].max() > 0.8, board  # it really learns the synthetic findings
     assert board["val_auc"].min() > 0.65, board
     for name in TINY:
@@ -135,7 +135,7 @@ def test_train_all_reports_a_failing_member_and_trains_the_rest(tmp_path, synthe
                       "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
     assert proc.returncode == 1
     assert "[resnet10t] FAILED" in proc.stderr and "no resnet10t.safetensors" in proc.stderr
-    assert pd.read_csv(tmp_path / "w" / "leaderboard.csv")["backbone"].tolist() == ["regnetx_002"]
+    assert pd.read_csv(tmp_path / "w" / "leaderboard.csv")["member"].tolist() == ["regnetx_002"]
     assert json.loads((tmp_path / "w" / "regnetx_002" / "config.json").read_text())["training"]["pretrained_weights"]
     proc = run_script("train_all.py", "--data", synthetic_root, "--models", "nonet", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown backbone 'nonet'" in proc.stderr
@@ -163,4 +163,4 @@ def test_semi_supervised_run_uses_the_unlabelled_studies(tmp_path, synthetic_roo
     assert second["n_train_images"] > first["n_train_images"]  # the pseudo-labelled images joined training
     assert second["n_val_images"] == first["n_val_images"]  # validation keeps real labels only
     assert "pseudo-labelled by a first-round ensemble" in (out / "resnet10t" / "README.md").read_text()
-    assert pd.read_csv(out / "leaderboard.csv")["backbone"].tolist() == ["resnet10t"]
+    assert pd.read_csv(out / "leaderboard.csv")["member"].tolist() == ["resnet10t"]

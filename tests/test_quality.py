@@ -20,8 +20,9 @@ from zoo.config import TrainConfig
 from zoo.data import fold_split, load_dataset
 from zoo.data.transforms import train_augment
 from zoo.ensemble import Ensemble
+from zoo.loader import Member
 from zoo.loss import WeightedBCE
-from zoo.members import Member, finished_members
+from zoo.members import finished_members
 from zoo.metrics import binary_metrics
 from zoo.recipes import RECIPES
 from zoo.train import warmup_cosine
@@ -138,7 +139,7 @@ def test_folds_run_writes_k_members_and_out_of_fold_predictions(fold_run, synthe
 
 
 def test_out_of_fold_table_leaves_out_a_backbone_whose_fold_lost_its_predictions(fold_run, tmp_path):
-    from zoo.leaderboard import out_of_fold
+    from zoo.run import out_of_fold
 
     run = tmp_path / "run"
     shutil.copytree(fold_run, run, ignore=shutil.ignore_patterns("checkpoint"))

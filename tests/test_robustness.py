@@ -19,7 +19,8 @@ from conftest import TINY, run_script
 from demo.app import AnalysisError, MemberPool, analyse
 from zoo.data import LayoutError, load_dataset, load_images, read_grayscale
 from zoo.data.io import ImageReadError
-from zoo.members import MemberError, load_model
+from zoo.loader import load_model
+from zoo.members import MemberError
 from zoo.model import BoneClassifier
 
 CASES = list(IMAGE_CASES)

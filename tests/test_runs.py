@@ -151,3 +151,50 @@ def test_cam_overlays_of_same_named_images_in_two_studies_do_not_overwrite(train
     names = overlay_names("a/b", ["x/image1.png", "y/image1.jpg"]) + overlay_names("a_b", ["image1.png"])
     names += overlay_names("..", [".."])
     assert len(set(names)) == len(names) and all("/" not in n and n not in (".", "..") for n in names)
+
+
+# -- the run folder (zoo.run) ---------------------------------------------------------------------------------------
+def _finished_member(folder, auc: float, predictions: bool = True):
+    """A member folder as training leaves it (tiny network, metrics.json last), without training."""
+    from zoo.model import BoneClassifier
+
+    BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(folder)
+    if predictions:
+        rng = np.random.default_rng(0)
+        labels = np.tile([0, 1], 20)
+        pd.DataFrame({"id": [f"s{i}" for i in range(40)], "label": labels,
+                      "prob": np.clip(labels * auc + rng.uniform(0, 0.5, 40), 0, 1)}).to_csv(
+            folder / "val_predictions.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({"backbone": "resnet10t", "val_auc": auc, "params": 1e6,
+                                                     "train_time_s": 1.0}))
+    return folder
+
+
+def test_the_leaderboard_names_each_member_and_the_backbone_it_was_trained_from(tmp_path):
+    """``member`` holds the folder's name (``resnet10t-fold1``), ``backbone`` the registered backbone (issue 20: the
+    ``backbone`` column held member names)."""
+    from zoo import leaderboard
+
+    for k, auc in enumerate((0.7, 0.9)):
+        _finished_member(tmp_path / f"resnet10t-fold{k}", auc)
+    board = leaderboard.collect(tmp_path)
+    assert list(board.columns[:2]) == ["member", "backbone"]
+    assert board["member"].tolist() == ["resnet10t-fold1", "resnet10t-fold0"]  # best validation AUC first
+    assert board["backbone"].tolist() == ["resnet10t", "resnet10t"]
+
+
+def test_the_run_writes_its_results_and_a_push_reads_them_without_writing(tmp_path):
+    """zoo.run.write_results writes leaderboard.csv/.md and roc.png (no out-of-fold file without folds); the push
+    plan lists those files as they are and writes nothing into the run."""
+    from zoo.hub import plan_push
+    from zoo.run import RESULT_FILES, write_results
+
+    run = tmp_path / "run"
+    _finished_member(run / "resnet10t", 0.8)
+    board = write_results(run)
+    assert board["member"].tolist() == ["resnet10t"]
+    assert all((run / f).is_file() for f in RESULT_FILES) and not (run / "oof_predictions.csv").exists()
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    plan = plan_push(run, "org/run")
+    assert {f: plan.files[f] for f in RESULT_FILES} == {f: (run / f).resolve() for f in RESULT_FILES}
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

@@ -13,6 +13,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from zoo.config import TrainConfig
 from zoo.recipes import RECIPES
 
+# The Hub metadata of every bone-zoo card, defined once: zoo.model's PyTorchModelHubMixin class keywords and the cards
+# rendered here (member cards add the backbone's name to MEMBER_TAGS, run cards "ensemble" to BASE_TAGS)
+CARD_METADATA = {"library_name": "bone-zoo", "license": "apache-2.0", "pipeline_tag": "image-classification"}
+REPO_URL = "https://github.com/bone-zoo/bone-zoo"
+BASE_TAGS = ("bone-zoo", "radiology", "x-ray", "musculoskeletal")
+MEMBER_TAGS = (*BASE_TAGS, "image-classification")
 TEMPLATES = files("zoo") / "templates"  # Jinja templates (package data) for huggingface_hub's ModelCard.from_template
 LIMITATIONS = (TEMPLATES / "limitations.md").read_text(encoding="utf-8")
 
@@ -169,13 +175,9 @@ def _eval_results(cfg: dict[str, Any]) -> list[EvalResult]:
     return out
 
 
-BASE_TAGS = ["bone-zoo", "radiology", "x-ray", "musculoskeletal"]
-
-
-def _card_data(extra_tags: list[str], **kwargs) -> ModelCardData:
-    """The metadata every bone-zoo card shares, plus its own tags and fields."""
-    return ModelCardData(library_name="bone-zoo", license="apache-2.0", pipeline_tag="image-classification",
-                         tags=BASE_TAGS + extra_tags, **kwargs)
+def _card_data(tags: list[str], **kwargs) -> ModelCardData:
+    """The metadata every bone-zoo card shares (:data:`CARD_METADATA`), plus its own tags and fields."""
+    return ModelCardData(**CARD_METADATA, tags=list(tags), **kwargs)
 
 
 def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str | None = None) -> ModelCard:
@@ -186,7 +188,7 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
     spec = get_backbone(name)
     metrics = cfg.get("metrics") or {}
     results = _eval_results(cfg)
-    data = _card_data(["image-classification", name], datasets=_dataset_names(cfg) or None,
+    data = _card_data([*MEMBER_TAGS, name], datasets=_dataset_names(cfg) or None,
                       model_name=f"bone-zoo-{name}", eval_results=results or None)
     where = repo_id or "ORG/NAME"
     load = (
@@ -203,7 +205,8 @@ def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str
              configs: list[dict[str, Any]] | None = None) -> ModelCard:
     """README.md at the root of a run repo: the ensemble as one name, with its leaderboard and, from each member's
     config.json (``configs``, in the order of ``members``), how each member was trained."""
-    data = _card_data(["ensemble"], datasets=[dataset] if dataset else None, model_name=repo_id.split("/")[-1])
+    data = _card_data([*BASE_TAGS, "ensemble"], datasets=[dataset] if dataset else None,
+                      model_name=repo_id.split("/")[-1])
     recipes = [recipe_row(m, c) for m, c in zip(members, configs)] if configs else []
     return ModelCard.from_template(data, template_str=_template("run_card.md"), repo_id=repo_id, members=members,
                                    recipes=recipes, leaderboard=leaderboard_md, limitations=LIMITATIONS)

@@ -15,7 +15,8 @@ import pandas as pd
 
 from zoo.combiners import create_combiner
 from zoo.data import ImageArray, load_images
-from zoo.members import Member, MemberError, resolve_member_dirs, unique_names
+from zoo.loader import Member
+from zoo.members import MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies, best_threshold
 
 BACKENDS = ("torch", "onnx", "onnx-int8")

@@ -1,7 +1,9 @@
-"""What a member is: its folder and files, finding members (folders, run folders, wildcards, ``hf://`` ids),
-reading their config, and the one verified read every load goes through (:func:`read_verified`: the weights' hash
-against config.json, the config's sizes against the safetensors header). The one place for it; importing this
-module does not import PyTorch.
+"""What a member is on disk: its folder and files, writing them (:func:`save_files`), finding members (folders,
+run folders, wildcards, ``hf://`` ids), downloading a member's files (and nothing else) from the Hub, reading their
+config, and the one verified read every load goes through (:func:`read_verified`: the weights' hash against
+config.json, the config's sizes against the safetensors header). The one place for it; it builds no network
+(``zoo.model`` builds ``BoneClassifier`` from what this module read, ``zoo.loader`` loads members for inference), so
+nothing here imports PyTorch or ``zoo.model``.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
@@ -11,14 +13,15 @@ A member folder holds ``model.safetensors`` + ``config.json`` (the constructor o
 from __future__ import annotations
 
 import fnmatch
-import functools
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
@@ -28,7 +31,7 @@ HUB_PREFIX = "hf://"
 
 
 WEIGHTS = "model.safetensors"
-WEIGHTS_HASH = "weights_sha256"  # config.json's SHA-256 of model.safetensors, written by BoneClassifier.save_member
+WEIGHTS_HASH = "weights_sha256"  # config.json's SHA-256 of model.safetensors, written by save_files
 RETRIES = 8  # a verified read retried while a writer is between its renames (milliseconds), then refused
 # Bounds on what a config.json may ask to allocate, whatever its weights say (a downloaded config is untrusted)
 MAX_IMG_SIZE = 1024  # the method's 512 px with a 2x margin: a bigger one costs each demo request 4x the CAM work
@@ -87,6 +90,28 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def save_files(folder: str | Path, write: Callable[[Path], None]) -> str:
+    """Write a member into ``folder``: ``write(tmp)`` puts model.safetensors, config.json and README.md into a fresh
+    temporary folder inside it; config.json then gets the SHA-256 of those weights (``weights_sha256``) and each
+    member file replaces its old one atomically and durably (flushed before its rename, the folder after). The hash
+    ties the config to its weights between the renames (:func:`read_verified` waits for a writer). Returns the hash."""
+    from zoo.atomic import durable_replace
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
+    try:
+        write(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg[WEIGHTS_HASH] = file_sha256(tmp / WEIGHTS)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        for name in MEMBER_FILES:
+            durable_replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cfg[WEIGHTS_HASH]
+
+
 @dataclass(frozen=True)
 class VerifiedMember:
     """A member's config.json and the bytes of its model.safetensors, read together and checked against each other:
@@ -101,7 +126,7 @@ class VerifiedMember:
 
 def read_verified(folder: str | Path) -> VerifiedMember:
     """The one verified read of a member folder, which every load path goes through (``BoneClassifier.load`` and
-    ``from_pretrained`` on a folder, the Hub cache or a Hub id, :func:`load_model`, the demo, export).
+    ``from_pretrained`` on a folder, the Hub cache or a Hub id, ``zoo.loader.load_model``, the demo, export).
 
     config.json and model.safetensors are each read once, as bytes, and checked together: the SHA-256 of the weights
     must be config.json's ``weights_sha256`` (retried while a writer finishes its renames, then refused with
@@ -120,7 +145,7 @@ def read_verified(folder: str | Path) -> VerifiedMember:
             _check_size(folder / WEIGHTS, MAX_WEIGHTS_BYTES)
             data = (folder / WEIGHTS).read_bytes()
         except FileNotFoundError as exc:
-            raise MemberError(f"{folder / WEIGHTS}: missing;{_pickles_note(folder)}") from exc
+            raise MemberError(f"{folder / WEIGHTS}: missing;{pickles_note(folder)}") from exc
         digest = hashlib.sha256(data).hexdigest()
         expected = config.get(WEIGHTS_HASH)
         if expected is None or digest == expected:
@@ -264,14 +289,12 @@ def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights
     for spec in specs:
         spec = str(spec)
         if spec.startswith(HUB_PREFIX):
-            from zoo.hub import download_members
-
             found = download_members(spec[len(HUB_PREFIX):], revision=revision, cache_dir=cache_dir)
         elif Path(spec).exists():
             found = members_in(Path(spec))
             if not found:
                 raise MemberError(f"{spec}: no member in it (a member folder holds model.safetensors and config.json);"
-                                  f"{_pickles_note(Path(spec))} train some with `python train_all.py`")
+                                  f"{pickles_note(Path(spec))} train some with `python train_all.py`")
         else:
             pool = members_in(Path(weights_dir))
             found = [d for d in pool if fnmatch.fnmatchcase(d.name, spec)
@@ -287,7 +310,7 @@ def resolve_member_dirs(specs: Iterable[str], weights_dir: str | Path = "weights
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def _pickles_note(folder: Path) -> str:
+def pickles_note(folder: Path) -> str:
     """What a folder without members holds instead, when it is pickled weights (which are never loaded)."""
     found = [p for p in (list(folder.glob("*")) + list(folder.glob("*/*")) if folder.is_dir() else [])
              if p.suffix in PICKLE_SUFFIXES]
@@ -303,89 +326,140 @@ def unique_names(folders: list[Path]) -> list[str]:
     return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
 
 
-def load_model(folder: Path, device: str = "cpu"):
-    """A member's network (a ``zoo.BoneClassifier``), ready for inference on ``device``, through the one verified
-    load (:func:`read_verified`); a member that cannot be used is a :class:`MemberError` that says why. PyTorch is
-    imported here, not when this module is."""
-    from safetensors import SafetensorError
+# --- the Hub: a member's files of one repo, listed with their sizes before anything is downloaded
 
-    from zoo.inference import prepare_model, resolve_device
-    from zoo.model import BoneClassifier
-    from zoo.registry import list_backbones
+def split_repo(spec: str) -> tuple[str, str]:
+    """``ORG/NAME[/sub/folder]`` -> (``ORG/NAME``, ``sub/folder`` or "")."""
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"{spec!r} is not a Hub model id like ORG/NAME")
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
-    backbone = read_member_config(folder)["backbone"]
-    if backbone not in list_backbones():
-        raise MemberError(f"{Path(folder) / 'config.json'}: backbone {backbone!r} is not registered here (a plugin "
-                          "package not installed, or a newer bone-zoo?); `python train_all.py --list-models` lists "
-                          "the registered ones")
-    weights = Path(folder) / WEIGHTS
-    if not weights.is_file():
-        raise MemberError(f"{weights}: missing;{_pickles_note(Path(folder))}")
+
+def download_members(spec: str, revision: str | None = None, cache_dir: str | Path | None = None,
+                     token: str | None = None, api=None) -> list[Path]:
+    """Download (or, with ``HF_HUB_OFFLINE=1``, find in the cache) the members of a Hub repo; their folders.
+
+    The repo is listed first and only member files are fetched: the member file set (``MEMBER_FILES`` +
+    ``TRAINING_FILES``) of the folder named (``ORG/NAME/sub``, or the repo root) when it is a member, else of each
+    folder directly inside it that holds model.safetensors and config.json. Nothing else the repo holds is downloaded,
+    and nothing is downloaded when a chosen file is over its size bound (:func:`check_sizes`) or the repo names a
+    path outside itself.
+    """
+    import glob
+
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id, sub = split_repo(spec)
     try:
-        return prepare_model(BoneClassifier.load(folder), resolve_device(str(device)))
-    except MemberError:  # its own message says what happened and what to do
-        raise
-    except SafetensorError as exc:
-        raise MemberError(f"{weights}: damaged (truncated or not a safetensors file: {exc}); copy or download the "
-                          "member again") from exc
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise MemberError(f"{folder}: cannot load this member: its weights do not match its config.json "
-                          f"(trained with another image size, head or backbone version?): {first}") from exc
+        files = None
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                files = repo_listing(api or HfApi(token=token), repo_id, revision, spec)
+            except (RepositoryNotFoundError, RevisionNotFoundError):
+                raise
+            except _unreachable():  # offline, Hub down, private without a token: the cache may still hold it
+                files = None
+        if files is not None:
+            chosen = _member_files(list(files), sub)
+            check_sizes(files, chosen, spec)
+            patterns = [glob.escape(f) for f in chosen]  # allow_patterns are fnmatch patterns
+        else:
+            patterns = _member_patterns(sub)
+        if not patterns:
+            raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)"
+                              f"{' under ' + sub if sub else ''}; nothing downloaded")
+        root = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                      allow_patterns=patterns))
+    except LocalEntryNotFoundError as exc:
+        raise MemberError(f"hf://{spec}: not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 "
+                          "or no network); download it once with `hf download " + repo_id + "`") from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise MemberError(f"hf://{spec}: no such repo or revision on the Hub (private? log in with `hf auth login` "
+                          "or set HF_TOKEN)") from exc
+    found = members_in(root / sub if sub else root)
+    if not found:
+        raise MemberError(f"hf://{spec}: the repo holds no bone-zoo member (model.safetensors + config.json)")
+    return found
 
 
-@dataclass
-class Member:
-    """A member folder; its config.json is read at once, its network only when first used (the ONNX backends never
-    build it)."""
+DOWNLOAD_FILES = MEMBER_FILES + TRAINING_FILES  # what a member needs in an ensemble (val_predictions.csv: combiners)
 
-    name: str
-    folder: Path
-    _model: Any = None  # a zoo.BoneClassifier once loaded
-    device: str = "cpu"
 
-    @functools.cached_property
-    def config(self) -> dict:
-        return self._model.get_config() if self._model is not None else read_member_config(self.folder)
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """The errors of a Hub that cannot be reached (offline, down, private without a token): the cache may serve."""
+    try:
+        from huggingface_hub.utils import httpx  # huggingface_hub >= 1.0 talks httpx
+    except ImportError:  # older ones talk requests, whose errors are OSErrors
+        return (OSError,)
+    return (OSError, httpx.TransportError)
 
-    @property
-    def model(self):
-        if self._model is None:
-            self._model = load_model(self.folder, self.device)
-        return self._model
 
-    @property
-    def img_size(self) -> int:
-        return int(self.config["img_size"])
+def _member_files(files: list[str], sub: str) -> list[str]:
+    """The paths to download from a repo listing: the member file set of ``sub`` (the root if "") when it is a
+    member, else of each member folder directly inside it (what :func:`members_in` then finds)."""
+    present = set(files)
+    prefix = f"{sub}/" if sub else ""
 
-    @property
-    def threshold(self) -> float:
-        return float(self.config.get("threshold", 0.5))
+    def is_member(d: str) -> bool:
+        return f"{d}model.safetensors" in present and f"{d}config.json" in present
 
-    @property
-    def calibrator(self):
-        """The member's calibration (zoo.calibration.Calibrator; the identity for members trained before it)."""
-        from zoo.calibration import Calibrator
+    if is_member(prefix):
+        dirs = [prefix]
+    else:
+        dirs = sorted({f[: -len("model.safetensors")] for f in present if f.startswith(prefix)
+                       and f.endswith("/model.safetensors") and f[len(prefix):].count("/") == 1})
+        dirs = [d for d in dirs if is_member(d)]
+    return [f"{d}{name}" for d in dirs for name in DOWNLOAD_FILES if f"{d}{name}" in present]
 
-        return Calibrator.from_dict(self.config.get("calibration"))
 
-    def val_predictions(self):
-        """Its validation studies as trained (``id, label, prob``), or None if the folder has no val_predictions.csv."""
-        import pandas as pd
+def repo_listing(api, repo_id: str, revision: str | None, spec: str) -> dict[str, int]:
+    """Path -> size in bytes of every file of a Hub repo (one listing, before anything is downloaded); a repo that
+    names a path outside itself (``..``, absolute) is a :class:`MemberError`."""
+    out: dict[str, int] = {}
+    for entry in api.list_repo_tree(repo_id, revision=revision, repo_type="model", recursive=True):
+        if getattr(entry, "size", None) is None:  # a folder
+            continue
+        path = str(entry.path)
+        if path.startswith(("/", "\\")) or "\\" in path or ".." in PurePosixPath(path).parts \
+                or PureWindowsPath(path).drive:
+            raise MemberError(f"hf://{spec}: the repo lists the file {path!r}, a path outside the repo; nothing "
+                              "downloaded. It was not written by bone-zoo push")
+        out[path] = int(entry.size)
+    return out
 
-        f = self.folder / "val_predictions.csv"
-        return pd.read_csv(f, dtype={"id": str}) if f.is_file() else None
 
-    @property
-    def group(self) -> str:
-        """The name shared by the k fold members of one backbone (``resnet10t-fold2`` -> ``resnet10t``); a member
-        trained on one split is its own group."""
-        t = self.config.get("training") or {}
-        suffix = f"-fold{t.get('fold', 0)}"
-        return self.name[: -len(suffix)] if int(t.get("folds", 1) or 1) > 1 and self.name.endswith(suffix) \
-            else self.name
+def size_limit(path: str) -> int:
+    """The most bytes a member file may have when downloaded (the bounds :func:`read_verified` reads with)."""
+    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] == WEIGHTS else MAX_SMALL_FILE_BYTES
 
-    @property
-    def val_auc(self) -> float:
-        auc = (self.config.get("metrics") or {}).get("val_auc")
-        return float(auc) if auc is not None and not math.isnan(float(auc)) else float("nan")
+
+def check_sizes(sizes: dict[str, int], paths: list[str], spec: str) -> None:
+    """Refuse, before anything is downloaded, a chosen file over its bound (:func:`size_limit`)."""
+    over = [(p, sizes[p]) for p in paths if p in sizes and sizes[p] > size_limit(p)]
+    if over:
+        p, n = over[0]
+        raise MemberError(f"hf://{spec}: {p} is {n / 2**20:.0f} MB, over the {size_limit(p) / 2**20:.0f} MB a "
+                          f"bone-zoo member file may hold ({len(over)} file(s) over their bound); nothing downloaded")
+
+
+def _member_patterns(sub: str) -> list[str]:
+    """Without a listing (offline: only the cache is read), the same file names as patterns."""
+    prefix = f"{sub}/" if sub else ""
+    return [f"{prefix}{d}{name}" for d in ("", "*/") for name in DOWNLOAD_FILES]
+
+
+def download_member(model_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                    token: str | bool | None = None, force_download: bool = False,
+                    local_files_only: bool = False) -> Path:
+    """The folder of the one member at the root of a Hub repo (``from_pretrained``): its config.json and weights of
+    one commit, sizes listed first (nothing over its bound is fetched; offline, the cache only)."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    wanted = ["config.json", WEIGHTS]
+    if not (local_files_only or constants.HF_HUB_OFFLINE):
+        check_sizes(repo_listing(HfApi(token=token), model_id, revision, model_id), wanted, model_id)
+    return Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                                  force_download=force_download, local_files_only=local_files_only,
+                                  allow_patterns=wanted))

@@ -1,13 +1,13 @@
-"""BoneClassifier: a registered backbone + the shared head; its config.json rebuilds it exactly."""
+"""BoneClassifier: a registered backbone + the shared head; its config.json rebuilds it exactly.
+
+The member's files (which ones, their atomic write, the verified read, the Hub download) are ``zoo.members``'; this
+module builds the network from what it read and imports nothing that imports it back.
+"""
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,63 +15,66 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
+from zoo.card import CARD_METADATA, MEMBER_TAGS, REPO_URL, member_card
 from zoo.head import MLPHead
 from zoo.members import (  # WeightsMismatch is re-exported: zoo.model.WeightsMismatch as before
-    MEMBER_FILES,
-    WEIGHTS,
-    WEIGHTS_HASH,
     ShapeMismatch,
     WeightsMismatch,  # noqa: F401
-    file_sha256,
+    download_member,
     read_verified,
+    save_files,
 )
 from zoo.registry import create_backbone, get_backbone
 
 
-class BoneClassifier(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="bone-zoo",
-    repo_url="https://github.com/bone-zoo/bone-zoo",
-    pipeline_tag="image-classification",
-    license="apache-2.0",
-    tags=["bone-zoo", "radiology", "x-ray", "musculoskeletal", "image-classification"],
-):
+@dataclass
+class ClassifierConfig:
+    """What config.json holds besides the weights' hash: exactly :class:`BoneClassifier`'s constructor, JSON-safe.
+    ``threshold``, ``training``, ``metrics`` and ``calibration`` are metadata that travel with the weights."""
+
+    backbone: str
+    img_size: int = 512
+    head_hidden: Sequence[int] = (1024, 512)
+    dropout: float = 0.3
+    mean: float = 0.449
+    std: float = 0.226
+    labels: Sequence[str] = ("normal", "abnormal")
+    threshold: float = 0.5
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # zoo.calibration.Calibrator fitted on validation
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> ClassifierConfig:
+        """The constructor's part of a config.json (``weights_sha256`` and unknown keys are not arguments)."""
+        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+
+
+class BoneClassifier(nn.Module, PyTorchModelHubMixin, repo_url=REPO_URL, tags=list(MEMBER_TAGS), **CARD_METADATA):
     """Backbone (1-channel, pooled features) -> MLP head -> one abnormality logit.
 
-    Every constructor argument is JSON-safe and is what config.json holds, so ``from_pretrained`` rebuilds the model
-    exactly. ``threshold``, ``training`` and ``metrics`` are metadata that travel with the weights.
+    ``BoneClassifier("resnet10t", img_size=64)``: the backbone name, then any of :class:`ClassifierConfig`'s fields
+    (an unknown one is a TypeError). Every argument is JSON-safe and is what config.json holds, so
+    ``from_pretrained`` rebuilds the model exactly.
     """
 
-    def __init__(
-        self,
-        backbone: str,
-        img_size: int = 512,
-        head_hidden: Sequence[int] = (1024, 512),
-        dropout: float = 0.3,
-        mean: float = 0.449,
-        std: float = 0.226,
-        labels: Sequence[str] = ("normal", "abnormal"),
-        threshold: float = 0.5,
-        training: dict[str, Any] | None = None,
-        metrics: dict[str, Any] | None = None,
-        calibration: dict[str, Any] | None = None,
-    ):
+    def __init__(self, backbone: str, **options: Any):
         super().__init__()
-        self.spec = get_backbone(backbone)
-        self.backbone_name = backbone
-        self.img_size = int(img_size)
-        self.head_hidden = [int(h) for h in head_hidden]
-        self.dropout = float(dropout)
-        self.mean = float(mean)
-        self.std = float(std)
-        self.labels = list(labels)
-        self.threshold = float(threshold)
-        self.training_config = dict(training or {})
-        self.metrics = dict(metrics or {})
-        self.calibration = dict(calibration or {})  # zoo.calibration.Calibrator fitted on validation studies
+        c = ClassifierConfig(backbone, **options)
+        self.spec = get_backbone(c.backbone)
+        self.backbone_name = c.backbone
+        self.img_size = int(c.img_size)
+        self.head_hidden = [int(h) for h in c.head_hidden]
+        self.dropout = float(c.dropout)
+        self.mean = float(c.mean)
+        self.std = float(c.std)
+        self.labels = list(c.labels)
+        self.threshold = float(c.threshold)
+        self.training_config = dict(c.training or {})
+        self.metrics = dict(c.metrics or {})
+        self.calibration = dict(c.calibration or {})
         self.weights_sha256: str | None = None  # of the model.safetensors this model was loaded from or saved to
-        self.backbone = create_backbone(backbone, pretrained=False, img_size=self.img_size)
+        self.backbone = create_backbone(c.backbone, pretrained=False, img_size=self.img_size)
         self.head = MLPHead(self.backbone.num_features, self.head_hidden, self.dropout)
 
     @classmethod
@@ -84,19 +87,10 @@ class BoneClassifier(
 
     def get_config(self) -> dict[str, Any]:
         """Exactly the constructor's arguments, from the current state (so metrics set after training are kept)."""
-        return {
-            "backbone": self.backbone_name,
-            "img_size": self.img_size,
-            "head_hidden": self.head_hidden,
-            "dropout": self.dropout,
-            "mean": self.mean,
-            "std": self.std,
-            "labels": self.labels,
-            "threshold": self.threshold,
-            "training": self.training_config,
-            "metrics": self.metrics,
-            "calibration": self.calibration,
-        }
+        return asdict(ClassifierConfig(
+            self.backbone_name, img_size=self.img_size, head_hidden=self.head_hidden, dropout=self.dropout,
+            mean=self.mean, std=self.std, labels=self.labels, threshold=self.threshold,
+            training=self.training_config, metrics=self.metrics, calibration=self.calibration))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -106,29 +100,17 @@ class BoneClassifier(
         return self.head(self.backbone(x)).squeeze(-1)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        from zoo.card import member_card
-
         return member_card(self.get_config())
 
-    def save_member(self, folder: str | Path) -> Path:
-        """Write model.safetensors, config.json and README.md into ``folder``, each file replaced atomically and
-        durably (flushed before its rename, the folder after)."""
-        from zoo.atomic import durable_replace
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs):
+        """huggingface_hub's save, with config.json from the current state (:meth:`get_config`) unless given."""
+        return super().save_pretrained(save_directory, config=config or self.get_config(), **kwargs)
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
-        try:
-            self.save_pretrained(tmp, config=self.get_config())
-            cfg = json.loads((tmp / "config.json").read_text())
-            cfg[WEIGHTS_HASH] = file_sha256(tmp / WEIGHTS)
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-            for name in MEMBER_FILES:  # each rename is atomic; the hash ties the config to its weights between them
-                durable_replace(tmp / name, folder / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.weights_sha256 = cfg[WEIGHTS_HASH]
-        return folder
+    def save_member(self, folder: str | Path) -> Path:
+        """Write model.safetensors, config.json (with the weights' hash) and README.md into ``folder``, each file
+        replaced atomically and durably (:func:`zoo.members.save_files`)."""
+        self.weights_sha256 = save_files(folder, self.save_pretrained)
+        return Path(folder)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | Path | None,
@@ -139,19 +121,9 @@ class BoneClassifier(
         ``model_kwargs`` (the mixin's earlier read of the same config.json) are not used. Safetensors only."""
         if not strict:
             raise ValueError("bone-zoo members load strictly: config.json is the constructor of its weights")
-        if os.path.isdir(model_id):
-            folder = Path(model_id)
-        else:
-            from huggingface_hub import HfApi, constants, snapshot_download
-
-            if not (local_files_only or constants.HF_HUB_OFFLINE):  # sizes listed first: nothing over its bound
-                from zoo.hub import check_sizes, repo_listing
-
-                check_sizes(repo_listing(HfApi(token=token), model_id, revision, model_id), ["config.json", WEIGHTS],
-                            model_id)
-            folder = Path(snapshot_download(model_id, revision=revision, cache_dir=cache_dir, token=token,
-                                            force_download=force_download, local_files_only=local_files_only,
-                                            allow_patterns=["config.json", WEIGHTS]))
+        folder = Path(model_id) if Path(model_id).is_dir() else download_member(
+            model_id, revision=revision, cache_dir=cache_dir, token=token, force_download=force_download,
+            local_files_only=local_files_only)
         return cls.load_verified(folder, map_location)
 
     @classmethod
@@ -168,15 +140,14 @@ class BoneClassifier(
 
     @classmethod
     def load_verified(cls, folder: str | Path, device: str | torch.device = "cpu") -> BoneClassifier:
-        """The one load every path ends in (:meth:`load`, :meth:`from_pretrained`, ``zoo.members.load_model``, the
+        """The one load every path ends in (:meth:`load`, :meth:`from_pretrained`, ``zoo.loader.load_model``, the
         demo, export): :func:`zoo.members.read_verified` checks the weights against config.json's hash and the
         config's head and image sizes against the safetensors header; the network is then compared with the weights
         on the meta device (no memory), and only then allocated and loaded, strictly."""
         from safetensors.torch import load as load_safetensors
 
         member = read_verified(folder)
-        params = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in member.config.items() if k in params and k != "self"}
+        kwargs = asdict(ClassifierConfig.from_dict(member.config))
         try:
             with torch.device("meta"):
                 skeleton, model = cls(**kwargs), None

@@ -88,7 +88,7 @@ def export_onnx(model, path: str | Path, check_atol: float = 1e-4, weights_sha25
     source = weights_sha256 or getattr(model, "weights_sha256", None)
     if not source:
         raise ValueError("export_onnx: the model's weights are unknown (not loaded from or saved to a member "
-                         "folder); pass weights_sha256, or load the member with zoo.members.load_model")
+                         "folder); pass weights_sha256, or load the member with zoo.loader.load_model")
     model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
     wrapper = _probability(model)
     s = model.img_size

@@ -26,7 +26,8 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from zoo.data import load_dataset, load_images
-    from zoo.members import MemberError, load_model, members_in
+    from zoo.loader import load_model
+    from zoo.members import MemberError, members_in
     from zoo.onnx import ONNX_FILES, export_onnx, quantize_int8
 
     if args.int8 and not args.calibration_data:

@@ -37,12 +37,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from zoo.hub import PushError, push_run
+    from zoo.hub import PushError, PushOptions, push_run
 
+    options = PushOptions(private=not args.public, revision=args.revision, token=args.token,
+                          commit_message=args.message, include_study_ids=args.include_study_ids)
     try:
-        url = push_run(args.run_dir, args.repo_id, private=not args.public, revision=args.revision,
-                       token=args.token, commit_message=args.message, include_study_ids=args.include_study_ids,
-                       say=lambda m: print(m, file=sys.stderr))
+        url = push_run(args.run_dir, args.repo_id, options, say=lambda m: print(m, file=sys.stderr))
     except (FileNotFoundError, PushError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

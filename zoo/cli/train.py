@@ -19,7 +19,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from zoo import leaderboard
+from zoo import leaderboard, run
 from zoo.atomic import write_text
 from zoo.cli.push import add_privacy_flags
 from zoo.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
@@ -199,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
         for k, v in {"epochs": 3, "img_size": 96, "lr": 1e-3, "pretrained": False}.items():
             if getattr(args, k) is None:
                 setattr(args, k, v)
-    from zoo.hub import ensure_study_id_salt
+    from zoo.run import ensure_study_id_salt
     from zoo.runlock import RunLocked, run_lock
     from zoo.train import make_accelerator  # PyTorch and Accelerate: only when training
 
@@ -354,16 +354,16 @@ def _train(args, out: Path, models: list[str], acc, dataset, root: Path, synthet
     if not main_proc:
         return 1 if failed else 0
     report_unreadable(unreadable)
-    board = leaderboard.write(out)
+    board = run.write_results(out)
     print(f"\nLeaderboard ({out}/leaderboard.md, {time.perf_counter() - t0:.0f}s"
           f"{', SYNTHETIC data' if synthetic else ''}):")
     print(leaderboard.to_markdown(board) if not board.empty else "(no finished members)")
     if args.push_to_hub and not board.empty:
-        from zoo.hub import PushError, push_run
+        from zoo.hub import PushError, PushOptions, push_run
 
         try:
-            url = push_run(out, args.push_to_hub, private=not args.public, revision=args.revision,
-                           include_study_ids=args.include_study_ids, say=lambda m: print(m, file=sys.stderr))
+            url = push_run(out, args.push_to_hub, PushOptions(private=not args.public, revision=args.revision,
+                           include_study_ids=args.include_study_ids), say=lambda m: print(m, file=sys.stderr))
         except PushError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
