@@ -3,6 +3,8 @@
   python -m demo                      # members under weights/
   python -m demo --hub ORG/NAME       # members downloaded (and cached) from the Hugging Face Hub
   python -m demo --annotations FILE.coco.json   # ground-truth boxes drawn over the CAMs of the images it names
+
+The command line is demo/cli.py (``python -m demo`` runs it); this module builds the app and never imports it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from zoo.cam import LABELS, overlay
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import ensure_synthetic, read_label_csv
 from zoo.data.io import IMAGE_SUFFIXES
-from zoo.ensemble import Ensemble, Group
+from zoo.ensemble import Calibrated, Ensemble, Group
 from zoo.explain import explain_study
 from zoo.loader import Member, load_model
 from zoo.localisation import FUSED, TOLERANCE, boxes_by_image, load_annotations, pad_geometry, pointing_hit
@@ -127,8 +129,9 @@ class MemberPool:
         return self._loaded[name]
 
     def ensemble(self, names: list[str], combiner: str) -> Ensemble:
-        """The ensemble of these members with this combiner, kept: a fitted combiner (``auto``, ``select``) learns
-        from the members' validation predictions once, not on every request. Keyed on the sorted member set; at most
+        """The ensemble of these members with this combiner, kept: a fitted combiner (``auto``, ``select``) and the
+        ensemble calibration and triage (:meth:`Ensemble.calibrate`) learn from the members' validation predictions
+        once, not on every request. Keyed on the sorted member set; at most
         ``max_ensembles`` are kept, the least recently used evicted."""
         names = self.members_of(names)
         key = (tuple(sorted(names)), combiner)
@@ -199,23 +202,15 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
 
     ``members`` are voters (a member, or a backbone's fold members) or member names; repeats count once.
     Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
-    the voters, then the ensemble calibration: the score and threshold of predict.py (:meth:`Ensemble.calibrate`),
-    so the verdict is its ``--binary`` label; fused heatmap = members' CAMs weighted by their probabilities
-    (:func:`zoo.cam.fuse_cams`).
+    the voters, then the ensemble calibration: the score and threshold of predict.py (:meth:`Ensemble.calibrate`,
+    fitted once per kept ensemble), so the verdict is its ``--binary`` label; fused heatmap = members' CAMs weighted
+    by their probabilities (:func:`zoo.cam.fuse_cams`).
     """
     pool = pool or default_pool()
     paths = _check_files(files)
     if not members:
         raise AnalysisError("Pick at least one ensemble member.")
-    try:
-        ens = pool.ensemble(list(members), combiner)
-    except KeyError as exc:
-        raise AnalysisError(str(exc.args[0])) from None
-    pixels = len(paths) * sum(m.img_size ** 2 for m in ens.members)
-    if pixels > MAX_CAM_PIXELS:
-        raise AnalysisError(f"{len(paths)} image(s) x {len(ens.members)} member(s) at their sizes is "
-                            f"{pixels / 1e6:.0f} M pixels of Grad-CAM; the limit is {MAX_CAM_PIXELS / 1e6:.0f} M per "
-                            "analysis. Pick fewer members or upload fewer images.")
+    ens = _bounded_ensemble(pool, list(members), combiner, len(paths))
     ex = explain_study(ens, paths, method)  # one batched CAM pass per member: its maps and its probabilities
     if not ex.readable:
         raise AnalysisError("Could not read any upload as an image: " + "; ".join(
@@ -224,18 +219,54 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     study = pd.DataFrame([member_probs.to_dict()])
     study["ensemble"] = ens.combine(study)
     raw = float(study["ensemble"].iloc[0])
-    try:  # what predict.py writes by default: calibrated, with conformal triage at the chosen rate
+    cal, verdict, note = _calibrated_triage(ens, study, triage)
+    panels, ground_truth = _panels(ens, ex, paths, pool)
+    rows = pd.DataFrame({
+        "member": ens.names,
+        "val AUC": [round(m.val_auc, 3) for m in ens.members],
+        "probability": [round(float(member_probs[n]), 4) for n in ens.names],
+        "verdict": ["abnormal" if is_abnormal(member_probs[m.name], m.threshold) else "normal"
+                    for m in ens.members],
+    })
+    spread = float(member_probs.max() - member_probs.min())
+    return Analysis(float(cal.studies["ensemble"].iloc[0]), cal.threshold, rows, panels, spread,
+                    [f"{Path(p).name}: {e.split(': ', 1)[-1].replace(p, Path(p).name)}"  # the file's name only,
+                     for p, e in ex.errors.items()],  # never the server's temp path
+                    raw, verdict, triage, note, cal.warning, cal.certified,
+                    ground_truth)
+
+
+def _bounded_ensemble(pool: MemberPool, members: list[str], combiner: str, n_files: int) -> Ensemble:
+    """The pool's ensemble for the chosen members, refused (before any CAM runs) past :data:`MAX_CAM_PIXELS`."""
+    try:
+        ens = pool.ensemble(members, combiner)
+    except KeyError as exc:
+        raise AnalysisError(str(exc.args[0])) from None
+    pixels = n_files * sum(m.img_size ** 2 for m in ens.members)
+    if pixels > MAX_CAM_PIXELS:
+        raise AnalysisError(f"{n_files} image(s) x {len(ens.members)} member(s) at their sizes is "
+                            f"{pixels / 1e6:.0f} M pixels of Grad-CAM; the limit is {MAX_CAM_PIXELS / 1e6:.0f} M per "
+                            "analysis. Pick fewer members or upload fewer images.")
+    return ens
+
+
+def _calibrated_triage(ens: Ensemble, study: pd.DataFrame, triage: float | None) -> tuple[Calibrated, str, str]:
+    """What predict.py writes by default: the calibrated study, with the conformal triage verdict at ``triage`` and,
+    when these members can decide no study at that rate, why (the ensemble keeps its fit across requests)."""
+    try:
         cal = ens.calibrate(study, triage)
-        verdict = "not asked"
-        if cal.triage is not None:
-            verdict = str(cal.triage(cal.studies["ensemble"].to_numpy())[0])
-        note = (f"These members decide no study at this rate: {cal.triage.explain()}."
-                if cal.triage is not None and cal.triage.threshold > 1 else "")
     except MemberError:  # members without validation predictions: no triage guarantee to give
-        cal = ens.calibrate(study)
-        verdict, note = "unavailable (members have no val_predictions.csv)", ""
-    warning = cal.warning if cal.triage is not None else ""
-    prob, thr = float(cal.studies["ensemble"].iloc[0]), cal.threshold
+        return ens.calibrate(study), "unavailable (members have no val_predictions.csv)", ""
+    if cal.triage is None:
+        return cal, "not asked", ""
+    verdict = str(cal.triage(cal.studies["ensemble"].to_numpy())[0])
+    note = f"These members decide no study at this rate: {cal.triage.explain()}." if cal.triage.threshold > 1 else ""
+    return cal, verdict, note
+
+
+def _panels(ens: Ensemble, ex, paths: list[str], pool: MemberPool) -> tuple[list[tuple[np.ndarray, str]], str]:
+    """The gallery (per readable image: the original, each member's CAM, the fused CAM; ground-truth boxes drawn
+    where the annotations name the upload) and the ground-truth line with the pointing game (empty without)."""
     truth = boxes_by_image(pool.coco, [paths[i] for i in ex.readable]) if pool.coco is not None else {}
     panels: list[tuple[np.ndarray, str]] = []
     pointing: list[str] = []
@@ -257,23 +288,11 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
             hits = [(n, pointing_hit(c, gt[0], pad_geometry(gt[1], gt[2], c.shape[0])))
                     for n, c in [*((m.name, ex.cams[m.name][j]) for m in ens.members), (FUSED, ex.fused[j])]]
             pointing.append(f"{name}: " + ", ".join(f"{n} {'hit' if h else 'miss'}" for n, h in hits))
-    ground_truth = ""
-    if pointing:
-        ground_truth = (f"**Green boxes: ground truth** from `{Path(pool.annotations).name}` "
-                        f"({len(pointing)} of {len(ex.readable)} image(s) annotated). Pointing game (the CAM's "
-                        f"maximum within {TOLERANCE} px of a box): " + "; ".join(pointing) + ".")
-    rows = pd.DataFrame({
-        "member": ens.names,
-        "val AUC": [round(m.val_auc, 3) for m in ens.members],
-        "probability": [round(float(member_probs[n]), 4) for n in ens.names],
-        "verdict": ["abnormal" if is_abnormal(member_probs[m.name], m.threshold) else "normal"
-                    for m in ens.members],
-    })
-    spread = float(member_probs.max() - member_probs.min())
-    return Analysis(prob, thr, rows, panels, spread,  # the file's name only, never the server's temp path
-                    [f"{Path(p).name}: {e.split(': ', 1)[-1].replace(p, Path(p).name)}"
-                     for p, e in ex.errors.items()],
-                    raw, verdict, triage, note, warning, cal.certified, ground_truth)
+    if not pointing:
+        return panels, ""
+    return panels, (f"**Green boxes: ground truth** from `{Path(pool.annotations).name}` "
+                    f"({len(pointing)} of {len(ex.readable)} image(s) annotated). Pointing game (the CAM's "
+                    f"maximum within {TOLERANCE} px of a box): " + "; ".join(pointing) + ".")
 
 
 def summary_markdown(a: Analysis) -> str:
@@ -383,9 +402,3 @@ def __getattr__(name: str):
     if name == "demo":
         return build_demo(default_pool(), examples=os.environ.get("BONE_ZOO_EXAMPLES", "1") != "0")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":
-    from demo.cli import get_args_parser, main
-
-    main(get_args_parser().parse_args())

@@ -171,6 +171,88 @@ def test_the_demo_claims_a_guarantee_only_when_certified(tmp_path, with_split):
     assert a.certified == with_split
 
 
+def _count_fits(monkeypatch) -> list[str]:
+    """Every Calibrator.fit and Triage.fit from now on, by name (the ensemble calibration's and triage's fits)."""
+    fits: list[str] = []
+    for cls in (Calibrator, Triage):
+        real = cls.fit.__func__
+
+        def counted(c, *a, _real=real, _name=cls.__name__, **k):
+            fits.append(_name)
+            return _real(c, *a, **k)
+
+        monkeypatch.setattr(cls, "fit", classmethod(counted))
+    return fits
+
+
+def test_the_demo_fits_the_ensemble_calibration_once_per_kept_ensemble(tmp_path, monkeypatch):
+    """A second request with the same members (in any order) reuses the kept ensemble's calibration and triage:
+    nothing is refitted, and the answer is the same."""
+    import torch
+
+    from demo.app import MemberPool, analyse
+    from zoo.model import BoneClassifier
+
+    rng, z, y = _population(1)
+    torch.manual_seed(0)
+    folders = {n: _write_member(tmp_path / n, y, z, np.arange(400), np.arange(400, 1000), rng,
+                                model=BoneClassifier("resnet10t", img_size=32, head_hidden=[8])) for n in ("m", "k")}
+    Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(tmp_path / "x.png")
+    pool = MemberPool(folders)
+    first = analyse([str(tmp_path / "x.png")], ["m", "k"], "Grad-CAM", pool, "mean", 0.1)
+    fits = _count_fits(monkeypatch)
+    again = analyse([str(tmp_path / "x.png")], ["k", "m"], "Grad-CAM", pool, "mean", 0.1)
+    assert fits == []
+    assert (again.probability, again.threshold, again.triage) == (first.probability, first.threshold, first.triage)
+    analyse([str(tmp_path / "x.png")], ["k", "m"], "Grad-CAM", pool, "mean", 0.05)  # another rate: its own fit
+    assert fits == ["Calibrator", "Triage"]
+
+
+def test_calibrate_fits_once_per_options_and_again_after_use_combiner(tmp_path, monkeypatch):
+    """Ensemble.calibrate's fit does not depend on the studies: it is made once per (triage, threshold, split) and
+    applied to any table; use_combiner() drops it (it was fitted on the previous combiner's scores)."""
+    members = _simulated_run(tmp_path)
+    rng, z, y = _population(0)
+    studies = pd.DataFrame({"id": [f"t{i}" for i in range(50)], "part": "HAND", "label": y[2000:2050]})
+    for m in members:
+        studies[m.name] = _sig(z[2000:2050] + rng.normal(0, 1, 50))
+    ens = Ensemble(members, method="weighted")
+    studies["ensemble"] = ens.combine(studies)
+    fits = _count_fits(monkeypatch)
+    a = ens.calibrate(studies, 0.1)
+    b = ens.calibrate(studies.iloc[:7], 0.1)
+    assert fits == ["Calibrator", "Triage"] and a.threshold == b.threshold and a.triage is b.triage
+    np.testing.assert_allclose(b.studies["ensemble"], a.studies["ensemble"].iloc[:7])
+    ens.calibrate(studies, 0.1, threshold=0.4)
+    assert fits == ["Calibrator", "Triage"] * 2
+    ens.use_combiner("rank")
+    assert ens.method == "rank" and ens.combiner.name == "rank"
+    fresh = Ensemble(members, method="rank").calibrate(studies, 0.1)
+    c = ens.calibrate(studies, 0.1)
+    np.testing.assert_allclose(c.studies["ensemble"], fresh.studies["ensemble"])
+    assert c.threshold == fresh.threshold and c.member_thresholds == fresh.member_thresholds
+    with pytest.raises(AttributeError):
+        ens.method = "mean"  # read-only: use_combiner() says what it does
+
+
+def test_calibrated_member_thresholds_are_the_reports(tmp_path, monkeypatch):
+    """The calibrated member thresholds are computed once, by the ensemble: each member's stored threshold through
+    its own calibration; the report's member rows are exactly those."""
+    from zoo.cli import predict
+
+    members = _simulated_run(tmp_path)
+    ens = Ensemble(members, method="mean")
+    st = pd.DataFrame({"id": ["t0", "t1"], "part": "HAND", "label": [0.0, 1.0], "a": [0.2, 0.9], "b": [0.3, 0.8]})
+    st["ensemble"] = ens.combine(st)
+    cal = ens.calibrate(st)
+    assert cal.member_thresholds == {m.name: pytest.approx(float(m.calibrator([m.threshold])[0])) for m in members}
+    thresholds = predict.Prediction(cal.studies, ens, cal.threshold, cal).thresholds
+    assert {k: thresholds[k] for k in ("a", "b")} == cal.member_thresholds
+    assert thresholds["ensemble"] == cal.threshold and thresholds["ensemble_raw"] == ens.threshold
+    raw = predict.Prediction(st, ens, ens.threshold).thresholds
+    assert {k: raw[k] for k in ("a", "b")} == {m.name: m.threshold for m in members}
+
+
 # --- 3. pseudo-labels never see the calibration split -----------------------------------------------------------
 
 def test_pseudo_labels_do_not_depend_on_the_calibration_split(tmp_path):

@@ -55,10 +55,10 @@ def test_ensemble_modes(run):
     assert np.allclose(st["ensemble"], np.mean(own, axis=0))
     img = st.attrs["image_predictions"]
     assert np.allclose(st[TINY[0]], aggregate_studies(img, TINY[0])[TINY[0]])
-    ens.method = "weighted"
+    ens.use_combiner("weighted")
     w = np.array([m.val_auc for m in ens.members])
     assert np.allclose(ens.combine(st), st[ens.names].to_numpy() @ (w / w.sum()))
-    ens.method = "rank"
+    ens.use_combiner("rank")
     r = ens.combine(st)
     assert r.between(0, 1).all()
     val = ens.validation_studies(calibrated=True)  # each member's score -> its validation percentile (ties half)
@@ -183,6 +183,32 @@ def test_calibrated_scores_triage_column_and_report(run, tmp_path):
     p = run_script("predict.py", *args, "--no-calibrate", "--triage", "0.05", "-output", tmp_path / "x.csv",
                    cwd=tmp_path)
     assert p.returncode == 2 and "drop --no-calibrate" in p.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_cache_options_are_arguments_of_every_decode_not_the_environment(run, tmp_path, monkeypatch):
+    """--cache-dir and --cache-max-gb reach every decode of a run, the members' and --cam-dir's, as arguments; the
+    process environment is left alone (the CLI used to set BONE_ZOO_CACHE_MAX_GB for whatever ran next in the
+    process, and --cam-dir decoded into the default cache whatever --cache-dir said)."""
+    import os
+
+    import zoo.ensemble
+
+    calls, real = [], zoo.ensemble.load_images
+
+    def spy(paths, size, cache_dir=None, **kw):
+        calls.append((cache_dir, kw.get("max_gb")))
+        return real(paths, size, cache_dir, **kw)
+
+    monkeypatch.setattr(zoo.ensemble, "load_images", spy)
+    monkeypatch.delenv("BONE_ZOO_CACHE_MAX_GB", raising=False)
+    cache = tmp_path / "cache"
+    p = run_script("predict.py", "--data", run["data"], "--models", run["out"], "--quiet", "--cache-dir", cache,
+                   "--cache-max-gb", "0.5", "--cam-dir", tmp_path / "cams", "-output", tmp_path / "p.csv",
+                   cwd=tmp_path)
+    leaked = os.environ.pop("BONE_ZOO_CACHE_MAX_GB", None)
+    assert p.returncode == 0, p.stderr
+    assert leaked is None
+    assert len(calls) >= 2 and set(calls) == {(str(cache), 0.5)}, calls
 
 
 def test_members_store_their_calibration(run):

@@ -4,11 +4,9 @@
   smoothed targets) on validation (or out-of-fold) study probabilities: temperature scaling (Guo et al. 2017) with a
   bias term, which the weighted BCE needs (its optimum shifts logits by about log(pos_weight), which no temperature
   can undo). Monotone: AUC unchanged.
-- :func:`ece`, :func:`brier`, :func:`plot_reliability`: expected calibration error (equal-width bins), Brier score,
-  reliability diagram.
-- :func:`ece_check`: is an ECE evidence of miscalibration, or what a calibrated model shows on this few studies?
-  Consistency resampling (Bröcker & Smith 2007): labels drawn from the predicted probabilities themselves give the
-  ECE a perfectly calibrated model would show on the same studies, its range and a p-value.
+- :func:`plot_reliability`: reliability diagram. The calibration metrics it shows, :func:`zoo.metrics.ece`,
+  :func:`zoo.metrics.brier` and :func:`zoo.metrics.ece_check` (is an ECE evidence of miscalibration, or what a
+  calibrated model shows on this few studies?), live with the other metrics and are importable from here too.
 - :class:`Triage`: each study becomes ``normal``, ``abnormal`` or ``uncertain``. Its label is the one verdict of
   every path, :func:`zoo.metrics.is_abnormal` at the ensemble's decision threshold (``predict.py --binary``'s); it is
   decided when the confidence in that label (``p`` for abnormal, ``1 - p`` for normal) reaches a threshold chosen on
@@ -31,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.metrics import is_abnormal
+from zoo.metrics import brier, ece, ece_check, is_abnormal  # noqa: F401 (brier, ece_check: re-exported here)
 
 EPS = 1e-6
 DEFAULT_CALIBRATION_FRACTION = 0.2  # of the labelled studies, when that holds MIN_CALIBRATION_STUDIES
@@ -86,50 +84,6 @@ class Calibrator:
     @classmethod
     def from_dict(cls, d: dict | None) -> Calibrator:
         return cls(**{k: d[k] for k in ("temperature", "bias", "n") if k in d}) if d else cls()
-
-
-def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error with ``bins`` equal-width bins (NaN rows ignored)."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    y, p = y[keep], p[keep]
-    if len(y) == 0:
-        return float("nan")
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() * abs(y[m].mean() - p[m].mean())
-    return float(total / len(y))
-
-
-def ece_check(y: np.ndarray, p: np.ndarray, bins: int = 10, n_sim: int = 2000, seed: int = 0) -> dict[str, float]:
-    """The ECE of ``p`` on labels ``y`` against its sampling distribution under perfect calibration.
-
-    Labels are redrawn ``n_sim`` times as Bernoulli(p) on the same studies (consistency resampling, Bröcker & Smith
-    2007): ``expected`` is the mean ECE a perfectly calibrated model would show here, ``low``/``high`` its 5th/95th
-    percentiles, and ``p_value`` the share of draws at least as far off as the observed ECE (small: miscalibrated).
-    On a few hundred studies even a perfect model shows an ECE of several points."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    y, p = y[keep], p[keep]
-    observed = ece(y, p, bins)
-    if len(y) == 0:
-        return {"ece": observed, "expected": float("nan"), "low": float("nan"), "high": float("nan"),
-                "p_value": float("nan"), "n": 0}
-    onehot = np.eye(bins)[np.minimum((p * bins).astype(int), bins - 1)]  # study -> its bin, as in ece()
-    draws = (np.random.default_rng(seed).random((n_sim, len(p))) < p).astype(float)
-    sims = np.abs(draws @ onehot - p @ onehot).sum(axis=1) / len(p)  # sum over bins of |sum(y) - sum(p)| / n
-    return {"ece": observed, "expected": float(sims.mean()), "low": float(np.percentile(sims, 5)),
-            "high": float(np.percentile(sims, 95)), "p_value": float((1 + (sims >= observed).sum()) / (1 + n_sim)),
-            "n": int(len(y))}
-
-
-def brier(y: np.ndarray, p: np.ndarray) -> float:
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    keep = ~np.isnan(y) & ~np.isnan(p)
-    return float(np.mean((p[keep] - y[keep]) ** 2)) if keep.any() else float("nan")
 
 
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, bins: int = 10,

@@ -20,7 +20,17 @@ from zoo.members import MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies, best_threshold
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-__all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "resolve_member_dirs"]
+__all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "MemberSource", "resolve_member_dirs"]
+
+
+@dataclass(frozen=True)
+class MemberSource:
+    """Where member specs are looked up (:func:`zoo.members.resolve_member_dirs`): the default run folder and
+    wildcards under ``weights_dir``, ``hf://`` ids at ``revision``, downloaded into ``cache_dir`` (None: the Hub's)."""
+
+    weights_dir: str | Path = "weights"
+    revision: str | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -91,22 +101,35 @@ CALIBRATION_FILE = "calibration_predictions.csv"  # written by training with --c
 
 
 @dataclass
-class Calibrated:
-    """Output of :meth:`Ensemble.calibrate`."""
+class CalibrationFit:
+    """What :meth:`Ensemble.calibrate` fits on the members' validation (or held-out calibration) studies. It does not
+    depend on the studies it is applied to, so an ensemble fits it once per (triage, threshold, split) and keeps it."""
 
-    studies: pd.DataFrame  # member columns and ``ensemble`` calibrated; ``ensemble_raw`` as combined before
     threshold: float  # the one given, else Youden's J on the calibrated validation scores (without them: calibrated
     # member thresholds); the triage's labels use it too
     calibrator: object  # the ensemble's zoo.calibration.Calibrator
     triage: object | None  # zoo.calibration.Triage, when asked for
     n_validation: int  # validation studies (the combiner's fit and the threshold; 0: none)
-    n_calibration: int = 0  # held-out calibration studies the ensemble calibration and triage were fitted on
-    certified: bool = False  # the triage's guarantee holds: fitted on calibration studies untouched by selection
+    n_calibration: int  # held-out calibration studies the ensemble calibration and triage were fitted on
+    member_thresholds: dict[str, float]  # each member's and fold group's threshold on the calibrated scale
+    # (:meth:`Ensemble.member_thresholds`): what the report's member rows use
+
+    @property
+    def certified(self) -> bool:
+        """The triage's guarantee holds: fitted on calibration studies untouched by selection."""
+        return self.triage is not None and self.triage.certified
 
     @property
     def warning(self) -> str:
         """What a user must be told about the triage (empty when certified or not asked for)."""
         return self.triage.warning() if self.triage is not None else ""
+
+
+@dataclass
+class Calibrated(CalibrationFit):
+    """Output of :meth:`Ensemble.calibrate`: the fit and the studies it was applied to."""
+
+    studies: pd.DataFrame  # member columns and ``ensemble`` calibrated; ``ensemble_raw`` as combined before
 
 
 class Ensemble:
@@ -120,7 +143,8 @@ class Ensemble:
         for m in members:
             groups.setdefault(m.group, []).append(m)
         self.groups = [Group(name, ms) for name, ms in groups.items()]  # the combiner's voters
-        self.method = method  # a registered combiner (zoo.combiners), built (and fitted) for these groups
+        self._fits: dict[tuple, CalibrationFit] = {}  # calibrate()'s fits, per (triage, threshold, split)
+        self.use_combiner(method)
         self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -128,10 +152,13 @@ class Ensemble:
         self._onnx: dict[str, object] = {}  # member name -> zoo.onnx.OnnxMember, loaded on first use
 
     @classmethod
-    def from_paths(cls, specs: Iterable[str], method: str = "mean", device: str = "cpu",
-                   weights_dir: str | Path = "weights", revision: str | None = None,
-                   cache_dir: str | None = None, precision: str = "auto", backend: str = "torch") -> Ensemble:
-        folders = resolve_member_dirs(specs, weights_dir, revision, cache_dir)
+    def from_paths(cls, specs: Iterable[str], method: str = "mean", *, device: str = "cpu", precision: str = "auto",
+                   backend: str = "torch", source: MemberSource | None = None) -> Ensemble:
+        """Members named by ``specs`` (folders, run folders, wildcards, ``hf://`` ids; resolved as ``source`` says),
+        checked now: a member whose weights do not match its config, or (``backend`` onnx) that has no exported
+        graph, fails here with what to do."""
+        source = source or MemberSource()
+        folders = resolve_member_dirs(specs, source.weights_dir, source.revision, source.cache_dir)
         members = [Member(name, folder, device=device) for name, folder in zip(unique_names(folders), folders)]
         if backend == "torch":  # fail now on a member whose weights do not match its config
             for m in members:
@@ -164,10 +191,18 @@ class Ensemble:
 
     @property
     def method(self) -> str:
-        return self.combiner.name
+        """The combiner's registered name (read-only: :meth:`use_combiner` changes it)."""
+        return self._combiner.name
 
-    @method.setter
-    def method(self, name: str) -> None:
+    @property
+    def combiner(self):
+        """The combiner (zoo.combiners) built, and fitted where it learns, for these groups."""
+        return self._combiner
+
+    def use_combiner(self, name: str) -> None:
+        """Combine the groups with the registered combiner ``name`` from now on (mutates this ensemble): it is built
+        for these groups and, where it learns (weights, a reference distribution, a choice), fitted on their
+        calibrated validation predictions."""
         combiner = create_combiner(name, self.groups)
         if combiner.fitted:  # learns from the validation (out-of-fold) predictions, never from test studies
             val = self.validation_studies(calibrated=True)  # the scale calibrate() combines them on
@@ -177,7 +212,8 @@ class Ensemble:
                 raise MemberError(f"--ensemble {name} scores each study against the members' validation score "
                                   "distributions (val_predictions.csv, written by training and pushed with the "
                                   "member); these members share none. Use --ensemble mean or weighted")
-        self.combiner = combiner
+        self._combiner = combiner
+        self._fits.clear()  # calibrations were fitted on the previous combiner's scores
 
     @property
     def group_names(self) -> list[str]:
@@ -210,9 +246,18 @@ class Ensemble:
         groups = self.with_groups(scores)[self.group_names].to_numpy(dtype=float)
         return pd.Series(self.combiner.combine(groups), index=scores.index, name="ensemble")
 
+    @property
     def threshold(self) -> float:
-        """The decision threshold of the ensemble (the combiner's)."""
+        """The decision threshold of the ensemble on the raw scores (the combiner's)."""
         return self.combiner.threshold()
+
+    def member_thresholds(self, calibrated: bool = False) -> dict[str, float]:
+        """Each member's stored threshold (``calibrated``: mapped by its own calibration onto the calibrated scale)
+        and each fold group's, the mean of its members', by column name."""
+        thr = {m.name: float(m.calibrator(np.array([m.threshold]))[0]) if calibrated else m.threshold
+               for m in self.members}
+        return thr | {g.name: float(np.mean([thr[m.name] for m in g.members])) for g in self.groups
+                      if len(g.members) > 1}
 
     def _calibrated(self, scores: pd.DataFrame) -> pd.DataFrame:
         """``scores`` with each member's calibration applied to its column and fold groups recomputed as the mean of
@@ -261,12 +306,30 @@ class Ensemble:
         triage are fitted on it alone: studies no selection step saw, so the triage is ``certified``. Without one
         they are fitted on the validation studies, and the triage says it guarantees nothing.
         ``use_calibration_split=False`` fits on the validation studies even when there is a split (for scores that
-        feed training, e.g. pseudo-labels, which must not see it); the triage is then not certified."""
-        from zoo.calibration import Calibrator, Triage
+        feed training, e.g. pseudo-labels, which must not see it); the triage is then not certified.
 
+        The fit depends only on the members, the combiner and these options, never on ``studies``: it is made once
+        per ensemble and options (:meth:`fit_calibration`) and applied to every table after."""
+        fit = self.fit_calibration(triage, threshold, use_calibration_split)
         out = studies.copy()
         out["ensemble_raw"] = out["ensemble"]
         out = self._calibrated(out)
+        out["ensemble"] = fit.calibrator(self.combine(out, calibrated=True).to_numpy())
+        return Calibrated(**vars(fit), studies=out)
+
+    def fit_calibration(self, triage: float | None = None, threshold: float | None = None,
+                        use_calibration_split: bool = True) -> CalibrationFit:
+        """The ensemble calibration, decision threshold and triage of :meth:`calibrate`, fitted on the members'
+        calibration split (else their validation studies) on the first call with these options and kept."""
+        key = (triage, threshold, use_calibration_split)
+        if key not in self._fits:
+            self._fits[key] = self._fit_calibration(triage, threshold, use_calibration_split)
+        return self._fits[key]
+
+    def _fit_calibration(self, triage: float | None, threshold: float | None,
+                         use_calibration_split: bool) -> CalibrationFit:
+        from zoo.calibration import Calibrator, Triage
+
         val = self.validation_studies(calibrated=True)
         cal = self.calibration_studies() if use_calibration_split else None
         fit_on = cal if cal is not None else val  # the ensemble calibration's (and triage's) studies
@@ -277,37 +340,39 @@ class Ensemble:
         if fit_on is not None:
             fit_score = self.combine(fit_on, calibrated=True).to_numpy()
             ens_cal = Calibrator.fit(fit_on["label"].to_numpy(), fit_score)
-        out["ensemble"] = ens_cal(self.combine(out, calibrated=True).to_numpy())
+        member_thresholds = self.member_thresholds(calibrated=True)
         if threshold is not None:
             threshold = float(threshold)
         elif val is not None:  # chosen on the calibrated validation scores, as each member's own threshold was
             val_score = ens_cal(self.combine(val, calibrated=True).to_numpy())
             threshold = best_threshold(val["label"].to_numpy(), val_score)
         else:  # (a combiner with a reference, rank, cannot exist without validation predictions)
-            member_thresholds = pd.DataFrame([{m.name: float(m.calibrator(np.array([m.threshold]))[0])
-                                               for m in self.members}])  # fold groups average them
-            threshold = float(self.combine(member_thresholds, calibrated=True).iloc[0])
+            members = pd.DataFrame([{m.name: member_thresholds[m.name] for m in self.members}])  # groups average
+            threshold = float(self.combine(members, calibrated=True).iloc[0])
         tri = None
         if triage is not None:  # labels at the threshold above, fixed before the calibration studies' labels count
             tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None,
                              decision_threshold=threshold)
-        return Calibrated(out, threshold, ens_cal, tri, 0 if val is None else len(val),
-                          0 if cal is None else len(cal), tri is not None and tri.certified)
+        return CalibrationFit(threshold, ens_cal, tri, 0 if val is None else len(val), 0 if cal is None else len(cal),
+                              member_thresholds)
 
-    def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False) -> dict[int, ImageArray]:
-        """``paths`` decoded once at each member image size: ``{size: ImageArray}``."""
-        return {size: load_images(paths, size, cache_dir, quiet=quiet)
+    def decode(self, paths: list[str], cache_dir: str | None = None, quiet: bool = False,
+               max_gb: float | None = None) -> dict[int, ImageArray]:
+        """``paths`` decoded once at each member image size: ``{size: ImageArray}``; ``max_gb`` bounds the cache
+        folder (:func:`zoo.data.load_images`; default ``BONE_ZOO_CACHE_MAX_GB`` or 20)."""
+        return {size: load_images(paths, size, cache_dir, quiet=quiet, max_gb=max_gb)
                 for size in sorted({m.img_size for m in self.members})}
 
     def predict_images(self, images: pd.DataFrame, batch_size: int = 0, tta: bool = False, workers: int = -1,
-                       cache_dir: str | None = None, quiet: bool = False,
-                       arrays: dict[int, ImageArray] | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+                       cache_dir: str | None = None, quiet: bool = False, arrays: dict[int, ImageArray] | None = None,
+                       max_gb: float | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
         """``images`` (path, id, part, label) -> the same rows with one probability column per member (NaN for
-        unreadable images), and ``{path: error}`` of those. ``arrays`` reuses :meth:`decode` of the same paths.
-        ``batch_size`` 0 picks one for the device (:func:`zoo.inference.auto_batch_size`)."""
+        unreadable images), and ``{path: error}`` of those. ``arrays`` reuses :meth:`decode` of the same paths
+        (else they are decoded into ``cache_dir``, bounded by ``max_gb``). ``batch_size`` 0 picks one for the device
+        (:func:`zoo.inference.auto_batch_size`)."""
         out = images.reset_index(drop=True).copy()
         errors: dict[str, str] = {}
-        arrays = arrays or self.decode(out["path"].tolist(), cache_dir, quiet)
+        arrays = arrays or self.decode(out["path"].tolist(), cache_dir, quiet, max_gb)
         for size, arr in arrays.items():
             errors.update(arr.errors)
             rows = np.flatnonzero(arr.ok)
@@ -339,7 +404,7 @@ class Ensemble:
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
         """One row per study: ``id, part, label``, each member's study probability (``aggregate`` of its readable
         images), each fold group's (the mean of its fold members) and ``ensemble`` (the groups combined with
-        ``self.method``). Studies with no readable image get NaN.
+        :attr:`combiner`). Studies with no readable image get NaN.
         Extra keyword arguments go to :meth:`predict_images`; its errors are in ``result.attrs["errors"]``."""
         img, errors = self.predict_images(images, **kwargs)
         st = self.with_groups(aggregate_studies(img, self.names, aggregate))

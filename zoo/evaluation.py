@@ -12,17 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.stats import LEVEL, auc_ci, delong_test, describe_difference
+from zoo.stats import LEVEL, auc_ci, delong_test, describe_difference, interval
 
 INTERVAL_METRICS = ("auc", "kappa", "sensitivity", "specificity", "ece")
 MAX_LEVELS = 12  # a numeric strata column with more distinct values is cut into quartiles
-
-
-def interval(lo: float, hi: float) -> str:
-    """``"0.712–0.845"``; empty where undefined."""
-    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)) or math.isnan(float(hi)):
-        return ""
-    return f"{lo:.3f}–{hi:.3f}"
 
 
 def interval_columns(table: pd.DataFrame, show: pd.DataFrame) -> pd.DataFrame:
@@ -172,8 +165,12 @@ def load_evaluation_inputs(args) -> tuple[pd.DataFrame | None, object | None]:
 
 
 def localisation_report(ens, images: pd.DataFrame, coco, root, out_dir: str | Path, args) -> list[str]:
-    """:func:`zoo.localisation.localisation_report` with the options of :func:`add_evaluation_args`."""
+    """:func:`zoo.localisation.localisation_report` with the options of :func:`add_evaluation_args` (and the run's
+    decoded-image cache, ``--cache-dir`` / ``--cache-max-gb``)."""
+    from zoo.localisation import LocalisationOptions
     from zoo.localisation import localisation_report as run
 
-    return run(ens, images, coco, root, out_dir, args.loc_methods, args.road_samples, args.pointing_tolerance,
-               getattr(args, "cache_dir", None), getattr(args, "quiet", False))
+    options = LocalisationOptions(tuple(args.loc_methods) if args.loc_methods else None, args.road_samples,
+                                  args.pointing_tolerance, getattr(args, "cache_dir", None),
+                                  getattr(args, "cache_max_gb", None), getattr(args, "quiet", False))
+    return run(ens, images, coco, root, out_dir, options)

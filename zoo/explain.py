@@ -34,10 +34,11 @@ class StudyExplanation:
 
 
 def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[int, ImageArray] | None = None,
-                  cache_dir: str | None = "") -> StudyExplanation:
-    """Run every member of ``ens`` over the images of one study (decoded once per member size)."""
+                  cache_dir: str | None = "", max_gb: float | None = None) -> StudyExplanation:
+    """Run every member of ``ens`` over the images of one study (decoded once per member size, into ``cache_dir``
+    bounded by ``max_gb``, unless ``arrays`` holds them)."""
     paths = [str(p) for p in paths]
-    arrays = arrays or ens.decode(paths, cache_dir=cache_dir, quiet=True)
+    arrays = arrays or ens.decode(paths, cache_dir=cache_dir, quiet=True, max_gb=max_gb)
     mine = set(paths)
     errors = {p: e for arr in arrays.values() for p, e in arr.errors.items() if p in mine}
     readable = [i for i, p in enumerate(paths) if p not in errors]
@@ -57,15 +58,15 @@ def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[i
 
 
 def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method: str = "gradcam",
-               cache_dir: str | None = None, quiet: bool = False) -> int:
+               cache_dir: str | None = None, quiet: bool = False, max_gb: float | None = None) -> int:
     """One overlay PNG per readable image and member, ``out_dir/<member>/<study id>+<image stem>.png`` (see
-    :func:`overlay_names`), explained study by study (one batched CAM pass per member and study). Returns the number
-    written."""
+    :func:`overlay_names`), explained study by study (one batched CAM pass per member and study); the images come
+    from the decoded-image cache ``cache_dir`` (bounded by ``max_gb``). Returns the number written."""
     out_dir = Path(out_dir)
     for m in ens.members:
         (out_dir / m.name).mkdir(parents=True, exist_ok=True)
     paths = image_predictions["path"].tolist()
-    arrays = ens.decode(paths, cache_dir=cache_dir, quiet=True)  # the cache predict.py just filled
+    arrays = ens.decode(paths, cache_dir=cache_dir, quiet=True, max_gb=max_gb)  # the cache predict.py just filled
     n = 0
     groups = image_predictions.reset_index(drop=True).groupby("id", sort=True).indices
     for idx in tqdm(groups.values(), desc="CAMs", unit="study", disable=True if quiet else None, leave=False):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.stats import LEVEL, wilson
+from zoo.stats import LEVEL, interval, wilson
 
 TOLERANCE = 15  # px at the stored image's scale (Zhang et al. 2018)
 FUSED = "ensemble (fused)"
@@ -156,6 +156,20 @@ def boxes_by_image(coco, paths: list[str], root: str | Path | None = None) -> di
 
 # --- the evaluation ----------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LocalisationOptions:
+    """How CAMs are scored against the boxes (``--loc-methods``, ``--road-samples``, ``--pointing-tolerance``) and
+    where their images are decoded (the run's ``--cache-dir`` and ``--cache-max-gb``)."""
+
+    methods: tuple[str, ...] | None = None  # CAM methods (zoo.cam); None: every one
+    road_samples: int = 8  # ROAD on the first N annotated images per member and method (0: off)
+    tolerance: float = TOLERANCE  # pointing-game tolerance, stored-image pixels
+    cache_dir: str | None = None  # decoded-image cache (zoo.data.load_images); "" = in memory
+    max_gb: float | None = None  # its bound on disk (None: BONE_ZOO_CACHE_MAX_GB or 20)
+    quiet: bool = False  # no progress bar
+    seed: int = 0  # the random maps ROAD is compared with
+
+
 def road_scores(model, images_u8: np.ndarray, cams: np.ndarray,
                 percentiles: tuple[int, ...] = ROAD_PERCENTILES) -> np.ndarray:
     """ROADCombined per image (logit units; higher = more faithful) for uint8 (n, S, S) inputs and their CAMs."""
@@ -174,11 +188,10 @@ def road_scores(model, images_u8: np.ndarray, cams: np.ndarray,
                                                                        model), float).reshape(-1)
 
 
-def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None, methods: list[str] | None = None,
-             road_samples: int = 8, tolerance: float = TOLERANCE, cache_dir: str | None = None,
-             quiet: bool = False, seed: int = 0) -> pd.DataFrame:
+def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
+             options: LocalisationOptions | None = None) -> pd.DataFrame:
     """One row per (abnormal annotated image, member or the fused CAM, method): ``hit``, ``energy``, their chance
-    levels and, on the first ``road_samples`` images, ``road`` and ``road_random`` (a random map's ROAD).
+    levels and, on the first ``options.road_samples`` images, ``road`` and ``road_random`` (a random map's ROAD).
 
     ``images`` has ``path, id, label`` (label = the study's); only label-1 images with boxes are scored."""
     from tqdm.auto import tqdm
@@ -187,7 +200,8 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None, me
     from zoo.data import ImageArray
     from zoo.explain import explain_study
 
-    methods = methods or list(LABELS.values())
+    opt = options or LocalisationOptions()
+    methods = list(opt.methods or LABELS.values())
     pos = images[images["label"] == 1]
     boxes = boxes_by_image(coco, pos["path"].tolist(), root)
     pos = pos[pos["path"].isin(boxes)]
@@ -195,12 +209,12 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None, me
     if pos.empty:
         return pd.DataFrame(rows)
     paths = pos["path"].tolist()
-    arrays = ens.decode(paths, cache_dir=cache_dir, quiet=True)
-    road_left = {(m, meth): road_samples for m in ens.names for meth in methods}
-    rng = np.random.default_rng(seed)
+    arrays = ens.decode(paths, cache_dir=opt.cache_dir, quiet=True, max_gb=opt.max_gb)
+    road_left = {(m, meth): opt.road_samples for m in ens.names for meth in methods}
+    rng = np.random.default_rng(opt.seed)
     ids = pos["id"].tolist()
     groups = pos.reset_index(drop=True).groupby("id", sort=True).indices
-    for idx in tqdm(groups.values(), desc="localisation", unit="study", disable=True if quiet else None,
+    for idx in tqdm(groups.values(), desc="localisation", unit="study", disable=True if opt.quiet else None,
                     leave=False):
         study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.array[idx], arr.ok[idx], arr.errors)
                  for size, arr in arrays.items()}
@@ -209,12 +223,12 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None, me
             for j, i in enumerate(ex.readable):
                 path = ex.paths[i]
                 b, h, w = boxes[path]
-                chance_point, chance_energy = chance_levels(b, h, w, tolerance)
+                chance_point, chance_energy = chance_levels(b, h, w, opt.tolerance)
                 for name in [*ens.names, FUSED]:
                     cam = ex.fused[j] if name == FUSED else ex.cams[name][j]
                     geo = pad_geometry(h, w, cam.shape[0])
                     row = {"path": path, "id": ids[idx[0]], "member": name, "method": method,
-                           "hit": pointing_hit(cam, b, geo, tolerance), "energy": energy_share(cam, b, geo),
+                           "hit": pointing_hit(cam, b, geo, opt.tolerance), "energy": energy_share(cam, b, geo),
                            "chance_point": chance_point, "chance_energy": chance_energy,
                            "road": np.nan, "road_random": np.nan}
                     if name != FUSED and road_left[(name, method)] > 0:
@@ -266,8 +280,6 @@ def _f(v: float) -> str:
 
 def localisation_lines(summary: pd.DataFrame, tolerance: float = TOLERANCE, figure: str | None = None) -> list[str]:
     """The report section for :func:`summarise` (and the figure grid, when one was drawn)."""
-    from zoo.evaluation import interval
-
     if summary.empty:
         return ["## Localisation against ground truth", "", "No abnormal test image has an annotation matched by "
                 "file name: nothing to score.", ""]
@@ -296,10 +308,11 @@ def localisation_lines(summary: pd.DataFrame, tolerance: float = TOLERANCE, figu
     return lines
 
 
-def plot_extremes(ens, records: pd.DataFrame, path: str | Path, method: str | None = None, member: str = FUSED,
-                  n: int = 4, coco=None, root: str | Path | None = None, cache_dir: str | None = None) -> Path | None:
+def plot_extremes(ens, records: pd.DataFrame, path: str | Path, boxes: dict[str, tuple[np.ndarray, int, int]],
+                  options: LocalisationOptions | None = None, *, method: str | None = None, member: str = FUSED,
+                  n: int = 4) -> Path | None:
     """A grid of the ``n`` best and ``n`` worst images by energy share (``member``'s CAM of ``method``), CAM over
-    the image with the ground-truth boxes drawn; None when there is nothing to draw."""
+    the image with its ground-truth ``boxes`` (:func:`boxes_by_image`) drawn; None when there is nothing to draw."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -313,11 +326,11 @@ def plot_extremes(ens, records: pd.DataFrame, path: str | Path, method: str | No
     if sel.empty:
         return None
     picks = list(dict.fromkeys([*sel["path"].head(n), *sel["path"].tail(n)[::-1]]))
-    boxes = boxes_by_image(coco, picks, root)
+    opt = options or LocalisationOptions()
     fig = Figure(figsize=(2.2 * min(len(picks), n), 2.4 * math.ceil(len(picks) / n)), dpi=110)
     axes = np.atleast_1d(fig.subplots(math.ceil(len(picks) / n), min(len(picks), n))).ravel()
     for ax, p in zip(axes, picks, strict=False):
-        ex = explain_study(ens, [p], method, cache_dir=cache_dir)
+        ex = explain_study(ens, [p], method, cache_dir=opt.cache_dir, max_gb=opt.max_gb)
         if not ex.readable:
             continue
         cam = ex.fused[0] if member == FUSED else ex.cams[member][0]
@@ -335,20 +348,20 @@ def plot_extremes(ens, records: pd.DataFrame, path: str | Path, method: str | No
     return save_figure(fig, path)
 
 
-def localisation_report(ens, images: pd.DataFrame, coco, root, out_dir: str | Path, methods: list[str] | None = None,
-                        road_samples: int = 8, tolerance: float = TOLERANCE, cache_dir: str | None = None,
-                        quiet: bool = False) -> list[str]:
+def localisation_report(ens, images: pd.DataFrame, coco, root, out_dir: str | Path,
+                        options: LocalisationOptions | None = None) -> list[str]:
     """Score the CAMs of ``images`` (``path, id, label``) against ``coco``; write ``localisation.csv`` (the
     summary), ``localisation_images.csv`` (one row per image, member and method) and ``localisation.png`` (best and
     worst images of the fused CAM) into ``out_dir``; return the report section."""
     from zoo.atomic import write_csv
 
-    out_dir = Path(out_dir)
-    records = localise(ens, images, coco, root, methods, road_samples, tolerance, cache_dir, quiet)
+    out_dir, opt = Path(out_dir), options or LocalisationOptions()
+    records = localise(ens, images, coco, root, opt)
     if records.empty:
-        return localisation_lines(pd.DataFrame(), tolerance)
+        return localisation_lines(pd.DataFrame(), opt.tolerance)
     summary = summarise(records)
     write_csv(records, out_dir / "localisation_images.csv")
     write_csv(summary, out_dir / "localisation.csv")
-    fig = plot_extremes(ens, records, out_dir / "localisation.png", coco=coco, root=root, cache_dir=cache_dir)
-    return localisation_lines(summary, tolerance, fig.name if fig else None)
+    boxes = boxes_by_image(coco, records["path"].unique().tolist(), root)
+    fig = plot_extremes(ens, records, out_dir / "localisation.png", boxes, opt)
+    return localisation_lines(summary, opt.tolerance, fig.name if fig else None)

@@ -14,7 +14,7 @@ intervals for the threshold metrics and ECE, and the sentence a reader acts on.
 - :func:`bootstrap_metrics`: kappa, sensitivity, specificity, ECE with percentile intervals from
   ``scipy.stats.bootstrap`` over studies, stratified by label (abnormal and normal studies resampled separately, so
   every resample has both classes and the sensitivity's denominator is fixed, as in the study).
-- :func:`describe_difference`: a paired comparison in words.
+- :func:`describe_difference`: a paired comparison in words; :func:`interval`: an interval as report text.
 """
 
 from __future__ import annotations
@@ -214,6 +214,13 @@ def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     centre = (ph + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def interval(lo: float, hi: float) -> str:
+    """``"0.712–0.845"``; empty where undefined."""
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)) or math.isnan(float(hi)):
+        return ""
+    return f"{lo:.3f}–{hi:.3f}"
 
 
 def describe_difference(name_a: str, name_b: str, test: dict[str, float], alpha: float = 0.05,

@@ -30,11 +30,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    args.evaluate = True
-    args.models = args.models or [args.run]
-    args.weights = args.run if args.weights == "weights" else args.weights
+    """``predict.main`` on a copy of ``args`` with the run as the members and the report folder filled in."""
     report_dir = Path(args.report_dir) if args.report_dir else Path(args.run) / "evaluation"
     report_dir.mkdir(parents=True, exist_ok=True)
-    args.report_dir = str(report_dir)
-    args.output = args.output or str(report_dir / "predictions.csv")
-    return predict.main(args)
+    return predict.main(argparse.Namespace(**{
+        **vars(args), "evaluate": True, "models": args.models or [args.run],
+        "weights": args.run if args.weights == "weights" else args.weights, "report_dir": str(report_dir),
+        "output": args.output or str(report_dir / "predictions.csv")}))

@@ -10,9 +10,10 @@ label is the probability that the study is abnormal (mean of its images' probabi
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from zoo.atomic import write_csv, write_text
 from zoo.calibration import plot_reliability, triage_summary
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import LayoutError, load_dataset, report_unreadable
-from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError
+from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError, MemberSource
 from zoo.metrics import AGGREGATES, fmt, is_abnormal, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
 
@@ -83,19 +84,52 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir: Path, title: str,
-                 calibrated: Calibrated | None = None, triage: pd.Series | None = None,
-                 strata: pd.DataFrame | None = None, extra_lines: list[str] | None = None) -> pd.DataFrame:
-    """report.md, roc.png and reliability.png from the study table whose 'ensemble' column is what went into the
-    CSV (calibrated unless --no-calibrate; then ``ensemble_raw`` is the raw row); a triage section with --triage."""
+class UsageError(Exception):
+    """Something the user must fix, found before anything is written: :func:`main` prints it as one ``error:`` line
+    and returns 2."""
+
+
+@dataclass
+class Plan:
+    """What a run predicts, read and checked before any image is: the dataset, the ensemble and the evaluation
+    inputs (``--strata``, ``--annotations``)."""
+
+    dataset: object  # zoo.data.load_dataset's: ``test`` images, ``root``, ``name``, ``notes``
+    ensemble: Ensemble
+    strata: pd.DataFrame | None = None
+    coco: object | None = None
+
+
+@dataclass
+class Prediction:
+    """One run's answer: the study table whose ``ensemble`` column is the score the CSV gets (calibrated unless
+    --no-calibrate; then ``ensemble_raw`` is absent), the decision threshold on that scale, the calibration (None
+    with --no-calibrate) and the triage verdict per study (with --triage)."""
+
+    studies: pd.DataFrame
+    ensemble: Ensemble
+    threshold: float
+    calibrated: Calibrated | None = None
+    triage: pd.Series | None = None
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The threshold of every column the report scores: members and fold groups as the ensemble computed them
+        (on the calibrated scale when calibrated), the ensemble's, and the raw ensemble's (the combiner's)."""
+        members = (self.calibrated.member_thresholds if self.calibrated is not None
+                   else self.ensemble.member_thresholds())
+        return members | {"ensemble": self.threshold, "ensemble_raw": self.ensemble.threshold}
+
+
+def write_report(pred: Prediction, out_dir: Path, title: str, strata: pd.DataFrame | None = None,
+                 extra_lines: list[str] | None = None) -> pd.DataFrame:
+    """report.md, metrics.csv, roc.png and reliability.png from the prediction whose 'ensemble' column is what went
+    into the CSV; a triage section with --triage."""
+    ens, studies = pred.ensemble, pred.studies
     labelled = studies[studies["label"].notna()]
     bags = [g.name for g in ens.groups if len(g.members) > 1]  # a backbone's fold members averaged
     cols = ens.names + bags + ["ensemble"] + (["ensemble_raw"] if "ensemble_raw" in studies else [])
-    member_thr = {m.name: float(m.calibrator([m.threshold])[0]) if calibrated else m.threshold for m in ens.members}
-    member_thr |= {g.name: float(np.mean([member_thr[m.name] for m in g.members])) for g in ens.groups
-                   if len(g.members) > 1}
-    thresholds = member_thr | {"ensemble": threshold, "ensemble_raw": ens.threshold()}
-    table = metrics_table(labelled, cols, thresholds)
+    table = metrics_table(labelled, cols, pred.thresholds)
     show = table.copy()
     for c in ("threshold", "auc", "kappa", "accuracy", "sensitivity", "specificity", "ece", "ece_if_calibrated",
               "ece_p", "brier"):
@@ -104,15 +138,7 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     overall = show[show["part"] == "ALL"].drop(columns="part")
     per_part = show[show["part"] != "ALL"]
     lines = [
-        f"# Evaluation: {title}", "",
-        f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {_method(ens)} of "
-        f"{len(ens.members)} member(s)" + (f" in {len(ens.groups)} group(s) (fold members averaged)"
-                                           if bags else "") + "; study score = aggregate of image probabilities. "
-        "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
-        + ("Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
-           + (f"{calibrated.n_calibration} held-out calibration studies" if calibrated.n_calibration else
-              f"{calibrated.n_validation} validation studies") + "); `ensemble_raw` is the uncalibrated ensemble."
-           if calibrated else "Scores are raw (--no-calibrate)."), "",
+        f"# Evaluation: {title}", "", _summary(pred, labelled, bags), "",
         "## Overall", "", overall.to_markdown(index=False, disable_numparse=True), "",
         f"`ece_if_calibrated`: the mean ECE a perfectly calibrated model with the same scores would show on these "
         f"{len(labelled)} studies (labels redrawn from the scores, 2000 times); `ece_p`: the share of those draws at "
@@ -122,8 +148,8 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
         "![ROC](roc.png) ![Reliability](reliability.png)", "",
     ]
     lines += evaluation.research_sections(labelled, ens.names + bags, out_dir, strata) + (extra_lines or [])
-    if triage is not None:
-        lines += _triage_lines(labelled, triage.loc[labelled.index], calibrated.triage)
+    if pred.triage is not None:
+        lines += _triage_lines(labelled, pred.triage.loc[labelled.index], pred.calibrated.triage)
     write_text(out_dir / "report.md", "\n".join(lines))
     write_csv(table, out_dir / "metrics.csv")
     plot_reliability({c: (labelled["label"].to_numpy(), labelled[c].to_numpy()) for c in cols},
@@ -132,6 +158,20 @@ def write_report(studies: pd.DataFrame, ens: Ensemble, threshold: float, out_dir
     curves[f"ensemble ({ens.method})"] = (labelled["label"].to_numpy(), labelled["ensemble"].to_numpy())
     plot_roc(curves, out_dir / "roc.png", title=f"ROC, study level: {title}")
     return table
+
+
+def _summary(pred: Prediction, labelled: pd.DataFrame, bags: list[str]) -> str:
+    """The report's opening paragraph: what was scored, by which ensemble, on which scale."""
+    ens, calibrated = pred.ensemble, pred.calibrated
+    return (
+        f"{len(labelled)} labelled studies ({int(labelled['label'].sum())} abnormal). Ensemble: {_method(ens)} of "
+        f"{len(ens.members)} member(s)" + (f" in {len(ens.groups)} group(s) (fold members averaged)"
+                                           if bags else "") + "; study score = aggregate of image probabilities. "
+        "Members use their stored thresholds; the ensemble row is computed from the same scores as the CSV. "
+        + ("Scores are calibrated (each member's stored calibration; the ensemble's refitted on "
+           + (f"{calibrated.n_calibration} held-out calibration studies" if calibrated.n_calibration else
+              f"{calibrated.n_validation} validation studies") + "); `ensemble_raw` is the uncalibrated ensemble."
+           if calibrated else "Scores are raw (--no-calibrate)."))
 
 
 def _method(ens: Ensemble) -> str:
@@ -159,89 +199,117 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
-def main(args: argparse.Namespace) -> int:
-    def fail(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-
-    tune_allocator()
-    if args.cache_max_gb is not None:  # the bound of every decoded-image cache this run fills (members, CAMs)
-        os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
+def plan(args: argparse.Namespace) -> Plan:
+    """Read the dataset, the evaluation inputs and the members; raise :class:`UsageError` on what the user must fix."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = load_dataset(args.data)
     except LayoutError as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     for note in dataset.notes:  # what was skipped or assumed in the folder, said once
         print(f"note: {note}", file=sys.stderr)
     test = dataset.test
     if test.empty:
-        return fail(f"{args.data}: no test images (expected images in {Path(args.data) / 'test'}/ or MURA's valid "
-                    "split)")
+        raise UsageError(f"{args.data}: no test images (expected images in {Path(args.data) / 'test'}/ or MURA's "
+                         "valid split)")
     if args.evaluate and test["label"].notna().sum() == 0:
-        return fail(f"--evaluate needs labels for the test split ({Path(args.data) / 'test_labels.csv'} with "
-                    "id,label, or MURA's valid_labeled_studies.csv); none found")
+        raise UsageError(f"--evaluate needs labels for the test split ({Path(args.data) / 'test_labels.csv'} with "
+                         "id,label, or MURA's valid_labeled_studies.csv); none found")
     try:
         strata, coco = evaluation.load_evaluation_inputs(args)
     except (ValueError, OSError, ImportError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     try:
         ens = Ensemble.from_paths(args.models or [args.weights], method=args.ensemble, device=args.device,
-                                  weights_dir=args.weights, revision=args.revision, precision=args.precision,
-                                  backend=args.backend)
+                                  precision=args.precision, backend=args.backend,
+                                  source=MemberSource(args.weights, args.revision))
     except (MemberError, OSError) as exc:
-        return fail(str(exc))
+        raise UsageError(str(exc)) from None
     if not args.quiet:
         print(f"{dataset.root}: {len(test)} test images, {test['id'].nunique()} studies; ensemble ({args.ensemble}) "
               f"of {len(ens.members)}: {', '.join(ens.names)}", file=sys.stderr)
-    st = ens.predict_studies(test, aggregate=args.aggregate, batch_size=args.batch_size, tta=args.tta,
-                             workers=args.workers, cache_dir=args.cache_dir, quiet=args.quiet)
+    return Plan(dataset, ens, strata, coco)
+
+
+def run(args: argparse.Namespace, plan: Plan) -> Prediction:
+    """Score the test studies, calibrated unless --no-calibrate, with the triage when asked for."""
+    ens = plan.ensemble
+    st = ens.predict_studies(plan.dataset.test, aggregate=args.aggregate, batch_size=args.batch_size, tta=args.tta,
+                             workers=args.workers, cache_dir=args.cache_dir, quiet=args.quiet,
+                             max_gb=args.cache_max_gb)
     report_unreadable(st.attrs["errors"])
     missing = st["ensemble"].isna()
     if missing.any():
         print(f"warning: {int(missing.sum())} study(ies) have no readable image; written with label "
               f"{args.missing_value}" + (" and no --binary verdict" if args.binary else "")
               + f": {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
-    calibrated = None
-    if args.calibrate:
-        try:
-            calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)
-        except MemberError as exc:
-            return fail(str(exc))
-        st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
-        if calibrated.warning:
-            print(f"warning: {calibrated.warning}", file=sys.stderr)
-    elif args.triage is not None:
-        return fail("--triage works on calibrated scores; drop --no-calibrate")
-    threshold = args.threshold if args.threshold is not None else (
-        calibrated.threshold if calibrated else ens.threshold())
+    if not args.calibrate:
+        if args.triage is not None:
+            raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
+        return Prediction(st, ens, args.threshold if args.threshold is not None else ens.threshold)
+    try:
+        calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)
+    except MemberError as exc:
+        raise UsageError(str(exc)) from None
+    if calibrated.warning:
+        print(f"warning: {calibrated.warning}", file=sys.stderr)
+    st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
+    triage = None
+    if calibrated.triage is not None:
+        triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)
+    return Prediction(st, ens, calibrated.threshold, calibrated, triage)
+
+
+def submission(args: argparse.Namespace, pred: Prediction) -> pd.DataFrame:
+    """The CSV: ``id, label`` (--missing-value where a study has no readable image), ``abnormal`` with --binary,
+    ``triage`` with --triage."""
+    st = pred.studies
     sub = pd.DataFrame({"id": st["id"], "label": st["ensemble"].fillna(args.missing_value)})
     if args.binary:  # the demo's headline rule, on the score itself: --missing-value is no evidence (empty)
         score = st["ensemble"].to_numpy(dtype=float)
-        sub["abnormal"] = pd.array(is_abnormal(score, threshold).astype(int), dtype="Int64")
+        sub["abnormal"] = pd.array(is_abnormal(score, pred.threshold).astype(int), dtype="Int64")
         sub.loc[np.isnan(score), "abnormal"] = pd.NA
-    triage = None
-    if calibrated is not None and calibrated.triage is not None:
-        triage = pd.Series(calibrated.triage(st["ensemble"].to_numpy()), index=st.index)
-        sub["triage"] = triage.to_numpy()
-    out = write_csv(sub, args.output, float_format="%.6f")
-    print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
+    if pred.triage is not None:
+        sub["triage"] = pred.triage.to_numpy()
+    return sub
+
+
+def report(args: argparse.Namespace, plan: Plan, pred: Prediction, sub: pd.DataFrame, out: Path) -> None:
+    """--cam-dir's overlays and --evaluate's report, from the prediction and the CSV just written (``sub``)."""
+    images = pred.studies.attrs["image_predictions"]
     if args.cam_dir:
         from zoo.explain import write_cams
 
-        n = write_cams(ens, st.attrs["image_predictions"], args.cam_dir, method=args.cam_method, quiet=args.quiet)
+        n = write_cams(pred.ensemble, images, args.cam_dir, method=args.cam_method, cache_dir=args.cache_dir,
+                       quiet=args.quiet, max_gb=args.cache_max_gb)
         print(f"wrote {n} CAM overlays to {args.cam_dir}", file=sys.stderr)
-    if args.evaluate:
-        st = st.assign(ensemble=sub["label"].to_numpy())  # exactly the CSV's scores
-        report_dir = Path(args.report_dir) if args.report_dir else out.parent
-        extra = [] if coco is None else evaluation.localisation_report(
-            ens, st.attrs["image_predictions"], coco, dataset.root, report_dir, args)
-        table = write_report(st, ens, threshold, report_dir, dataset.name, calibrated, triage, strata, extra)
-        overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity",
-                                                 "ece", "ece_p", "brier", "auc_lo", "auc_hi"]]
-        print(overall.to_markdown(index=False, floatfmt=".3f"))
-        print(f"wrote {report_dir / 'report.md'}, roc.png and reliability.png", file=sys.stderr)
+    if not args.evaluate:
+        return
+    scored = dataclasses.replace(pred, studies=pred.studies.assign(ensemble=sub["label"].to_numpy()))  # the CSV's
+    report_dir = Path(args.report_dir) if args.report_dir else out.parent
+    extra = [] if plan.coco is None else evaluation.localisation_report(
+        pred.ensemble, images, plan.coco, plan.dataset.root, report_dir, args)
+    table = write_report(scored, report_dir, plan.dataset.name, plan.strata, extra)
+    overall = table[table["part"] == "ALL"][["model", "auc", "kappa", "accuracy", "sensitivity", "specificity",
+                                             "ece", "ece_p", "brier", "auc_lo", "auc_hi"]]
+    print(overall.to_markdown(index=False, floatfmt=".3f"))
+    print(f"wrote {report_dir / 'report.md'}, roc.png and reliability.png", file=sys.stderr)
+
+
+def main(args: argparse.Namespace) -> int:
+    """plan (read and check everything), run (score the studies), write the CSV, then report (overlays, report.md)."""
+    tune_allocator()
+    try:
+        p = plan(args)
+        pred = run(args, p)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sub = submission(args, pred)
+    out = write_csv(sub, args.output, float_format="%.6f")
+    print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
+    report(args, p, pred, sub, out)
     return 0
 
 
