@@ -184,9 +184,10 @@ def test_budget_plan_fits_the_budget_and_keeps_given_flags(monkeypatch):
     small = budget.plan(2, modern, base, 800, say=lambda m: None)
     assert small.estimate_s <= p.estimate_s and (small.img_size < p.img_size or len(small.models) < len(p.models)
                                                  or small.folds < p.folds)
-    kept = budget.plan(20, modern, base, 800, models=["regnetx_002"], img_size=128, folds=2, say=lambda m: None)
+    kept = budget.plan(20, modern, base, 800, fixed=budget.Fixed(models=["regnetx_002"], img_size=128, folds=2),
+                       say=lambda m: None)
     assert (kept.models, kept.img_size, kept.folds) == (["regnetx_002"], 128, 2)
-    seed = budget.plan(20, RECIPES["seed"], base, 800, models=["resnet10t"], say=lambda m: None)
+    seed = budget.plan(20, RECIPES["seed"], base, 800, fixed=budget.Fixed(models=["resnet10t"]), say=lambda m: None)
     assert seed.img_size == 512 and seed.folds == 1 and 1 <= seed.epochs <= 20
     with pytest.raises(ValueError):
         budget.plan(0, modern, base, 800)

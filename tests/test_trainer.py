@@ -18,8 +18,8 @@ from zoo.data import load_dataset, load_images, split_by_study
 from zoo.inference import ArrayDataset, predict_array
 from zoo.metrics import aggregate_studies, binary_metrics
 from zoo.model import BoneClassifier
-from zoo.runtime import native_bf16
-from zoo.train import TrainConfig, make_accelerator, resolve_precision
+from zoo.runtime import native_bf16, resolve_precision
+from zoo.train import TrainConfig, make_accelerator
 
 pytestmark = pytest.mark.slow
 TINY_ARGS = ["--models", "resnet10t", "--img-size", "48", "--lr", "1e-3", "--head-hidden", "32", "--quiet"]
@@ -92,13 +92,14 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_auc(tmp_path, syn
     assert log["epoch"].tolist() == [1, 2, 3]
 
 
-def test_precision_choices():
-    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16() else "no")
-    assert resolve_precision("bf16", "cpu") == "bf16"
+def test_precision_choices():  # one vocabulary (issue 20): fp32, with Accelerate's "no" as its alias
+    assert resolve_precision("auto", "cpu", training=True) == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("bf16", "cpu", training=True) == "bf16"
+    assert resolve_precision("no", "cpu", training=True) == "fp32"
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        resolve_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu", training=True)
     with pytest.raises(ValueError, match="must be one of"):
-        resolve_precision("fp8", "cpu")
+        resolve_precision("fp8", "cpu", training=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 mixed precision needs a CUDA GPU")
@@ -110,7 +111,7 @@ def test_fp16_accelerator_has_a_grad_scaler():
 def test_training_step_goes_through_the_grad_scaler():
     """With a scaler on the Accelerator (what fp16 configures on a GPU), every step is scaled, unscaled and checked."""
     from zoo.data import ImageArray
-    from zoo.engine import train_one_epoch
+    from zoo.engine import TrainStep, train_one_epoch
     from zoo.loss import WeightedBCE
 
     acc = make_accelerator(TrainConfig(device="cpu", mixed_precision="no", batch_size=4, micro_batch=4))
@@ -124,7 +125,7 @@ def test_training_step_goes_through_the_grad_scaler():
                         np.ones(8, bool), {})
     loader = acc.prepare_data_loader(DataLoader(ArrayDataset(images, np.arange(8), np.array([0, 1] * 4)),
                                                 batch_size=4, drop_last=True))
-    loss = train_one_epoch(model, loader, WeightedBCE(1.0), opt, acc, mean=0.5, std=0.25, quiet=True)
+    loss = train_one_epoch(TrainStep(model, WeightedBCE(1.0), opt, acc, mean=0.5, std=0.25), loader, quiet=True)
     assert np.isfinite(loss)
     assert acc.scaler._growth_tracker is not None and int(acc.scaler._growth_tracker) == 2  # two scaled steps
 

@@ -4,18 +4,22 @@ It measures, here and now, how long each candidate backbone takes per training a
 real optimizer steps at the recipe's precision), then picks the plan the recipe prefers that fits: its backbones in
 order of preference, its number of folds, the largest of its image sizes, and as many epochs as the budget allows
 between the recipe's minimum and maximum. Flags the user gave (``--models``, ``--img-size``, ``--folds``,
-``--epochs``) are kept as they are.
+``--epochs``: :class:`Fixed`) are kept as they are. Only the images that train or validate count: the calibration
+split is held out of both (it is predicted once per member, within ``MEMBER_OVERHEAD_S``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 
+from zoo.calibration import auto_calibration_fraction, calibration_split
 from zoo.config import TrainConfig
 from zoo.recipes import Recipe
 
@@ -39,6 +43,23 @@ class Plan:
         return (f"budget {self.budget_s / 60:g} min -> {len(self.models)} backbone(s) ({', '.join(self.models)}) x "
                 f"{self.folds} fold(s) x {self.epochs} epochs at {self.img_size} px, estimated "
                 f"{self.estimate_s / 60:.1f} min of training (measured here: {per})")
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """What the user gave and the planner keeps (None: the planner chooses)."""
+
+    models: list[str] | None = None
+    img_size: int | None = None
+    folds: int | None = None
+    epochs: int | None = None
+
+
+def trainable_images(images: pd.DataFrame, cfg: TrainConfig) -> int:
+    """Labelled images of ``images`` (a training table) that ``cfg``'s members train or validate on: the labelled
+    ones outside the calibration split."""
+    pool, _ = calibration_split(images, auto_calibration_fraction(images, cfg.calibration_fraction), cfg.seed)
+    return int(pool["label"].notna().sum())
 
 
 def measure(cfg: TrainConfig, steps: int = 4) -> tuple[float, float]:
@@ -92,29 +113,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plan(budget_minutes: float, recipe: Recipe, base: TrainConfig, n_labelled: int, *, models: list[str] | None = None,
-         img_size: int | None = None, folds: int | None = None, epochs: int | None = None,
+def plan(budget_minutes: float, recipe: Recipe, base: TrainConfig, n_labelled: int, *, fixed: Fixed = Fixed(),
          say=print) -> Plan:
-    """The plan for ``budget_minutes`` of training on ``n_labelled`` labelled images. ``models``/``img_size``/
-    ``folds``/``epochs`` given by the user are kept; the rest comes from ``recipe.budget``: the first (image size,
-    folds) in the recipe's order of preference where its first ``min_models`` backbones (a prefix of its candidates,
-    at most ``max_models``) train for ``min_epochs``, with as many of them and as many epochs (up to
-    ``max_epochs``) as fit; failing that, one backbone; failing that, the smallest option with fewer epochs."""
+    """The plan for ``budget_minutes`` of training on ``n_labelled`` labelled images (:func:`trainable_images`).
+    What ``fixed`` gives is kept; the rest comes from ``recipe.budget``: the first (image size, folds) in the recipe's
+    order of preference where its first ``min_models`` backbones (a prefix of its candidates, at most
+    ``max_models``) train for ``min_epochs``, with as many of them and as many epochs (up to ``max_epochs``) as fit;
+    failing that, one backbone; failing that, the smallest option with fewer epochs."""
     if budget_minutes <= 0:
         raise ValueError(f"--budget-minutes must be positive, not {budget_minutes}")
     prefs = recipe.budget
     budget = budget_minutes * 60.0
+    models = fixed.models
     candidates = list(models or prefs["models"])
-    sizes = [img_size] if img_size else list(prefs["sizes"])
-    fold_options = [folds] if folds else list(prefs["folds"])
-    min_epochs = epochs or prefs["min_epochs"]
-    max_epochs = epochs or prefs["max_epochs"]
+    sizes = [fixed.img_size] if fixed.img_size else list(prefs["sizes"])
+    fold_options = [fixed.folds] if fixed.folds else list(prefs["folds"])
+    min_epochs = fixed.epochs or prefs["min_epochs"]
+    max_epochs = fixed.epochs or prefs["max_epochs"]
     speed: dict[tuple[str, int], tuple[float, float]] = {}
 
     def cost(name: str, size: int, k: int) -> float:  # seconds per epoch of one member
         if (name, size) not in speed:
-            cfg = TrainConfig(**{**base.__dict__, "backbone": name, "img_size": size})
-            speed[name, size] = measure(cfg)
+            speed[name, size] = measure(dataclasses.replace(base, backbone=name, img_size=size))
         t_train, t_val = speed[name, size]
         n_val = n_labelled / k if k > 1 else n_labelled * base.val_fraction
         return (n_labelled - n_val) * t_train + n_val * t_val + EPOCH_OVERHEAD_S

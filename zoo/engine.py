@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,17 +18,31 @@ from tqdm.auto import tqdm
 from zoo.data.transforms import to_input
 
 
-def train_one_epoch(
-    model: torch.nn.Module, loader, loss_fn: Callable, optimizer, accelerator, *, mean: float, std: float,
-    on_step: Callable[[], None] | None = None, mixup: float = 0.0, desc: str = "train", quiet: bool = False,
-) -> float:
-    """One pass over ``loader``; returns the mean training loss over every process's samples.
+@dataclass
+class TrainStep:
+    """What one optimizer step is made of (objects already passed through ``accelerator.prepare``).
 
     ``on_step`` is called after each optimizer step, never inside an accumulation window (per-step learning-rate
     schedules such as warm-up + cosine, the weight EMA).
     ``mixup`` > 0 blends each batch with a shuffled copy of itself, images and targets alike, by a factor drawn from
     Beta(mixup, mixup) (Zhang et al. 2018).
     """
+
+    model: torch.nn.Module
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    accelerator: object
+    mean: float
+    std: float
+    mixup: float = 0.0
+    on_step: Callable[[], None] | None = None
+
+
+def train_one_epoch(train_step: TrainStep, loader, *, desc: str = "train", quiet: bool = False) -> float:
+    """One pass over ``loader``; returns the mean training loss over every process's samples."""
+    model, loss_fn, optimizer, accelerator = (train_step.model, train_step.loss_fn, train_step.optimizer,
+                                             train_step.accelerator)
+    mean, std, mixup, on_step = train_step.mean, train_step.std, train_step.mixup, train_step.on_step
     model.train()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of losses, samples)
     show = not quiet and accelerator.is_local_main_process

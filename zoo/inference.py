@@ -16,17 +16,7 @@ from tqdm.auto import tqdm
 
 from zoo.data import ImageArray
 from zoo.data.transforms import to_input
-from zoo.runtime import PRECISIONS, native_bf16
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+from zoo.runtime import resolve_device, resolve_precision  # noqa: F401 (the one resolver of each, re-exported)
 
 
 def auto_workers(requested: int, device: torch.device) -> int:
@@ -61,18 +51,6 @@ def auto_batch_size(requested: int, device: torch.device) -> int:
     """``requested`` if > 0; else 4 on CPU (small batches stay in cache; measured fastest in bench/speed.py), 32
     elsewhere."""
     return requested if requested > 0 else (4 if device.type == "cpu" else 32)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device computes it natively (AVX512-BF16/AMX CPUs, GPUs with bf16), fp16 on
-    other CUDA GPUs, fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

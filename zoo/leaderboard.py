@@ -41,7 +41,7 @@ def _auc_interval(member_dir: Path) -> dict[str, float]:
 
 def to_markdown(df: pd.DataFrame) -> str:
     """The table people read: the validation AUC with its DeLong 95% interval beside it."""
-    from zoo.evaluation import interval
+    from zoo.stats import interval
 
     show = df.copy()
     if "val_auc_lo" in show:

@@ -13,15 +13,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
 def pseudo_labels(ens, unlabelled: pd.DataFrame, min_confidence: float = 0.9, cache_dir: str | None = None,
-                  quiet: bool = True) -> tuple[pd.DataFrame, dict]:
+                  quiet: bool = True, max_gb: float | None = None) -> tuple[pd.DataFrame, dict]:
     """Image rows of the confidently predicted unlabelled studies with ``label`` = the ensemble's calibrated
-    probability, and a record of what was used (for config.json and the card)."""
+    probability, and a record of what was used (for config.json and the card). ``max_gb`` bounds the decoded-image
+    cache (``--cache-max-gb``)."""
     if unlabelled.empty:
         return unlabelled.iloc[0:0], {"unlabelled_studies": 0, "pseudo_labelled_studies": 0,
                                       "min_confidence": min_confidence}
-    st = ens.predict_studies(unlabelled, cache_dir=cache_dir, quiet=quiet)
+    # decoded at each member size, within the run's cache bound
+    st = ens.predict_studies(unlabelled, cache_dir=cache_dir, quiet=quiet, max_gb=max_gb)
     # calibrated on validation only: the held-out calibration split must not pick training targets
     p = ens.calibrate(st, use_calibration_split=False).studies.set_index("id")["ensemble"]
     keep = p[np.maximum(p, 1 - p) >= min_confidence].dropna()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,16 @@ from tqdm.auto import tqdm
 from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
-from zoo.config import PRECISIONS, RUNTIME_FIELDS, TrainConfig
+from zoo.config import RUNTIME_FIELDS, TrainConfig
 from zoo.data import DatasetTables, ImageArray, fold_split, load_images, split_by_study, studies
 from zoo.data.transforms import train_augment
-from zoo.engine import evaluate, train_one_epoch
+from zoo.engine import TrainStep, evaluate, train_one_epoch
 from zoo.inference import ArrayDataset, auto_workers
 from zoo.loss import WeightedBCE, positive_weight
 from zoo.metrics import aggregate_studies, best_threshold, binary_metrics
 from zoo.model import BoneClassifier
-from zoo.runtime import native_bf16, tune_allocator
-
-
-def resolve_precision(requested: str, device_type: str) -> str:
-    """``auto`` -> bf16 where it is native (a GPU that supports it; a CPU with AVX512-BF16 or AMX), ``no`` elsewhere.
-    fp16 needs a GPU (Accelerate scales its loss); on CPU it would silently train in fp32, so it is refused with what
-    to use instead."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"--mixed-precision must be one of {PRECISIONS}, not {requested!r}")
-    if requested == "auto":
-        if device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return "bf16" if device_type == "cpu" and native_bf16() else "no"
-    if requested == "fp16" and device_type == "cpu":
-        raise ValueError("--mixed-precision fp16 needs a GPU (on CPU use bf16, native on AVX512-BF16/AMX CPUs, or no)")
-    return requested
+from zoo.optim import LrSchedule, build_optimizer, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
+from zoo.runtime import resolve_device, resolve_precision, tune_allocator
 
 
 def micro_batch(cfg: TrainConfig, device_type: str) -> int:
@@ -69,6 +54,9 @@ def micro_batch(cfg: TrainConfig, device_type: str) -> int:
     return size
 
 
+ACCELERATE_PRECISION = {"fp32": "no"}  # our name -> Accelerate's
+
+
 def make_accelerator(cfg: TrainConfig):
     """The ``accelerate.Accelerator`` for ``cfg``: device (``--device cpu`` forces CPU), mixed precision, gradient
     accumulation (micro-batches x ``grad_accum``), seeded shuffling that depends only on (seed, epoch), optional
@@ -80,16 +68,17 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
     from accelerate.utils import GradScalerKwargs
 
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device.startswith("cuda:"):
-        torch.cuda.set_device(int(cfg.device.split(":", 1)[1]))
-    device_type = "cpu" if cpu else "cuda"
-    precision = resolve_precision(cfg.mixed_precision, device_type)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)
+    precision = resolve_precision(cfg.mixed_precision, device, training=True)
+    precision = ACCELERATE_PRECISION.get(precision, precision)
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state()
-    chunks = cfg.batch_size // micro_batch(cfg, device_type)
+    chunks = cfg.batch_size // micro_batch(cfg, device.type)
     return Accelerator(
-        cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
+        cpu=device.type == "cpu", mixed_precision=precision,
+        gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         dynamo_backend="inductor" if cfg.compile else "no", kwargs_handlers=[GradScalerKwargs()],
     )
@@ -117,6 +106,26 @@ class TrainData:
     val_ds: ArrayDataset
     cal_df: pd.DataFrame | None = None  # the calibration split: predicted once, after every selection step
     cal_ds: ArrayDataset | None = None
+
+
+@dataclass
+class _Run:
+    """One member's training in progress: what :meth:`Trainer.fit`'s epochs share."""
+
+    train_loader: Any
+    val_loader: Any
+    model: torch.nn.Module  # prepared (DDP-wrapped under DDP)
+    optimizer: Any  # Accelerate's wrapper; ``.optimizer`` is the torch one
+    schedule: LrSchedule
+    ema: Any  # timm ModelEmaV3, or None
+    step: TrainStep
+    state: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0,
+                                                           "train_time_s": 0.0, "steps": 0})
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """What is validated, kept as best and exported: the weight EMA when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
 
 class Trainer:
@@ -199,9 +208,9 @@ class Trainer:
         val = DataLoader(data.val_ds, batch_size=cfg.batch_size * 2, shuffle=False, **common)
         return self.accelerator.prepare_data_loader(train), self.accelerator.prepare_data_loader(val)
 
-    def build(self, steps_per_epoch: int) -> tuple[BoneClassifier, torch.optim.Optimizer, Any]:
+    def build(self, steps_per_epoch: int) -> tuple[BoneClassifier, torch.optim.Optimizer, LrSchedule]:
         """Model, optimizer (Adam, or AdamW without decay on norms and biases) and schedule (StepLR stepped per
-        epoch, or linear warm-up + cosine decay stepped per optimizer step)."""
+        epoch, or linear warm-up + cosine decay stepped per optimizer step): :mod:`zoo.optim`."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         model = BoneClassifier.new(
@@ -209,22 +218,8 @@ class Trainer:
             head_hidden=cfg.head_hidden, dropout=cfg.dropout, mean=cfg.mean, std=cfg.std,
         )
         model = model.to(memory_format=torch.channels_last)
-        if cfg.optimizer == "adamw":
-            from timm.optim import param_groups_weight_decay
-
-            opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            raise ValueError(f"--optimizer must be adam or adamw, not {cfg.optimizer!r}")
-        if cfg.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-        elif cfg.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
-                round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
-        else:
-            raise ValueError(f"--scheduler must be step or cosine, not {cfg.scheduler!r}")
-        return model, opt, sched
+        opt = build_optimizer(cfg, model)
+        return model, opt, LrSchedule(cfg, opt, steps_per_epoch)
 
     def validate(self, model, loader, data: TrainData, calibration: bool = False
                  ) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -247,6 +242,17 @@ class Trainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         acc.wait_for_everyone()
         data = self.prepare_data()
+        run = self._start(data, resume)
+        for epoch in range(run.state["epoch"] + 1, cfg.epochs + 1):
+            self._epoch(run, data, epoch)
+            if cfg.patience and epoch - run.state["best_epoch"] >= cfg.patience:
+                self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
+                break
+        return self.export(run.scored, run.val_loader, data, run.state)
+
+    def _start(self, data: TrainData, resume: bool) -> _Run:
+        """Loaders, model, optimizer, schedule, the weight EMA and the loop's state (restored with ``resume``)."""
+        cfg, acc = self.cfg, self.accelerator
         self.pos_weight = cfg.pos_weight if cfg.pos_weight is not None else positive_weight(data.train_df["label"])
         train_loader, val_loader = self.loaders(data)
         model, opt, sched = self.build(steps_per_epoch=math.ceil(len(train_loader) / acc.gradient_accumulation_steps))
@@ -257,56 +263,54 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             ema = ModelEmaV3(acc.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True)
-        state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "train_time_s": 0.0, "steps": 0}
+        run = _Run(train_loader, val_loader, model, opt, sched, ema,
+                   TrainStep(model, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std, mixup=cfg.mixup))
         if resume:
             restored = self.checkpoint.restore(acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
                                                ema=None if ema is None else ema.module)
             if restored is not None:
-                state = {"steps": 0, **restored}
-                self.log(f"resuming after epoch {state['epoch']}")
+                run.state = {"steps": 0, **restored}
+                self.log(f"resuming after epoch {run.state['epoch']}")
 
         def on_step() -> None:  # after each optimizer step
-            state["steps"] += 1
-            if cfg.scheduler == "cosine":
-                sched.step()
+            run.state["steps"] += 1
+            sched.after_update()
             if ema is not None:
-                ema.update(acc.unwrap_model(model), step=state["steps"])
+                ema.update(acc.unwrap_model(model), step=run.state["steps"])
 
-        scored = model if ema is None else ema.module  # what is validated, kept as best and exported
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
-            train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
-            lr = opt.param_groups[0]["lr"]
-            train_loss = train_one_epoch(model, train_loader, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std,
-                                         on_step=on_step, mixup=cfg.mixup, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
-                                         quiet=cfg.quiet)
-            train_s = time.perf_counter() - t0
-            if cfg.scheduler == "step":
-                sched.step()
-            if ema is not None:
-                self._sync_ema(ema.module)
-            _, m = self.validate(scored, val_loader, data)
-            state["train_time_s"] += time.perf_counter() - t0
-            auc = m["auc"] if not math.isnan(m["auc"]) else -1.0
-            best = auc > state["best_auc"]
-            if best:
-                state["best_auc"], state["best_epoch"] = auc, epoch
-            state["epoch"] = epoch
-            row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
-                   "val_accuracy": m["accuracy"], "lr": lr, "train_s": round(train_s, 3),
-                   "time_s": round(time.perf_counter() - t0, 3)}
-            if self.is_main:
-                self._append_log(row, epoch)
-                self.checkpoint.save(state, acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
-                                     ema=None if ema is None else ema.module, best=best)
-            acc.wait_for_everyone()
-            self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
-                     f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
-            if cfg.patience and epoch - state["best_epoch"] >= cfg.patience:
-                self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
-                break
-        return self.export(scored, val_loader, data, state)
+        run.step.on_step = on_step
+        return run
+
+    def _epoch(self, run: _Run, data: TrainData, epoch: int) -> None:
+        """Train, validate and checkpoint epoch ``epoch``; ``run.state`` records it."""
+        cfg, acc, state = self.cfg, self.accelerator, run.state
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
+        run.train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
+        lr = run.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(run.step, run.train_loader, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
+                                     quiet=cfg.quiet)
+        train_s = time.perf_counter() - t0
+        run.schedule.after_epoch(epoch)
+        if run.ema is not None:
+            self._sync_ema(run.ema.module)
+        _, m = self.validate(run.scored, run.val_loader, data)
+        state["train_time_s"] += time.perf_counter() - t0
+        auc = m["auc"] if not math.isnan(m["auc"]) else -1.0
+        best = auc > state["best_auc"]
+        if best:
+            state["best_auc"], state["best_epoch"] = auc, epoch
+        state["epoch"] = epoch
+        row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
+               "val_accuracy": m["accuracy"], "lr": lr, "train_s": round(train_s, 3),
+               "time_s": round(time.perf_counter() - t0, 3)}
+        if self.is_main:
+            self._append_log(row, epoch)
+            self.checkpoint.save(state, acc.unwrap_model(run.model), run.optimizer.optimizer, run.schedule, acc.scaler,
+                                 ema=None if run.ema is None else run.ema.module, best=best)
+        acc.wait_for_everyone()
+        self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
+                 f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
 
     def _sync_ema(self, module: torch.nn.Module) -> None:
         """Under DDP every process keeps its own EMA, and BatchNorm statistics differ between processes: the main
@@ -383,19 +387,6 @@ def augmentation(cfg: TrainConfig):
     """The training augmentation ``cfg`` asks for (what training and the --budget-minutes speed measurement run)."""
     return train_augment(cfg.rotation, cfg.hflip, cfg.translate, size=cfg.img_size, crop_scale=cfg.crop_scale,
                          brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma_jitter)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.01) -> Callable[[int], float]:
-    """Learning-rate factor per optimizer step: linear warm-up to 1 over ``warmup_steps``, then cosine decay to
-    ``floor`` at ``total_steps`` (for ``torch.optim.lr_scheduler.LambdaLR``)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
 
 
 def plot_curves(jsonl: Path, path: Path, title: str) -> None:
