@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+
 def pseudo_labels(ens, unlabelled: pd.DataFrame, min_confidence: float = 0.9, cache_dir: str | None = None,
                   quiet: bool = True, max_gb: float | None = None) -> tuple[pd.DataFrame, dict]:
     """Image rows of the confidently predicted unlabelled studies with ``label`` = the ensemble's calibrated
