@@ -8,7 +8,8 @@ import os
 import torch
 
 from zoo.checkpoint import Checkpoint
-from zoo.model import MEMBER_FILES, BoneClassifier
+from zoo.members import MEMBER_FILES
+from zoo.model import BoneClassifier
 
 
 def _record(monkeypatch) -> list[tuple[str, str]]:
