@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zoo import tracking
 from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
@@ -92,6 +93,7 @@ def make_accelerator(cfg: TrainConfig):
         cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         dynamo_backend="inductor" if cfg.compile else "no", kwargs_handlers=[GradScalerKwargs()],
+        **tracking.accelerator_kwargs(cfg.log_with, cfg.project_dir),
     )
 
 
@@ -272,6 +274,8 @@ class Trainer:
                 ema.update(acc.unwrap_model(model), step=state["steps"])
 
         scored = model if ema is None else ema.module  # what is validated, kept as best and exported
+        tracking.start(acc, self.out, tracking.member_hparams(cfg, acc, n_train_images=len(data.train_df),
+                       n_val_images=len(data.val_df), dataset=self.dataset.name), cfg.backbone)
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
@@ -285,7 +289,7 @@ class Trainer:
                 sched.step()
             if ema is not None:
                 self._sync_ema(ema.module)
-            _, m = self.validate(scored, val_loader, data)
+            val_st, m = self.validate(scored, val_loader, data)
             state["train_time_s"] += time.perf_counter() - t0
             auc = m["auc"] if not math.isnan(m["auc"]) else -1.0
             best = auc > state["best_auc"]
@@ -293,8 +297,10 @@ class Trainer:
                 state["best_auc"], state["best_epoch"] = auc, epoch
             state["epoch"] = epoch
             row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
-                   "val_accuracy": m["accuracy"], "lr": lr, "train_s": round(train_s, 3),
+                   "val_accuracy": m["accuracy"], "val_ece": ece(val_st["label"].to_numpy(), val_st["prob"].to_numpy()),
+                   "lr": lr, "train_s": round(train_s, 3), "images_per_s": round(len(data.train_ds) / train_s, 2),
                    "time_s": round(time.perf_counter() - t0, 3)}
+            tracking.log(acc, row, step=epoch)
             if self.is_main:
                 self._append_log(row, epoch)
                 self.checkpoint.save(state, acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
@@ -305,7 +311,9 @@ class Trainer:
             if cfg.patience and epoch - state["best_epoch"] >= cfg.patience:
                 self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
                 break
-        return self.export(scored, val_loader, data, state)
+        metrics = self.export(scored, val_loader, data, state)
+        tracking.finish(acc, metrics)
+        return metrics
 
     def _sync_ema(self, module: torch.nn.Module) -> None:
         """Under DDP every process keeps its own EMA, and BatchNorm statistics differ between processes: the main

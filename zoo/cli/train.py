@@ -124,6 +124,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--revision", default=None, help="with --push-to-hub: branch to push to (created if missing)")
     add_privacy_flags(p, "with --push-to-hub: ")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    a("--log-with", nargs="+", choices=("tensorboard", "mlflow", "wandb", "all"), default=None, metavar="TRACKER",
+      help="experiment trackers (Accelerate's): tensorboard, mlflow, wandb or all (the installed ones); each member "
+      "is one run grouped by the run folder's name, with its config, per-epoch loss, val AUC/kappa/ECE, lr, images/s "
+      "and the leaderboard. Default: none (nothing logged or imported)")
+    a("--project-dir", default=None, metavar="DIR", help="with --log-with: where TensorBoard and the local MLflow "
+      "store write (MLFLOW_TRACKING_URI, when set, is used instead) (default ./runs)")
     return p
 
 
@@ -355,6 +361,9 @@ def _train(args, out: Path, models: list[str], acc, dataset, root: Path, synthet
         return 1 if failed else 0
     report_unreadable(unreadable)
     board = leaderboard.write(out)
+    from zoo.tracking import log_leaderboard
+
+    log_leaderboard(acc, out, board)
     print(f"\nLeaderboard ({out}/leaderboard.md, {time.perf_counter() - t0:.0f}s"
           f"{', SYNTHETIC data' if synthetic else ''}):")
     print(leaderboard.to_markdown(board) if not board.empty else "(no finished members)")
