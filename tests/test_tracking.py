@@ -65,8 +65,13 @@ def test_an_unknown_or_missing_tracker_is_refused_before_training(monkeypatch):
 def test_mlflow_logs_to_the_users_server_else_a_sqlite_file_in_the_project_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.mlflow_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setattr(tracking, "_installed", lambda name: True)
+    monkeypatch.setattr(tracking, "_has_sqlalchemy", lambda: False)  # mlflow-skinny: no local store
+    with pytest.raises(ValueError, match="needs SQLAlchemy.*pip install mlflow, or set MLFLOW_TRACKING_URI"):
+        tracking.accelerator_kwargs(["mlflow"], str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert tracking.mlflow_uri(tmp_path) == "http://mlflow.example:5000"
+    assert tracking.accelerator_kwargs(["mlflow"], str(tmp_path))["log_with"] == ["mlflow"]  # the server's store
 
 
 def test_tracking_fields_are_how_it_ran_not_what_was_trained():

@@ -65,7 +65,16 @@ def accelerator_kwargs(log_with: list[str] | str | None, project_dir: str | None
     trackers = resolve(log_with)
     if trackers is None:
         return {"log_with": None}
+    if "mlflow" in trackers and not os.environ.get("MLFLOW_TRACKING_URI") and not _has_sqlalchemy():
+        raise ValueError("--log-with mlflow: its local store (an SQLite file in --project-dir) needs SQLAlchemy, "
+                         "which mlflow-skinny lacks; pip install mlflow, or set MLFLOW_TRACKING_URI to your server")
     return {"log_with": trackers, "project_dir": str(Path(project_dir or DEFAULT_PROJECT_DIR).resolve())}
+
+
+def _has_sqlalchemy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sqlalchemy") is not None
 
 
 def mlflow_uri(project_dir: str | Path) -> str:
@@ -116,7 +125,7 @@ def start(acc, member_dir: str | Path, hparams: dict[str, Any], backbone: str = 
 
 
 def log(acc, values: dict[str, Any], step: int | None = None) -> None:
-    """Numbers (and strings) to the open run; None and non-numbers are left out."""
+    """Numbers to the open run; strings, None, booleans and infinities are left out."""
     if not acc.trackers:
         return
     acc.log({k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -142,7 +151,10 @@ def log_leaderboard(acc, run_dir: str | Path, board) -> None:
     """The zoo's leaderboard as one more run, ``leaderboard``, in the zoo run's group: each member's numbers as
     ``<member>/<column>``, the table as text (TensorBoard), the file ``leaderboard.md`` (MLflow artifact) and a table
     (W&B)."""
-    if not acc.log_with or board is None or board.empty:
+    if not acc.log_with:
+        return
+    if board is None or board.empty:  # no finished member: close what a failed one left open
+        finish(acc)
         return
     run_dir = Path(run_dir)
     start(acc, run_dir / "leaderboard", {"members": len(board), "zoo_run": run_dir.name})
