@@ -1,10 +1,13 @@
 """bench/gpu.py: says so and exits 0 without a GPU; its code paths (the Trainer with a timed loader, the ensemble's
-inference, the table) run on CPU at a tiny configuration, so the first GPU run is not its first run."""
+inference, the table) run on CPU at a tiny configuration, so the first GPU run is not its first run.
 
+Kept cheap (it took ~108 s in a loaded suite): ``main`` runs in this process (as predict.py's tests do), not in a fresh
+interpreter that imports torch, timm, Accelerate and scikit-learn again, and on one PyTorch thread (see
+:func:`one_thread`). The same code runs, at the same sizes."""
+
+import importlib.util
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,9 +18,35 @@ COLUMNS = ["phase", "device", "backbone", "px", "batch", "precision", "workers",
            "loader wait %", "busy measured by"]
 
 
-def _bench(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.fixture(scope="module")
+def gpu():
+    """bench/gpu.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch's intra-op pool at one thread while the test runs: at 64 px and batch 8 a second thread gains little on
+    a quiet 2-core machine, and on a shared one its spin-waiting made each training step ~20x slower (CPU and wall).
+    Only the scheduling changes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bench(gpu, capsys, *args: str, cwd) -> tuple[int, str]:
+    """``python bench/gpu.py ARGS`` in ``cwd``: (exit code, stdout)."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        rc = gpu.main(list(args))
+    finally:
+        os.chdir(old)
+    return rc, capsys.readouterr().out
 
 
 def _table(stdout: str) -> tuple[list[dict], list[str]]:
@@ -28,17 +57,18 @@ def _table(stdout: str) -> tuple[list[dict], list[str]]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the bench would run")
-def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
-    proc = _bench("--out", str(tmp_path / "b"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "no CUDA GPU" in proc.stdout and "|" not in proc.stdout
+def test_without_a_gpu_it_says_so_and_exits_0(gpu, capsys, tmp_path):
+    rc, stdout = _bench(gpu, capsys, "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert rc == 0
+    assert "no CUDA GPU" in stdout and "|" not in stdout
     assert not (tmp_path / "b").exists()  # nothing generated or trained
 
 
-def test_tiny_cpu_run_prints_the_table_with_sane_numbers(tmp_path):
-    proc = _bench("--allow-cpu", "--tiny", "--backbone", "resnet10t", "--out", str(tmp_path / "b"), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows, header = _table(proc.stdout)
+def test_tiny_cpu_run_prints_the_table_with_sane_numbers(gpu, capsys, one_thread, tmp_path):
+    rc, stdout = _bench(gpu, capsys, "--allow-cpu", "--tiny", "--backbone", "resnet10t", "--out", str(tmp_path / "b"),
+                        cwd=tmp_path)
+    assert rc == 0
+    rows, header = _table(stdout)
     assert header == COLUMNS
     train, infer = rows
     assert train["phase"].startswith("training (epochs 2-2)") and infer["phase"].startswith("inference")
