@@ -22,7 +22,8 @@ ARGV = ["--data", "D", "--models", "a", "b*", "--recipe", "modern", "--epochs", 
         "--grad-accum", "2", "--micro-batch", "4", "--weight-decay", "0.01", "--optimizer", "adamw",
         "--scheduler", "cosine", "--warmup-epochs", "0.5", "--ema-decay", "0.99", "--budget-minutes", "5",
         "--cache-max-gb", "1.5", "--device", "cpu", "--workers", "0", "--batch-size", "8", "--resume",
-        "--semi-supervised", "--pseudo-confidence", "0.8", "--push-to-hub", "o/n", "--public", "--no-pretrained"]
+        "--semi-supervised", "--pseudo-confidence", "0.8", "--push-to-hub", "o/n", "--public", "--no-pretrained",
+        "--log-with", "tensorboard", "mlflow", "--project-dir", "P"]
 # what the hand-written parser before issue 20 gave for [] and for ARGV (recorded on that code)
 OLD_DEFAULTS = {
     'batch_size': 16, 'brightness': None, 'budget_minutes': None, 'cache_dir': None, 'cache_max_gb': None,
@@ -35,7 +36,9 @@ OLD_DEFAULTS = {
     'public': False, 'push_to_hub': None, 'quiet': False, 'recipe': None, 'resume': False, 'revision': None,
     'rotation': None, 'scheduler': None, 'seed': 0, 'semi_supervised': False, 'step_size': None,
     'synthetic_studies': 320, 'translate': None, 'val_fraction': 0.2, 'warmup_epochs': None, 'weight_decay': None,
-    'workers': -1}
+    'workers': -1,
+    # issue 23's tracking flags, recorded on the hand-written parser of branch gpu (before issue 20's merge)
+    'log_with': None, 'project_dir': None}
 OLD_ARGV = {
     **OLD_DEFAULTS, 'batch_size': 8, 'budget_minutes': 5.0, 'cache_dir': '', 'cache_max_gb': 1.5,
     'calibration_fraction': 0.0, 'compile': True, 'data': 'D', 'device': 'cpu', 'ema_decay': 0.99, 'epochs': 3,
@@ -43,7 +46,7 @@ OLD_ARGV = {
     'micro_batch': 4, 'mixed_precision': 'no', 'models': ['a', 'b*'], 'optimizer': 'adamw', 'pretrained': False,
     'pseudo_confidence': 0.8, 'public': True, 'push_to_hub': 'o/n', 'quiet': True, 'recipe': 'modern',
     'resume': True, 'scheduler': 'cosine', 'seed': 2, 'semi_supervised': True, 'warmup_epochs': 0.5,
-    'weight_decay': 0.01, 'workers': 0}
+    'weight_decay': 0.01, 'workers': 0, 'log_with': ['tensorboard', 'mlflow'], 'project_dir': 'P'}
 # lr at each of 12 epochs x 3 optimizer steps of the modern schedule (AdamW 1e-3, 1 warm-up epoch, cosine), recorded
 # on the code before issue 20 (torch LambdaLR over zoo.train.warmup_cosine)
 OLD_MODERN_LRS = [

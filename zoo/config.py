@@ -16,6 +16,7 @@ from typing import Any
 
 from zoo.recipes import RECIPES, get_recipe, recipe_values
 from zoo.runtime import PRECISIONS, precision_name
+from zoo.tracking import LOG_WITH
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("step", "cosine")
@@ -94,6 +95,13 @@ class TrainConfig:
     cache_max_gb: float | None = opt(None, "bound of the decoded-image cache on disk, least recently used entries "
                                      "evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     quiet: bool = opt(False, "no progress bars or per-epoch lines", action="store_true")
+    log_with: list[str] | None = opt(None, "experiment trackers (Accelerate's): tensorboard, mlflow, wandb or all (the "
+                                     "installed ones); each member is one run grouped by the run folder's name, with "
+                                     "its config, per-epoch loss, val AUC/kappa/ECE, lr, images/s and the leaderboard. "
+                                     "Default: none (nothing logged or imported)", nargs="+", choices=LOG_WITH,
+                                     metavar="TRACKER")
+    project_dir: str | None = opt(None, "with --log-with: where TensorBoard and the local MLflow store write "
+                                  "(MLFLOW_TRACKING_URI, when set, is used instead) (default ./runs)", metavar="DIR")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -101,7 +109,7 @@ class TrainConfig:
 
 
 # how it ran, not what was trained: not in config.json
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet")
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "log_with", "project_dir")
 # what ``--budget-minutes`` chooses when the flag is not given (zoo.budget.Fixed)
 PLANNED_FIELDS = ("img_size", "folds", "epochs")
 _TYPES = {"int": int, "float": float, "float | None": float, "list[int]": int}

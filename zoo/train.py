@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zoo import tracking
 from zoo.atomic import save_figure, write_csv, write_text
 from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
@@ -81,6 +82,7 @@ def make_accelerator(cfg: TrainConfig):
         gradient_accumulation_steps=chunks * max(1, cfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         dynamo_backend="inductor" if cfg.compile else "no", kwargs_handlers=[GradScalerKwargs()],
+        **tracking.accelerator_kwargs(cfg.log_with, cfg.project_dir),
     )
 
 
@@ -243,12 +245,16 @@ class Trainer:
         acc.wait_for_everyone()
         data = self.prepare_data()
         run = self._start(data, resume)
+        tracking.start(acc, self.out, {**self.recorded_config(), "n_train_images": len(data.train_df),
+                                       "n_val_images": len(data.val_df), "dataset": self.dataset.name}, cfg.backbone)
         for epoch in range(run.state["epoch"] + 1, cfg.epochs + 1):
             self._epoch(run, data, epoch)
             if cfg.patience and epoch - run.state["best_epoch"] >= cfg.patience:
                 self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
                 break
-        return self.export(run.scored, run.val_loader, data, run.state)
+        metrics = self.export(run.scored, run.val_loader, data, run.state)
+        tracking.finish(acc, metrics)
+        return metrics
 
     def _start(self, data: TrainData, resume: bool) -> _Run:
         """Loaders, model, optimizer, schedule, the weight EMA and the loop's state (restored with ``resume``)."""
@@ -294,7 +300,7 @@ class Trainer:
         run.schedule.after_epoch(epoch)
         if run.ema is not None:
             self._sync_ema(run.ema.module)
-        _, m = self.validate(run.scored, run.val_loader, data)
+        val_st, m = self.validate(run.scored, run.val_loader, data)
         state["train_time_s"] += time.perf_counter() - t0
         auc = m["auc"] if not math.isnan(m["auc"]) else -1.0
         best = auc > state["best_auc"]
@@ -302,8 +308,10 @@ class Trainer:
             state["best_auc"], state["best_epoch"] = auc, epoch
         state["epoch"] = epoch
         row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
-               "val_accuracy": m["accuracy"], "lr": lr, "train_s": round(train_s, 3),
+               "val_accuracy": m["accuracy"], "val_ece": ece(val_st["label"].to_numpy(), val_st["prob"].to_numpy()),
+               "lr": lr, "train_s": round(train_s, 3), "images_per_s": round(len(data.train_ds) / train_s, 2),
                "time_s": round(time.perf_counter() - t0, 3)}
+        tracking.log(acc, row, step=epoch)
         if self.is_main:
             self._append_log(row, epoch)
             self.checkpoint.save(state, acc.unwrap_model(run.model), run.optimizer.optimizer, run.schedule, acc.scaler,
@@ -311,6 +319,13 @@ class Trainer:
         acc.wait_for_everyone()
         self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
                  f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
+
+    def recorded_config(self) -> dict[str, Any]:
+        """What was trained, as config.json and the trackers record it: the resolved config without how it ran
+        (:data:`RUNTIME_FIELDS`), with the precision and the process count it trained with."""
+        acc = self.accelerator
+        return {**{k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS},
+                "mixed_precision": acc.mixed_precision, "processes": acc.num_processes}
 
     def _sync_ema(self, module: torch.nn.Module) -> None:
         """Under DDP every process keeps its own EMA, and BatchNorm statistics differ between processes: the main
@@ -356,8 +371,7 @@ class Trainer:
             train_st = studies(self.dataset.train)
             net.threshold, net.metrics, net.calibration = thr, metrics, cal.to_dict()
             net.training_config = {
-                **{k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
-                "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,
+                **self.recorded_config(),
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
                 "grouping": self.dataset.grouping,  # "patient" | "study": what validation splits and folds kept whole
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],

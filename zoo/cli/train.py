@@ -358,8 +358,10 @@ def _report(args: argparse.Namespace, run: RunPlan, zoo: ZooRun, seconds: float)
     out = Path(args.out)
     report_unreadable(zoo.unreadable)
     from zoo.run import write_results
+    from zoo.tracking import log_leaderboard
 
     board = write_results(out)
+    log_leaderboard(zoo.acc, out, board)
     print(f"\nLeaderboard ({out}/leaderboard.md, {seconds:.0f}s{', SYNTHETIC data' if run.synthetic else ''}):")
     print(leaderboard.to_markdown(board) if not board.empty else "(no finished members)")
     if args.push_to_hub and not board.empty:
