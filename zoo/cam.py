@@ -40,6 +40,13 @@ def _vit_reshape(backbone: nn.Module):
     return reshape
 
 
+def cam_target(model: BoneClassifier):
+    """The backbone's CAM layer (its spec's ``cam_layer``) and the reshape of that layer's output to (B, C, h, w)
+    (None for a CNN): what every CAM, the Grad-CAM here and the differentiable one of :mod:`zoo.boxes`, hooks."""
+    layer = resolve_layer(model.backbone, model.spec.cam_layer)
+    return layer, (_vit_reshape(model.backbone) if model.spec.reshape == "vit" else None)
+
+
 def _float(reshape=None):
     """Activations and gradients as fp32 (NumPy has no bf16), after the backbone's own reshape if it has one."""
     return lambda t: (reshape(t) if reshape is not None else t).float()
@@ -56,9 +63,8 @@ def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gr
     key = LABELS.get(method, method).lower()
     if key not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; one of {', '.join(LABELS)}")
-    spec = model.spec
-    layer = resolve_layer(model.backbone, spec.cam_layer)
-    reshape = _float(_vit_reshape(model.backbone) if spec.reshape == "vit" else None)
+    layer, reshape = cam_target(model)
+    reshape = _float(reshape)
     device = next(model.parameters()).device
     x = to_input(torch.from_numpy(np.asarray(images_u8))[:, None].to(device), model.mean, model.std)
     model.eval()

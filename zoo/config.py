@@ -44,6 +44,9 @@ class TrainConfig:
     gamma_jitter: float = 0.0  # random gamma in [1 - g, 1 + g]
     label_smoothing: float = 0.0  # targets y(1 - e) + e/2
     mixup: float = 0.0  # mixup Beta(a, a) parameter (0 = off)
+    boxes: str | None = None  # COCO boxes of training images: CAM energy-share loss on annotated positives (zoo.boxes)
+    box_weight: float = 1.0  # its weight beside the BCE
+    box_warmup: float = 1.0  # epochs over which that weight ramps up from 0
     folds: int = 1  # k-fold cross-validation over labelled studies (1 = one validation split of val_fraction)
     fold: int = 0  # which fold this member validates on (0 .. folds-1)
     head_hidden: list[int] = field(default_factory=lambda: [1024, 512])

@@ -88,6 +88,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--gamma-jitter", type=float, default=None, help="augmentation: gamma jitter (recipe)")
     a("--label-smoothing", type=float, default=None, help="BCE label smoothing (recipe)")
     a("--mixup", type=float, default=None, help="mixup Beta(a, a) parameter; 0 = off (recipe)")
+    a("--boxes", default=None, metavar="FILE.coco.json", help="COCO boxes (or polygons, by their bbox) of training "
+      "images, matched by file name: on annotated positives an auxiliary loss pulls each member's Grad-CAM into the "
+      "boxes (zoo.boxes); other images train as without; validation and test never use them")
+    a("--box-weight", type=float, default=None, help=f"with --boxes: weight of that loss (default {d.box_weight:g})")
+    a("--box-warmup", type=float, default=None, help="with --boxes: epochs over which its weight ramps up from 0 "
+      f"(default {d.box_warmup:g})")
     a("--head-hidden", type=int, nargs="+", default=d.head_hidden, help="MLP head widths (default %(default)s)")
     a("--dropout", type=float, default=d.dropout, help="head dropout (default %(default)s)")
     a("--pos-weight", type=float, default=None, help="BCE positive weight (default: n_neg/n_pos of the train split)")
@@ -190,6 +196,14 @@ def main(args: argparse.Namespace) -> int:
     if (too_big := unloadable(args)) is not None:
         print(f"error: {too_big}", file=sys.stderr)
         return 2
+    if args.boxes:  # a bad boxes file stops the run before anything trains
+        from zoo.localisation import load_annotations
+
+        try:
+            load_annotations(args.boxes, flag="--boxes")
+        except (ImportError, OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.cache_max_gb is not None:  # also the bound of the ensemble's decodes (--semi-supervised)
         os.environ["BONE_ZOO_CACHE_MAX_GB"] = str(args.cache_max_gb)
     synthetic = args.data is None
