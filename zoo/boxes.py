@@ -97,11 +97,14 @@ def box_dataset(base: ArrayDataset, paths: list[str], path: str | Path, root: st
     return (BoxDataset(base, masks) if positives else None), record
 
 
-def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int) -> torch.Tensor:
-    """Differentiable Grad-CAM of ``logits`` (those of the images that need a map) at ``activation`` (B, C, h, w),
-    in fp32, min-max normalised per image and resized to (B, size, size) bilinearly (pytorch-grad-cam's GradCAM,
-    with the graph kept). Images whose logits are not given get a zero gradient, hence no mass."""
+def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=None) -> torch.Tensor:
+    """Differentiable Grad-CAM of ``logits`` (those of the images that need a map) at the CAM layer's output
+    ``activation``, brought to (B, C, h, w) by ``reshape`` (with its gradient, as pytorch-grad-cam does), in fp32,
+    min-max normalised per image and resized to (B, size, size) bilinearly (pytorch-grad-cam's GradCAM, with the
+    graph kept). Images whose logits are not given get a zero gradient, hence no mass."""
     grads = torch.autograd.grad(logits.sum(), activation, create_graph=True)[0]
+    if reshape is not None:
+        activation, grads = reshape(activation), reshape(grads)
     a, g = activation.float(), grads.float()
     cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1))  # (B, h, w)
     flat = cam.flatten(1)
@@ -129,22 +132,30 @@ class BoxLoss(nn.Module):
         from zoo.cam import cam_target
 
         self.base, self.weight, self.warmup, self.ramp = base, float(weight), float(warmup), 1.0
-        layer, reshape = cam_target(model)
+        layer, self.reshape = cam_target(model)
         held: dict[str, torch.Tensor] = {}
         self._held = held
 
         def keep(module, inputs, output):  # a closure, so a deep copy of the model (the EMA) shares no state
             if module.training and torch.is_grad_enabled():
-                held["a"] = reshape(output) if reshape is not None else output
+                held["a"] = output
 
         self._hook = layer.register_forward_hook(keep)
+        # fused attention kernels (SDPA flash/efficient) have no double backward: timm's attention layers compute
+        # it explicitly instead while the loss is attached (same maths, more memory)
+        self._unfused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+        for m in self._unfused:
+            m.fused_attn = False
 
     def set_epoch(self, epoch: int) -> None:
         """Linear warm-up: 0 in epoch 1, full weight from epoch ``1 + warmup`` (full from the start for 0)."""
         self.ramp = 1.0 if self.warmup <= 0 else min(1.0, (epoch - 1) / self.warmup)
 
     def remove(self) -> None:
+        """Release the hook and give attention layers their fused kernels back."""
         self._hook.remove()
+        for m in self._unfused:
+            m.fused_attn = True
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.base(logits, target)
@@ -155,5 +166,5 @@ class BoxLoss(nn.Module):
         pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
         if not bool(pick.any()):
             return loss
-        cam = gradcam(activation, logits.reshape(-1)[pick], mask.shape[-1])[pick]
+        cam = gradcam(activation, logits.reshape(-1)[pick], mask.shape[-1], self.reshape)[pick]
         return loss + self.weight * self.ramp * outside_share(cam, mask[pick]).mean()
