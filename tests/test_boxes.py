@@ -207,7 +207,15 @@ def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_
                           boxes=str(coco_path) if with_boxes else None, box_weight=1.0, box_warmup=0.0)
         out = tmp_path_factory.mktemp("member")
         Trainer(cfg, ds, out).fit()
-        cams, _ = compute_cams(BoneClassifier.load(out), images, "gradcam")
+        model = BoneClassifier.load(out)
+        record = model.training_config["boxes"]
+        if with_boxes:  # recorded in config.json and the card
+            assert record["file"] == "annotations.coco.json" and record["annotated_train_positives"] > 20
+            assert record["weight"] == 1.0
+            assert "Box supervision: `annotations.coco.json`" in (out / "README.md").read_text()
+        else:
+            assert record is None
+        cams, _ = compute_cams(model, images, "gradcam")
         energy[with_boxes] = np.nanmean([energy_share(c, boxes[p][0], pad_geometry(boxes[p][1], boxes[p][2], size))
                                          for c, p in zip(cams, paths, strict=True)])
     assert energy[True] >= energy[False] + ENERGY_MARGIN, energy
