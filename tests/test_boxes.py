@@ -219,3 +219,25 @@ def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_
         energy[with_boxes] = np.nanmean([energy_share(c, boxes[p][0], pad_geometry(boxes[p][1], boxes[p][2], size))
                                          for c, p in zip(cams, paths, strict=True)])
     assert energy[True] >= energy[False] + ENERGY_MARGIN, energy
+
+
+@pytest.mark.slow
+def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
+    """Two CPU processes (gloo), bf16 autocast: the box loss's second-order backward goes through DDP's reducer."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(ROOT / "train_all.py"), "--data", str(synthetic_root), *TRAIN, "--quiet", "--device", "cpu",
+           "--mixed-precision", "bf16", "--boxes", str(synthetic_root / "annotations.coco.json"),
+           "--out", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "w" / "resnet10t" / "config.json").read_text())["training"]
+    assert cfg["processes"] == 2 and cfg["mixed_precision"] == "bf16"
+    assert cfg["boxes"]["annotated_train_positives"] > 20 and cfg["boxes"]["weight"] == cfg["box_weight"]
+    assert proc.stdout.count("positive training images with boxes") == 1  # said once, by the main process
