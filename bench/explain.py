@@ -99,8 +99,8 @@ def train_split_boxes(data: Path, out: Path) -> Path:
     coco = {**coco, "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
     path = out / "train_boxes.coco.json"
     write_text(path, json.dumps(coco))
-    print(f"train-split boxes: {len(coco['annotations'])} boxes on {len(images)} training images -> {path}",
-          file=sys.stderr)
+    print(f"train-split boxes: {len(coco['annotations'])} boxes on {len({a['image_id'] for a in coco['annotations']})} "
+          f"of {len(images)} training images -> {path}", file=sys.stderr)
     return path
 
 
