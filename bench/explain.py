@@ -156,12 +156,13 @@ def compare_boxes(args, data: Path, out: Path) -> int:
                              else "", "_pointing": r["pointing"], "_energy": r["energy"], "_auc": a["auc"]})
         m = preds["with boxes"].merge(preds["without"], on=["id", "label"], suffixes=("_b", "_p"))
         t = delong_test(m["label"], m["prob_b"], m["prob_p"])
-        diffs.append(f"- seed {seed}: " + describe_difference("with boxes", "without", t))
+        diffs.append(f"- seed {seed}: " + describe_difference("the zoo with boxes", "the zoo without", t))
     table = pd.DataFrame(rows)
     write = table.drop(columns=[c for c in table if c.startswith("_")])
     print(write.to_markdown(index=False, disable_numparse=True))
     fused = table[table["map"] == FUSED].groupby("arm", sort=False)[["_pointing", "_energy", "_auc"]].agg(
         ["mean", "std"])
+    fused.columns = [f"{c.strip('_')} {s}" for c, s in fused.columns]
     print("\nfused map and ensemble AUC over seeds (mean, sd):\n" + fused.to_markdown(floatfmt=".3f"))
     print("\npaired DeLong, ensemble AUC with boxes - without, test studies:\n" + "\n".join(diffs))
     table.to_csv(out / "boxes_comparison.csv", index=False)
