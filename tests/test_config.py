@@ -36,6 +36,8 @@ OLD_DEFAULTS = {
     'rotation': None, 'scheduler': None, 'seed': 0, 'semi_supervised': False, 'step_size': None,
     'synthetic_studies': 320, 'translate': None, 'val_fraction': 0.2, 'warmup_epochs': None, 'weight_decay': None,
     'workers': -1}
+# the flags added after that recording, by TrainConfig fields (issue 24: --boxes): given or not, what they parse to
+NEW_DEFAULTS = {'boxes': None, 'box_weight': 1.0, 'box_warmup': 1.0}
 OLD_ARGV = {
     **OLD_DEFAULTS, 'batch_size': 8, 'budget_minutes': 5.0, 'cache_dir': '', 'cache_max_gb': 1.5,
     'calibration_fraction': 0.0, 'compile': True, 'data': 'D', 'device': 'cpu', 'ema_decay': 0.99, 'epochs': 3,
@@ -60,9 +62,11 @@ def _args(*argv: str):
 
 
 def test_train_flags_parse_as_the_hand_written_parser_did():
-    assert vars(_args()) == OLD_DEFAULTS
+    assert vars(_args()) == {**OLD_DEFAULTS, **NEW_DEFAULTS}
     # the one deliberate change: one precision vocabulary, so Accelerate's "no" is read as its alias fp32
-    assert vars(_args(*ARGV)) == {**OLD_ARGV, "mixed_precision": "fp32"}
+    assert vars(_args(*ARGV)) == {**OLD_ARGV, **NEW_DEFAULTS, "mixed_precision": "fp32"}
+    boxes = vars(_args("--boxes", "b.coco.json", "--box-weight", "0.5", "--box-warmup", "2"))
+    assert boxes == {**OLD_DEFAULTS, "boxes": "b.coco.json", "box_weight": 0.5, "box_warmup": 2.0}
 
 
 def test_every_recipe_value_is_a_flag_that_defaults_to_unset():
