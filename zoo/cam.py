@@ -29,11 +29,19 @@ def resolve_layer(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def _reshape(model: BoneClassifier):
-    """pytorch-grad-cam's ``reshape_transform``: the backbone spec's own (tokens to a grid), then fp32 (NumPy has no
-    bf16) for activations and gradients alike."""
+def cam_target(model: BoneClassifier):
+    """The backbone's CAM layer (its spec's ``cam_layer``) and the spec's ``reshape_transform`` bound to the
+    backbone, turning that layer's output into (B, C, h, w) (None where it is already that): what every CAM, the
+    Grad-CAM here and the differentiable one of :mod:`zoo.boxes`, hooks."""
+    layer = resolve_layer(model.backbone, model.spec.cam_layer)
     own, backbone = model.spec.reshape_transform, model.backbone
-    return lambda t: (own(t, backbone) if own is not None else t).float()
+    return layer, (None if own is None else lambda t: own(t, backbone))
+
+
+def _float(reshape=None):
+    """pytorch-grad-cam's ``reshape_transform``: the backbone's own (tokens to a grid), then fp32 (NumPy has no
+    bf16) for activations and gradients alike."""
+    return lambda t: (reshape(t) if reshape is not None else t).float()
 
 
 def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gradcam",
@@ -47,11 +55,11 @@ def compute_cams(model: BoneClassifier, images_u8: np.ndarray, method: str = "gr
     key = LABELS.get(method, method).lower()
     if key not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; one of {', '.join(LABELS)}")
-    layer = resolve_layer(model.backbone, model.spec.cam_layer)
+    layer, reshape = cam_target(model)
     device = next(model.parameters()).device
     x = to_input(torch.from_numpy(np.asarray(images_u8))[:, None].to(device), model.mean, model.std)
     model.eval()
-    with METHODS[key](model=model, target_layers=[layer], reshape_transform=_reshape(model)) as cam, \
+    with METHODS[key](model=model, target_layers=[layer], reshape_transform=_float(reshape)) as cam, \
             autocast(device, resolve_precision(precision, device)):
         out = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
         probs = torch.sigmoid(cam.outputs.detach().float().reshape(-1)).cpu().numpy()

@@ -129,6 +129,10 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
         f"Augmentation: {_augmentation(t)}.",
         f"Pretrained weights: {_pretrained(t, get_backbone(cfg['backbone']))}.",
     ]
+    if boxes := t.get("boxes"):
+        lines.append(f"Box supervision: `{boxes['file']}` (sha256 {boxes['sha256'][:12]}), "
+                     f"{boxes['annotated_train_positives']} positive training images with boxes; Grad-CAM energy-share "
+                     f"loss x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} epochs).")
     semi = t.get("semi_supervised")
     if semi:
         lines.append(f"Semi-supervised: {semi['pseudo_labelled_studies']} of {semi['unlabelled_studies']} unlabelled "

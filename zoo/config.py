@@ -72,6 +72,12 @@ class TrainConfig:
     gamma_jitter: float = opt(0.0, "augmentation: gamma jitter, gamma in [1 - g, 1 + g]")
     label_smoothing: float = opt(0.0, "BCE label smoothing: targets y(1 - e) + e/2")
     mixup: float = opt(0.0, "mixup Beta(a, a) parameter; 0 = off")
+    boxes: str | None = opt(None, "COCO boxes (or polygons, by their bbox) of training images, matched by file name: "
+                            "on annotated positives an auxiliary loss pulls each member's Grad-CAM into the boxes "
+                            "(zoo.boxes); other images train as without; validation and test never use them",
+                            metavar="FILE.coco.json")
+    box_weight: float = opt(1.0, "with --boxes: weight of that loss beside the BCE")
+    box_warmup: float = opt(1.0, "with --boxes: epochs over which its weight ramps up from 0")
     folds: int = opt(1, "K-fold cross-validation: K members per backbone, every labelled study validated once; "
                      "out-of-fold predictions go to OUT/oof_predictions.csv and fit the ensemble (1: one validation "
                      "split)", metavar="K")

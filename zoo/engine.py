@@ -47,14 +47,15 @@ def train_one_epoch(train_step: TrainStep, loader, *, desc: str = "train", quiet
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of losses, samples)
     show = not quiet and accelerator.is_local_main_process
     bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True, unit="batch")
-    for step, (x, y, _) in enumerate(bar):
+    for step, (x, y, _, *mask) in enumerate(bar):  # a mask only with --boxes (zoo.boxes)
         with accelerator.accumulate(model):
             x = to_input(x, mean, std)
             if mixup > 0 and len(y) > 1:
                 lam = float(np.random.default_rng(torch.randint(2**31, ()).item()).beta(mixup, mixup))
                 perm = torch.randperm(len(y), device=x.device)
                 x, y = lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
-            loss = loss_fn(model(x), y)
+                mask = [lam * m.float() + (1 - lam) * m.float()[perm] for m in mask]
+            loss = loss_fn(model(x), y, *mask)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -114,20 +114,21 @@ def chance_levels(boxes: np.ndarray, h: int, w: int, tolerance: float = TOLERANC
 
 # --- annotations -----------------------------------------------------------------------------------------------
 
-def load_annotations(path: str | Path):
-    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons); one clear error if it is not one."""
+def load_annotations(path: str | Path, flag: str = "--annotations"):
+    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons); one clear error, naming ``flag``, if it
+    is not one."""
     try:
         from pycocotools.coco import COCO
     except ImportError as exc:
-        raise ImportError("--annotations needs pycocotools: pip install 'bone-zoo[eval]'") from exc
+        raise ImportError(f"{flag} needs pycocotools: pip install 'bone-zoo[eval]'") from exc
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--annotations {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             return COCO(str(path))
     except Exception as exc:
-        raise ValueError(f"--annotations {path}: not a COCO annotation file ({exc})") from exc
+        raise ValueError(f"{flag} {path}: not a COCO annotation file ({exc})") from exc
 
 
 def boxes_by_image(coco, paths: list[str], root: str | Path | None = None) -> dict[str, tuple[np.ndarray, int, int]]:

@@ -123,6 +123,7 @@ class _Run:
     step: TrainStep
     state: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0,
                                                            "train_time_s": 0.0, "steps": 0})
+    box_loss: Any = None  # zoo.boxes.BoxLoss with --boxes (also run.step.loss_fn): its warm-up, its hook
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -166,6 +167,7 @@ class Trainer:
         self.images = images  # decoded images at cfg.img_size (shared by members of one run)
         self.unreadable: dict[str, str] = {}  # path -> why, among this member's images
         self.pos_weight: float | None = None  # set from the readable training split
+        self.boxes_record: dict | None = None  # what --boxes matched (zoo.boxes), for config.json
 
     @property
     def is_main(self) -> bool:
@@ -195,8 +197,15 @@ class Trainer:
         used = set(self.train_df["path"]) | set(self.val_df["path"]) | set(self.cal_df["path"])
         self.unreadable = {p: e for p, e in self.images.errors.items() if p in used}
         aug = augmentation(cfg)
-        return TrainData(train_df, val_df,
-                         ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug),
+        train_ds = ArrayDataset(self.images, rows(train_df), train_df["label"].to_numpy(), aug)
+        if cfg.boxes:  # training only: validation and calibration never see boxes
+            from zoo.boxes import box_dataset, describe
+
+            boxed, self.boxes_record = box_dataset(train_ds, train_df["path"].tolist(), cfg.boxes, self.dataset.root)
+            if self.is_main:
+                tqdm.write(f"[{cfg.backbone}] {describe(self.boxes_record, cfg.box_weight, cfg.box_warmup)}")
+            train_ds = boxed or train_ds
+        return TrainData(train_df, val_df, train_ds,
                          ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()),
                          cal_df, ArrayDataset(self.images, rows(cal_df), cal_df["label"].to_numpy()))
 
@@ -252,6 +261,8 @@ class Trainer:
             if cfg.patience and epoch - run.state["best_epoch"] >= cfg.patience:
                 self.log(f"early stop: no better val AUC for {cfg.patience} epochs")
                 break
+        if run.box_loss is not None:  # release the CAM layer's hook before validation and export
+            run.box_loss.remove()
         metrics = self.export(run.scored, run.val_loader, data, run.state)
         tracking.finish(acc, metrics)
         return metrics
@@ -263,6 +274,11 @@ class Trainer:
         train_loader, val_loader = self.loaders(data)
         model, opt, sched = self.build(steps_per_epoch=math.ceil(len(train_loader) / acc.gradient_accumulation_steps))
         loss_fn = WeightedBCE(self.pos_weight, cfg.label_smoothing).to(acc.device)
+        box_loss = None
+        if getattr(data.train_ds, "masks", None) is not None:  # + the CAM energy-share loss on annotated positives
+            from zoo.boxes import BoxLoss
+
+            loss_fn = box_loss = BoxLoss(loss_fn, model, cfg.box_weight, cfg.box_warmup)
         model, opt = acc.prepare(model, opt)
         ema = None
         if cfg.ema_decay > 0:  # validated and exported instead of the raw weights
@@ -270,7 +286,7 @@ class Trainer:
 
             ema = ModelEmaV3(acc.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True)
         run = _Run(train_loader, val_loader, model, opt, sched, ema,
-                   TrainStep(model, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std, mixup=cfg.mixup))
+                   TrainStep(model, loss_fn, opt, acc, mean=cfg.mean, std=cfg.std, mixup=cfg.mixup), box_loss=box_loss)
         if resume:
             restored = self.checkpoint.restore(acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
                                                ema=None if ema is None else ema.module)
@@ -294,6 +310,8 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + epoch * 16 + acc.process_index)  # augmentation, dropout
         run.train_loader.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable, same on every rank
         lr = run.optimizer.param_groups[0]["lr"]
+        if run.box_loss is not None:
+            run.box_loss.set_epoch(epoch)
         train_loss = train_one_epoch(run.step, run.train_loader, desc=f"{cfg.backbone} {epoch}/{cfg.epochs}",
                                      quiet=cfg.quiet)
         train_s = time.perf_counter() - t0
@@ -383,6 +401,8 @@ class Trainer:
                 "calibration_grouping": self.dataset.grouping,
                 "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
                 "unreadable_images": len(self.unreadable), "device": self.device.type,
+                "boxes": self.boxes_record and {**self.boxes_record, "weight": cfg.box_weight,
+                                                "warmup": cfg.box_warmup, "loss": "grad-cam energy share"},
             }
             net.save_member(self.out)
             write_csv(st, self.out / "val_predictions.csv")

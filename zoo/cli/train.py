@@ -141,6 +141,20 @@ def unloadable(args: argparse.Namespace) -> str | None:
     return None
 
 
+def unusable_boxes(args: argparse.Namespace) -> str | None:
+    """Why the ``--boxes`` file cannot be read as COCO annotations, or None: a bad file stops the run before anything
+    trains."""
+    if not args.boxes:
+        return None
+    from zoo.localisation import load_annotations
+
+    try:
+        load_annotations(args.boxes, flag="--boxes")
+    except (ImportError, OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     """Plan (config, data, budget), then train every member under the run lock, then report."""
     from zoo.registry import describe_backbones  # the registry imports PyTorch: not for --help
@@ -149,8 +163,8 @@ def main(args: argparse.Namespace) -> int:
         print(describe_backbones())
         return 0
     try:
-        if (too_big := unloadable(args)) is not None:
-            raise Refused(too_big)
+        if (why := unloadable(args) or unusable_boxes(args)) is not None:
+            raise Refused(why)
         run, acc, say = plan_run(args)
         with contextlib.ExitStack() as stack:
             _lock(Path(args.out), acc, stack)

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 PARTS = ("HAND", "WRIST", "FOREARM")
 FINDINGS = ("fracture", "implant", "displaced")
-VERSION = 3  # 3: png16 images use the full 16-bit range
+VERSION = 4  # 3: png16 images use the full 16-bit range; 4: annotations.coco.json (the findings' boxes)
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ def _pose(part: str, finding: str | None, rng: np.random.Generator, size: int):
 
 
 def _fracture(d: ImageDraw.ImageDraw, rod: Seg, t: float, w: int, h: int, size: int,
-              rng: np.random.Generator) -> None:
-    """A dark, slightly oblique gap across ``rod`` at ``t``."""
+              rng: np.random.Generator, lesion: ImageDraw.ImageDraw) -> None:
+    """A dark, slightly oblique gap across ``rod`` at ``t`` (the same stroke, bright, on ``lesion``)."""
     (x0, y0), (x1, y1), bw = rod
     cx, cy = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
     ang = math.atan2(y1 - y0, x1 - x0) + math.pi / 2 + rng.uniform(-0.5, 0.5)
@@ -114,6 +114,7 @@ def _fracture(d: ImageDraw.ImageDraw, rod: Seg, t: float, w: int, h: int, size: 
     pts = [((cx - dx) * w, (cy - dy) * h), (cx * w + rng.normal(0, 1.5), cy * h + rng.normal(0, 1.5)),
            ((cx + dx) * w, (cy + dy) * h)]
     d.line(pts, fill=25, width=max(2, round(size * 0.045)))
+    lesion.line(pts, fill=255, width=max(2, round(size * 0.045)))
 
 
 def _implant(metal: Image.Image, rod: Seg, w: int, h: int, size: int) -> None:
@@ -132,24 +133,36 @@ def _implant(metal: Image.Image, rod: Seg, w: int, h: int, size: int) -> None:
                 width=max(1, round(size * 0.012)))
 
 
-def _film(pil: Image.Image, w: int, h: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """What the acquisition adds: an L/R marker in a top corner, rotation, a mirror half the time, blur and noise."""
+def _film(pil: Image.Image, lesion: Image.Image, w: int, h: int, size: int, rng: np.random.Generator
+          ) -> tuple[np.ndarray, Image.Image]:
+    """What the acquisition adds: an L/R marker in a top corner, rotation, a mirror half the time, blur and noise;
+    and the finding's mask ``lesion`` through the same rotation and mirror."""
     marker = ImageDraw.Draw(pil)
     font = ImageFont.load_default(size=max(8, size // 10))
     corner = (w * rng.uniform(0.03, 0.1), h * rng.uniform(0.03, 0.08))
     if rng.random() < 0.5:
         corner = (w * rng.uniform(0.8, 0.88), corner[1])
     marker.text(corner, str(rng.choice(["L", "R"])), fill=250, font=font)
-    pil = pil.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, fillcolor=int(0.06 * 255))
+    angle = float(rng.uniform(-20, 20))
+    pil = pil.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=int(0.06 * 255))
+    lesion = lesion.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
     if rng.random() < 0.5:
         pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        lesion = lesion.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pil = pil.filter(ImageFilter.GaussianBlur(0.6))
     out = np.asarray(pil, np.float32) / 255 + rng.normal(0, 0.025, (h, w)).astype(np.float32)
-    return np.clip(out, 0, 1)
+    return np.clip(out, 0, 1), lesion
 
 
 def _render(part: str, finding: str | None, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One view: soft tissue, bones (cortex brighter than the medulla), the finding, then :func:`_film`."""
+    return _render_boxed(part, finding, rng, size)[0]
+
+
+def _render_boxed(part: str, finding: str | None, rng: np.random.Generator, size: int
+                  ) -> tuple[np.ndarray, list[float] | None]:
+    """One view: soft tissue, bones (cortex brighter than the medulla), the finding, then :func:`_film`; and the
+    finding's COCO box ``[x, y, w, h]`` (None without a finding), drawn as a lesion mask that goes through the
+    image's own rotation and flip."""
     w, h, rods, blobs, target, t = _pose(part, finding, rng, size)
     tissue = Image.new("L", (w, h), 0)
     ImageDraw.Draw(tissue).ellipse([w * 0.12, -h * 0.1, w * 0.88, h * 1.1], fill=255)
@@ -163,10 +176,14 @@ def _render(part: str, finding: str | None, rng: np.random.Generator, size: int)
     for cx, cy, rx, ry in blobs:
         d.ellipse([(cx - rx) * w, (cy - ry) * h, (cx + rx) * w, (cy + ry) * h], fill=215, outline=240)
     metal = Image.new("L", (w, h), 0)
+    lesion = Image.new("L", (w, h), 0)  # where the finding is, for its box
+    if finding == "displaced":  # the break: from the near piece's end to the far piece's start
+        _line(ImageDraw.Draw(lesion), (rods[target][1], rods[-1][0], rods[target][2] * 2.2), w, h, 255)
     if finding == "fracture":
-        _fracture(d, rods[target], t, w, h, size, rng)
+        _fracture(d, rods[target], t, w, h, size, rng, ImageDraw.Draw(lesion))
     elif finding == "implant":
         _implant(metal, rods[target], w, h, size)
+        lesion = metal.copy()
     img = 0.06 + 0.22 * np.asarray(tissue, np.float32) / 255 + 0.5 * np.asarray(bone, np.float32) / 255
     if finding is not None:  # soft-tissue swelling around the finding, as in real injuries
         (x0, y0), (x1, y1), _ = rods[target]
@@ -174,23 +191,29 @@ def _render(part: str, finding: str | None, rng: np.random.Generator, size: int)
         yy, xx = np.mgrid[0:h, 0:w]
         img += 0.12 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (0.12 * size) ** 2)).astype(np.float32)
     img = np.maximum(img, np.asarray(metal, np.float32) / 255)
-    return _film(Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)), w, h, size, rng)
+    out, lesion = _film(Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)), lesion, w, h, size, rng)
+    bbox = lesion.getbbox() if finding is not None else None
+    return out, None if bbox is None else [float(bbox[0]), float(bbox[1]), float(bbox[2] - bbox[0]),
+                                           float(bbox[3] - bbox[1])]
 
 
-def _save(img: np.ndarray, path: Path, fmt: str) -> None:
+def _save(img: np.ndarray, path: Path, fmt: str) -> Path:
     if fmt == "png16":  # a 16-bit PNG over its full range (read by its declared depth, as a 16-bit export is)
-        Image.fromarray((img * 65535).astype(np.uint16)).save(path.with_suffix(".png"))
+        Image.fromarray((img * 65535).astype(np.uint16)).save(path := path.with_suffix(".png"))
     elif fmt == "jpg":
-        Image.fromarray((img * 255).astype(np.uint8)).save(path.with_suffix(".jpg"), quality=92)
+        Image.fromarray((img * 255).astype(np.uint8)).save(path := path.with_suffix(".jpg"), quality=92)
     else:
-        Image.fromarray((img * 255).astype(np.uint8)).save(path.with_suffix(".png"))
+        Image.fromarray((img * 255).astype(np.uint8)).save(path := path.with_suffix(".png"))
+    return path
 
 
 def generate(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
-    """Write the dataset under ``root`` (train/, test/, train.csv, test_labels.csv, synthetic.json)."""
+    """Write the dataset under ``root`` (train/, test/, train.csv, test_labels.csv, annotations.coco.json: each
+    finding's box, synthetic.json)."""
     root = Path(root)
     rng = np.random.default_rng(spec.seed)
     used: set[str] = set()
+    coco: dict = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "finding"}]}
     for split, n in (("train", spec.n_train), ("test", spec.n_test)):
         (root / split).mkdir(parents=True, exist_ok=True)
         rows = []
@@ -205,13 +228,21 @@ def generate(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
             n_img = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
             for k in range(1, n_img + 1):
                 fmt = str(rng.choice(["png", "png16", "jpg"], p=[0.7, 0.15, 0.15]))
-                _save(_render(part, finding, rng, spec.size), root / split / f"{study}_image{k}", fmt)
+                img, box = _render_boxed(part, finding, rng, spec.size)
+                path = _save(img, root / split / f"{study}_image{k}", fmt)
+                if box is not None:
+                    i = len(coco["images"]) + 1
+                    coco["images"].append({"id": i, "file_name": f"{split}/{path.name}", "height": img.shape[0],
+                                           "width": img.shape[1]})
+                    coco["annotations"].append({"id": i, "image_id": i, "category_id": 1, "bbox": box,
+                                                "area": box[2] * box[3], "iscrowd": 0})
             label = str(int(abnormal))
             if split == "train" and rng.random() < spec.unlabelled_fraction:
                 label = str(rng.choice(["NA", ""]))
             rows.append((study, label))
         csv = root / ("train.csv" if split == "train" else "test_labels.csv")
         pd.DataFrame(rows, columns=["id", "label"]).sort_values("id").to_csv(csv, index=False)
+    (root / "annotations.coco.json").write_text(json.dumps(coco))
     (root / "synthetic.json").write_text(json.dumps(asdict(spec), indent=2))
     return root
 

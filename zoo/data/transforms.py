@@ -7,16 +7,19 @@ import torch
 from torchvision.transforms import v2
 
 
-class RandomGamma(torch.nn.Module):
-    """Gamma correction with gamma drawn from [1 - g, 1 + g] (X-ray exposure and post-processing curves vary)."""
+class RandomGamma(v2.Transform):
+    """Gamma correction with gamma drawn from [1 - g, 1 + g] (X-ray exposure and post-processing curves vary).
+    A v2 transform, so a ``tv_tensors.Mask`` augmented with the image (:mod:`zoo.boxes`) passes through unchanged."""
 
     def __init__(self, g: float):
         super().__init__()
         self.g = float(g)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gamma = 1.0 + (torch.rand(()).item() * 2 - 1) * self.g
-        return v2.functional.adjust_gamma(x, gamma)
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"gamma": 1.0 + (torch.rand(()).item() * 2 - 1) * self.g}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(v2.functional.adjust_gamma, inpt, gamma=params["gamma"])
 
 
 def train_augment(rotation: float = 30.0, hflip: bool = True, translate: float = 0.1, *, size: int | None = None,

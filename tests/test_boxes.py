@@ -1,0 +1,243 @@
+"""--boxes (#24): masks aligned with the image through resize/pad and augmentation; the differentiable Grad-CAM is the
+one the evaluation scores; the loss is the BCE where nothing is annotated; a boxes file that matches no image trains
+exactly as without; a tiny member trained with boxes puts more CAM energy inside the planted lesion's box."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import free_port, run_script
+from PIL import Image, ImageFilter
+
+from zoo.boxes import BoxDataset, BoxLoss, box_dataset, box_masks, gradcam
+from zoo.cam import cam_target, compute_cams
+from zoo.data import load_images
+from zoo.data.transforms import train_augment
+from zoo.inference import ArrayDataset
+from zoo.loss import WeightedBCE
+from zoo.model import BoneClassifier
+from zoo.registry import list_backbones
+
+BOX = [30.0, 50.0, 24.0, 16.0]  # COCO x, y, w, h in the stored 120 x 90 (h x w) image
+
+
+def _coco(path: Path, file_name: str, h: int, w: int, box=BOX) -> Path:
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": file_name, "height": h, "width": w}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": list(box), "area": box[2] * box[3],
+                         "iscrowd": 0}], "categories": [{"id": 1, "name": "fracture"}]}))
+    return path
+
+
+@pytest.fixture
+def boxed_image(tmp_path):
+    """A non-square image (needs resize and pad) that is dark except for its box, drawn as bright pixels."""
+    img = np.full((120, 90), 20, np.uint8)
+    x, y, w, h = map(int, BOX)
+    img[y:y + h, x:x + w] = 255
+    p = tmp_path / "img1.png"
+    Image.fromarray(img).save(p)
+    return p, _coco(tmp_path / "boxes.coco.json", "train/img1.png", 120, 90)
+
+
+def test_mask_stays_under_the_box_through_resize_pad_flip_rotation_crop(boxed_image):
+    path, coco = boxed_image
+    size = 64
+    arr = load_images([str(path)], size, "", quiet=True)
+    masks = box_masks(coco, [str(path)], size)
+    assert set(masks) == {str(path)}  # matched on the base name (the file says train/img1.png)
+    bright = np.asarray(arr.array[0]) > 128
+    iou = (bright & masks[str(path)]).sum() / (bright | masks[str(path)]).sum()
+    assert iou > 0.85, iou  # resize + pad move the box with its pixels
+    aug = train_augment(rotation=30, hflip=True, translate=0.1, size=size, crop_scale=0.6, brightness=0.2,
+                        contrast=0.2, gamma=0.2)
+    ds = BoxDataset(ArrayDataset(arr, np.array([0]), np.array([1.0]), aug), {0: masks[str(path)]})
+    for seed in range(12):
+        torch.manual_seed(seed)
+        x, _, _, m = ds[0]
+        torch.manual_seed(seed)
+        alone = aug(torch.from_numpy(np.array(arr.array[0]))[None])
+        assert torch.equal(x, alone)  # the image draws exactly what it draws without a mask
+        assert set(torch.unique(m).tolist()) <= {0, 1}  # geometry only: intensity jitter leaves the mask alone
+        img, mk = x[0].numpy(), m[0].numpy().astype(bool)
+        grown = np.asarray(Image.fromarray(mk.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))) > 0
+        lit = img > img.max() * 0.8 if img.max() > 60 else np.zeros_like(mk)
+        assert not (lit & ~grown).any(), f"seed {seed}: box pixels outside the mask"
+        if mk.sum() > 20:
+            assert (lit & mk).sum() >= 0.6 * mk.sum(), f"seed {seed}: the mask is not on the box"
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "vit_small_patch16_224"])
+def test_differentiable_gradcam_is_the_evaluated_gradcam(name):
+    """What the loss trains is what localisation scores: pytorch-grad-cam's GradCAM of the logit."""
+    torch.manual_seed(0)
+    model = BoneClassifier(name, img_size=64, head_hidden=[16]).eval()
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    expected, _ = compute_cams(model, images, "gradcam")
+    layer, reshape = cam_target(model)
+    held = {}
+    hook = layer.register_forward_hook(lambda m, i, o: held.update(a=o))
+    x = ((torch.from_numpy(images)[:, None].float() / 255 - model.mean) / model.std)
+    logits = model(x)
+    cam = gradcam(held["a"], logits, 64, reshape).detach().numpy()
+    hook.remove()
+    for c, e in zip(cam, expected, strict=True):
+        if e.max() > 0:
+            assert np.corrcoef(c.ravel(), e.ravel())[0, 1] > 0.98
+            assert np.abs(c - e).max() < 0.08
+
+
+def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_where_one_is():
+    torch.manual_seed(0)
+    model = BoneClassifier("resnet10t", img_size=64, head_hidden=[16]).train()
+    base = WeightedBCE(2.0)
+    loss_fn = BoxLoss(base, model, weight=1.0)
+    x = torch.randn(4, 1, 64, 64)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    mask = torch.zeros(4, 1, 64, 64, dtype=torch.uint8)
+    assert torch.equal(loss_fn(logits := model(x), y, mask), base(logits, y))  # no annotation
+    mask[1, :, 10:30, 10:30] = 1  # an annotated negative: not supervised
+    assert torch.equal(loss_fn(logits := model(x), y, mask), base(logits, y))
+    mask[0, :, 10:30, 10:30] = 1
+    logits = model(x)
+    loss = loss_fn(logits, y, mask)
+    assert loss > base(logits, y)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    loss_fn.set_epoch(1)  # nothing changes at warm-up 0
+    assert loss_fn.ramp == 1.0
+    ramped = BoxLoss(base, model, weight=1.0, warmup=2)
+    ramped.set_epoch(1)
+    assert ramped.ramp == 0.0
+    assert torch.equal(ramped(logits := model(x), y, mask), base(logits, y))  # epoch 1 of a warm-up: BCE only
+    ramped.set_epoch(2)
+    assert ramped.ramp == 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the map is computed in fp32
+        logits = model(x)
+    loss = loss_fn(logits, y, mask)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    model.eval()
+    with torch.no_grad():
+        model(x)  # validation: nothing held
+    assert torch.equal(loss_fn(logits, y, mask), base(logits, y))
+    loss_fn.remove()
+    ramped.remove()
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_gets_a_box_gradient_through_its_cam_layer(name):
+    torch.manual_seed(0)
+    model = BoneClassifier(name, img_size=64, head_hidden=[16]).train()
+    loss_fn = BoxLoss(lambda logits, y: 0 * logits.sum(), model, weight=1.0)  # the box term alone
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 8:40, 8:40] = 1
+    loss = loss_fn(model(torch.randn(2, 1, 64, 64)), torch.ones(2), mask)
+    assert 0 < loss.item() <= 1
+    loss.backward()
+    loss_fn.remove()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0  # the map's share pulls on the backbone
+
+
+def test_box_dataset_keeps_only_the_training_images_it_annotates(boxed_image, tmp_path):
+    path, coco = boxed_image
+    arr = load_images([str(path)], 48, "", quiet=True)
+    ds, record = box_dataset(ArrayDataset(arr, np.array([0]), np.array([1.0])), [str(path)], coco)
+    assert isinstance(ds, BoxDataset) and record["annotated_train_positives"] == 1
+    assert record["file"] == "boxes.coco.json" and len(record["sha256"]) == 64
+    ds, record = box_dataset(ArrayDataset(arr, np.array([0]), np.array([0.0])), [str(path)], coco)
+    assert ds is None and record["annotated_train_images"] == 1  # a negative only: trains as without
+    other = _coco(tmp_path / "other.coco.json", "train/nothing.png", 10, 10)
+    ds, record = box_dataset(ArrayDataset(arr, np.array([0]), np.array([1.0])), [str(path)], other)
+    assert ds is None and record["annotated_train_images"] == 0
+
+
+TRAIN = ["--models", "resnet10t", "--img-size", "48", "--epochs", "1", "--lr", "1e-3", "--head-hidden", "32",
+         "--recipe", "seed", "--calibration-fraction", "0", "--cache-dir", ""]
+
+
+@pytest.mark.slow
+def test_a_boxes_file_that_matches_no_image_says_so_and_trains_exactly_as_without(tmp_path, synthetic_root):
+    from safetensors.torch import load_file
+
+    other = _coco(tmp_path / "elsewhere.coco.json", "train/not_in_this_set.png", 100, 100)
+    plain = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--out", tmp_path / "plain", cwd=tmp_path)
+    boxed = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", other, "--out", tmp_path / "boxed",
+                       cwd=tmp_path)
+    assert plain.returncode == 0 and boxed.returncode == 0, boxed.stderr[-2000:]
+    assert "no positive training image has a box" in boxed.stdout + boxed.stderr
+    a = load_file(tmp_path / "plain" / "resnet10t" / "model.safetensors")
+    b = load_file(tmp_path / "boxed" / "resnet10t" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((tmp_path / "boxed" / "resnet10t" / "config.json").read_text())["training"]["boxes"]
+    assert record["file"] == "elsewhere.coco.json" and record["annotated_train_images"] == 0
+    assert json.loads((tmp_path / "plain" / "resnet10t" / "config.json").read_text())["training"]["boxes"] is None
+    bad = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", tmp_path / "missing.json",
+                     "--out", tmp_path / "bad", cwd=tmp_path)
+    assert bad.returncode == 2 and "--boxes" in bad.stderr and "no such file" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+ENERGY_MARGIN = 0.02  # energy share inside the box, with minus without (chance, the boxes' share, is about 0.03)
+
+
+@pytest.mark.slow
+def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_path_factory):
+    from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
+    from zoo.localisation import boxes_by_image, energy_share, load_annotations, pad_geometry
+    from zoo.train import TrainConfig, Trainer
+
+    root = ensure_synthetic(tmp_path_factory.mktemp("boxes") / "synthetic", SyntheticSpec(n_train=160, n_test=60))
+    ds = load_dataset(root)
+    coco_path = root / "annotations.coco.json"
+    pos = ds.test[ds.test["label"] == 1]
+    boxes = boxes_by_image(load_annotations(coco_path), pos["path"].tolist(), root)
+    paths = sorted(boxes)
+    size = 96
+    images = load_images(paths, size, "", quiet=True).array[:]
+    energy = {}
+    for with_boxes in (False, True):
+        cfg = TrainConfig(backbone="regnetx_002", epochs=5, img_size=size, lr=1e-3, batch_size=16, head_hidden=[64],
+                          calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True,
+                          boxes=str(coco_path) if with_boxes else None, box_weight=1.0, box_warmup=0.0)
+        out = tmp_path_factory.mktemp("member")
+        Trainer(cfg, ds, out).fit()
+        model = BoneClassifier.load(out)
+        record = model.training_config["boxes"]
+        if with_boxes:  # recorded in config.json and the card
+            assert record["file"] == "annotations.coco.json" and record["annotated_train_positives"] > 20
+            assert record["weight"] == 1.0
+            assert "Box supervision: `annotations.coco.json`" in (out / "README.md").read_text()
+        else:
+            assert record is None
+        cams, _ = compute_cams(model, images, "gradcam")
+        energy[with_boxes] = np.nanmean([energy_share(c, boxes[p][0], pad_geometry(boxes[p][1], boxes[p][2], size))
+                                         for c, p in zip(cams, paths, strict=True)])
+    assert energy[True] >= energy[False] + ENERGY_MARGIN, energy
+
+
+@pytest.mark.slow
+def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
+    """Two CPU processes (gloo), bf16 autocast: the box loss's second-order backward goes through DDP's reducer."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "train_all.py"), "--data", str(synthetic_root), *TRAIN, "--quiet", "--device", "cpu",
+           "--mixed-precision", "bf16", "--boxes", str(synthetic_root / "annotations.coco.json"),
+           "--out", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "w" / "resnet10t" / "config.json").read_text())["training"]
+    assert cfg["processes"] == 2 and cfg["mixed_precision"] == "bf16"
+    assert cfg["boxes"]["annotated_train_positives"] > 20 and cfg["boxes"]["weight"] == cfg["box_weight"]
+    assert proc.stdout.count("positive training images with boxes") == 1  # said once, by the main process
