@@ -33,7 +33,7 @@ from zoo.loss import WeightedBCE, positive_weight
 from zoo.metrics import aggregate_studies, best_threshold, binary_metrics
 from zoo.model import BoneClassifier
 from zoo.optim import LrSchedule, build_optimizer, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
-from zoo.runtime import resolve_device, resolve_precision, tune_allocator
+from zoo.runtime import precision_name, resolve_device, resolve_precision, tune_allocator
 
 
 def micro_batch(cfg: TrainConfig, device_type: str) -> int:
@@ -357,7 +357,7 @@ class Trainer:
             net.threshold, net.metrics, net.calibration = thr, metrics, cal.to_dict()
             net.training_config = {
                 **{k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
-                "mixed_precision": acc.mixed_precision, "processes": acc.num_processes,
+                "mixed_precision": precision_name(acc.mixed_precision), "processes": acc.num_processes,
                 "dataset_name": self.dataset.name, "dataset_layout": self.dataset.layout,
                 "grouping": self.dataset.grouping,  # "patient" | "study": what validation splits and folds kept whole
                 "n_train_images": len(data.train_df), "n_val_images": len(data.val_df), "n_val_studies": m["n"],
