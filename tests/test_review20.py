@@ -17,7 +17,7 @@ from conftest import run_script
 from test_runs import _finished_member
 
 from zoo.cli import train as cli
-from zoo.config import TrainConfig, flag_fields, flag_type
+from zoo.config import TrainConfig, flag_fields
 
 # fingerprint.json "config" of a member trained WITHOUT --data by the code before issue 20 (aebdf11: main() wrote
 # the synthetic values into args, then config_for), for no flags, for --mixed-precision no, for --recipe modern
@@ -153,6 +153,8 @@ class _Kinds:
 
 
 def test_flag_types_come_from_the_real_annotations_and_an_unknown_one_is_an_error():
+    from zoo.config import flag_type
+
     kinds = {f.name: f for f in dataclasses.fields(_Kinds)}
     assert [flag_type(_Kinds, kinds[k]) for k in "abcdefgh"] == [int, float, str, bool, int, float, str, int]
     with pytest.raises(TypeError, match=r"_Kinds\.i: no flag type"):
@@ -165,6 +167,8 @@ SAMPLES = {int: "3", float: "0.25", str: "x"}
 def test_every_generated_train_flag_converts_to_its_fields_type():
     """A flag parses to the field's annotated type (an ``int | None`` field is an int, not a string)."""
     import typing
+
+    from zoo.config import flag_type
 
     hints = typing.get_type_hints(TrainConfig)
     for f in flag_fields():
