@@ -78,7 +78,8 @@ def main() -> int:
             "energy_lo", "energy_hi", "energy_chance", "road", "road_lo", "road_hi", "road_random", "road_images"]
     print(loc[cols].to_markdown(index=False, floatfmt=".3f"))
     board = pd.read_csv(run / "leaderboard.csv")
-    best = board.sort_values("val_auc", ascending=False)["member"].iloc[0]  # chosen on validation, not on test
+    column = "member" if "member" in board else "backbone"  # a pre-#20 leaderboard named members "backbone"
+    best = board.sort_values("val_auc", ascending=False)[column].iloc[0]  # chosen on validation, not on test
     text = (report / "report.md").read_text()
     print(f"\nbest member by validation AUC: {best}")
     for line in text.splitlines():

@@ -1,5 +1,7 @@
 """Every registered backbone, through the shared head: 1-channel forward/backward, shapes, no NaN."""
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -7,7 +9,7 @@ from safetensors.torch import save_file
 
 from zoo.backbones._common import PretrainedUnavailable
 from zoo.model import BoneClassifier
-from zoo.registry import create_backbone, list_backbones
+from zoo.registry import create_backbone, get_backbone, list_backbones
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -107,4 +109,10 @@ def test_pretrained_weights_far_from_their_native_size_warn(tmp_path, recwarn):
     recwarn.clear()
     create_backbone("resnet10t", weights=str(file), img_size=224)
     create_backbone("resnet10t", img_size=64)  # random init: the size is the user's business
+    # the seed recipe's 512 px on 224-px weights is the original method: no warning (up to 4x the native size)
+    create_backbone("resnet10t", weights=str(file), img_size=512)
+    # nor at a recipe's own size, even outside the band (here 128 px for weights of 400 px)
+    dataclasses.replace(get_backbone("resnet10t"), native_size=400).build(weights=str(file), img_size=128)
     assert not [w for w in recwarn if "native" in str(w.message) or "trained at" in str(w.message)]
+    with pytest.warns(UserWarning, match="trained at 176 px and it is used at 720 px"):
+        create_backbone("resnet10t", weights=str(file), img_size=720)

@@ -184,4 +184,4 @@ def test_one_device_resolver_and_one_precision_vocabulary():
     assert zoo.inference.resolve_precision is zoo.runtime.resolve_precision
     assert zoo.runtime.resolve_precision("no", torch.device("cpu")) == "fp32"
     acc = make_accelerator(TrainConfig(device="cpu", mixed_precision=_args("--mixed-precision", "no").mixed_precision))
-    assert acc.device.type == "cpu" and acc.mixed_precision == "no"  # Accelerate's own name, as config.json records
+    assert acc.device.type == "cpu" and acc.mixed_precision == "no"  # Accelerate's own name (config.json records fp32)

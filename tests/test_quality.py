@@ -33,7 +33,7 @@ def _args(*argv: str):
 
 
 def test_seed_recipe_is_the_original_and_flags_override_a_recipe():
-    seed = config_for(_args("--recipe", "seed"), "regnet_x_800mf")
+    seed = config_for(_args("--data", "D", "--recipe", "seed"), "regnet_x_800mf")
     assert (seed.optimizer, seed.lr, seed.scheduler, seed.step_size, seed.gamma, seed.epochs, seed.img_size) == \
         ("adam", 1e-4, "step", 5, 0.1, 20, 512)
     assert (seed.rotation, seed.hflip, seed.translate, seed.head_hidden, seed.dropout) == (30.0, True, 0.1,

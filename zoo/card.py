@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from zoo.config import TrainConfig
 from zoo.recipes import RECIPES
+from zoo.runtime import precision_name
 
 # The Hub metadata of every bone-zoo card, defined once: zoo.model's PyTorchModelHubMixin class keywords and the cards
 # rendered here (member cards add the backbone's name to MEMBER_TAGS, run cards "ensemble" to BASE_TAGS)
@@ -113,6 +114,7 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
     smoothing = (f"label smoothing {_num(t['label_smoothing'])} (targets y(1 - e) + e/2)" if t["label_smoothing"]
                  else "no label smoothing")
     accum = f" (x{t['grad_accum']} gradient accumulation)" if int(t["grad_accum"] or 1) > 1 else ""
+    precision = precision_name(t.get("mixed_precision") or "fp32")  # an older config.json: Accelerate's "no"
     stop = f", early stopping after {t['patience']} epochs without a better validation AUC" if t["patience"] else ""
     lines = [
         f"Recipe: `{name}`{changed}; the values below are the ones this member was trained with.",
@@ -124,7 +126,7 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
         f"Schedule: {_schedule(t)}.",
         f"Weight EMA: {_ema(t)}.",
         f"Epochs: {t['epochs']} (best epoch {metrics.get('best_epoch', '?')} by validation AUC{stop}); batch "
-        f"{t['batch_size']}{accum}, seed {t['seed']}, mixed precision {t.get('mixed_precision', 'no')}.",
+        f"{t['batch_size']}{accum}, seed {t['seed']}, mixed precision {precision}.",
         f"Image size: {t['img_size']} px.",
         f"Augmentation: {_augmentation(t)}.",
         f"Pretrained weights: {_pretrained(t, get_backbone(cfg['backbone']))}.",

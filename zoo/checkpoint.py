@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from zoo.atomic import atomic_path, durable_replace, write_text
 from zoo.config import RUNTIME_FIELDS
+from zoo.runtime import precision_name
 
 FINGERPRINT_FILE = "fingerprint.json"
 SPEED_FIELDS = ("micro_batch", "compile")  # change how fast a member trains, not what it learns: not compared
@@ -50,6 +51,26 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
         i, name = key.split(".", 1)
         state.setdefault(int(i), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint whose optimizer or schedule state does not fit the ones this bone-zoo builds."""
+
+
+def _check_fits(epoch_dir: Path, optimizer: torch.optim.Optimizer, meta: dict, scheduler) -> None:
+    """Refuse, before anything is loaded, an epoch whose optimizer param groups (their number and sizes) or
+    schedule state (its keys) differ from those built now: an older bone-zoo built two param groups for adamw with
+    weight decay 0 and kept torch's StepLR state, which would fail with a traceback or restore the wrong rates."""
+    saved = [len(g.get("params", [])) for g in meta.get("optimizer", {}).get("param_groups", [])]
+    built = [len(g["params"]) for g in optimizer.param_groups]
+    why = None
+    if saved != built:
+        why = f"optimizer parameter groups of {saved} parameters, this version builds {built}"
+    elif set(meta.get("scheduler") or {}) != set(scheduler.state_dict()):
+        why = "its learning-rate schedule state is of another kind than this version builds"
+    if why:
+        raise CheckpointMismatch(f"{epoch_dir}: checkpoint from an older bone-zoo ({why}): start a new --out or "
+                                 "retrain (run without --resume)")
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -145,6 +166,7 @@ class Checkpoint:
         if d is None:
             return None
         meta = json.loads((d / "state.json").read_text())
+        _check_fits(d, optimizer, meta, scheduler)
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         if ema is not None and (d / "ema.safetensors").is_file():
             ema.load_state_dict(load_file(str(d / "ema.safetensors")))
@@ -199,6 +221,15 @@ def fingerprint(config, data: dict) -> dict:
     return {"config": json.loads(json.dumps(cfg, default=str)), "data": data}
 
 
+def _comparable(cfg: dict) -> dict:
+    """A fingerprint's config as compared: the precision in the one vocabulary (an older bone-zoo recorded
+    ``--mixed-precision no`` as "no", now "fp32")."""
+    out = dict(cfg)
+    if isinstance(out.get("mixed_precision"), str):
+        out["mixed_precision"] = precision_name(out["mixed_precision"])
+    return out
+
+
 def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
     """What differs between how ``member_dir`` was (being) trained and ``current`` (a :func:`fingerprint`), one
     phrase per change ("epochs 1 -> 2", "the data ..."); [] when nothing does or there is nothing to resume."""
@@ -214,7 +245,7 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
         resolved = ("mixed_precision", "pos_weight")  # recorded as resolved, not as the flag: not comparable
         stored = {"config": {k: v for k, v in cfg.items() if k in current["config"] and k not in resolved},
                   "data": None}
-    old, new = stored.get("config", {}), current["config"]
+    old, new = _comparable(stored.get("config", {})), _comparable(current["config"])
     changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     was, now = stored.get("data"), current["data"]
     if was is not None and was.get("sha256") != now.get("sha256"):

@@ -10,6 +10,8 @@ afterwards, and a derived one is ``dataclasses.replace(cfg, ...)``.
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
@@ -118,11 +120,26 @@ class TrainConfig:
 RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "log_with", "project_dir")
 # what ``--budget-minutes`` chooses when the flag is not given (zoo.budget.Fixed)
 PLANNED_FIELDS = ("img_size", "folds", "epochs")
-_TYPES = {"int": int, "float": float, "float | None": float, "list[int]": int}
 
 
 def _default(f: Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def flag_type(cls: type, f: Field) -> type:
+    """The argparse type of field ``f`` of dataclass ``cls``, from its real annotation (``typing.get_type_hints``):
+    ``int``, ``float``, ``str``, ``bool``; ``X | None`` is X; ``list[X]`` (with ``nargs``) is X. Anything else is a
+    TypeError naming the field: give the flag a ``type=`` in its metadata, or teach this function the type."""
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is list and len(typing.get_args(hint)) == 1:
+        hint = typing.get_args(hint)[0]
+    if hint in (int, float, str, bool):
+        return hint
+    raise TypeError(f"{cls.__name__}.{f.name}: no flag type for the annotation {hint!r}; give its flag a type= in "
+                    "the field's metadata")
 
 
 def flag_fields() -> list[Field]:
@@ -147,17 +164,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             help_text += f" (recipe: {in_recipes})"
         elif default is not None:
             help_text += f" (default {default}" + ("; --budget-minutes may choose)" if unset else ")")
-        if "action" not in meta:
-            if f.type == "bool":
-                meta["action"] = argparse.BooleanOptionalAction
-            else:
-                meta.setdefault("type", _TYPES.get(f.type, str))
+        if "action" not in meta and "type" not in meta:
+            kind = flag_type(TrainConfig, f)
+            meta["action" if kind is bool else "type"] = argparse.BooleanOptionalAction if kind is bool else kind
         parser.add_argument("--" + f.name.replace("_", "-"), default=None if unset else default,
                             help=help_text.replace("%", "%%"), **meta)
 
 
-def given_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The config flags in parsed ``args`` that hold a value (given, or a default no recipe sets)."""
+def config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags in parsed ``args`` that hold a value: given, or a parser default of a field no recipe or
+    planner sets (a flag that defaults to None and was not given is left out, so the recipe's value stays)."""
     return {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
 
 

@@ -65,7 +65,8 @@ def plan_push(run_dir: str | Path, repo_id: str, include_study_ids: bool = False
     """What :func:`push_run` uploads for ``run_dir``: the files :func:`zoo.run.contents` lists (nothing a symlink
     points to outside the run, with a note), with each member's card rendered for ``repo_id``, its config.json
     without local paths, the prediction CSVs with pseudonymous study ids unless ``include_study_ids``, and the run
-    card around the leaderboard.md the run wrote. Nothing in the run folder is written."""
+    card with the members' leaderboard rendered now, in memory (zoo.run.leaderboard_markdown: a stale or missing
+    leaderboard.md does not reach it). Nothing in the run folder is written."""
     run = contents(run_dir)
     plan = PushPlan(notes=list(run.notes), members=[d.name for d in run.members])
     configs = {d.name: _local_path_free(read_member_config(d)) for d in run.members}
@@ -83,7 +84,7 @@ def plan_push(run_dir: str | Path, repo_id: str, include_study_ids: bool = False
     if csvs:
         _pseudonymise(plan, csvs, run_dir)
     dataset = next(iter(configs.values()), {}).get("training", {}).get("dataset_name")
-    plan.files["README.md"] = str(run_card(repo_id, leaderboard_markdown(run.files), plan.members, dataset,
+    plan.files["README.md"] = str(run_card(repo_id, leaderboard_markdown(run_dir), plan.members, dataset,
                                             configs=list(configs.values()))).encode()
     return plan
 

@@ -5,11 +5,12 @@ Plain data in, plain data out: the run folder's files are written by :mod:`zoo.r
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from zoo.members import finished_members, read_member_config
+from zoo.members import MemberError, finished_members, read_member_config
 
 COLUMNS = ["member", "backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity",
            "val_ece", "threshold", "best_epoch", "params", "train_time_s", "val_auc_lo", "val_auc_hi"]
@@ -17,14 +18,28 @@ CV_HEADING = "\n## Cross-validated (out-of-fold predictions, every labelled stud
 
 
 def collect(run_dir: str | Path) -> pd.DataFrame:
-    """The finished members of ``run_dir``, best validation AUC first (their metrics.json and config.json)."""
-    rows = [json.loads((d / "metrics.json").read_text()) | {"member": d.name,
-                                                             "backbone": read_member_config(d)["backbone"]}
-            | _auc_interval(d) for d in finished_members(run_dir)]
+    """The finished members of ``run_dir``, best validation AUC first (their metrics.json and config.json); a member
+    whose metrics.json or config.json cannot be read is left out with a warning naming the file."""
+    rows = [row | _auc_interval(d) for d in finished_members(run_dir) if (row := _row(d)) is not None]
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
     return df.sort_values("val_auc", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _row(member_dir: Path) -> dict | None:
+    f = member_dir / "metrics.json"
+    try:
+        metrics = json.loads(f.read_text())
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+        return metrics | {"member": member_dir.name, "backbone": read_member_config(member_dir)["backbone"]}
+    except MemberError as exc:  # names its config.json
+        why = str(exc)
+    except (OSError, ValueError) as exc:
+        why = f"{f}: not readable ({exc})"
+    warnings.warn(f"{why}; member {member_dir.name} left out of the leaderboard", stacklevel=3)
+    return None
 
 
 def _auc_interval(member_dir: Path) -> dict[str, float]:

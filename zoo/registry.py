@@ -21,11 +21,29 @@ import torch
 from torch import nn
 
 from zoo.plugins import Registry, origin
+from zoo.recipes import RECIPES
 
 ENTRY_POINT_GROUP = "bone_zoo.backbones"
 
 # activations of the CAM layer and the built backbone -> (B, C, H, W) for Grad-CAM (transformers' tokens to a grid)
 ReshapeTransform = Callable[[torch.Tensor, nn.Module], torch.Tensor]
+
+
+def vit_reshape(tokens: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """ViT block output ``(B, prefix + gh * gw, C)`` -> ``(B, C, gh, gw)`` for Grad-CAM: the prefix tokens (class,
+    registers) dropped, the patch tokens laid out on the backbone's patch grid. (Here, not in zoo.backbones.vit, so
+    the deprecated ``reshape="vit"`` maps to it without an import cycle.)"""
+    gh, gw = backbone.patch_embed.grid_size
+    prefix = getattr(backbone, "num_prefix_tokens", 1)
+    return tokens[:, prefix:, :].reshape(tokens.size(0), gh, gw, tokens.size(2)).permute(0, 3, 1, 2)
+
+
+RESHAPES: dict[str, ReshapeTransform] = {"vit": vit_reshape}  # the deprecated ``reshape=NAME`` of older plugins
+
+
+def recipe_sizes() -> set[int]:
+    """Every image size a recipe trains at or its budget may choose: the native-size warning never fires for them."""
+    return {s for r in RECIPES.values() for s in [r.values.get("img_size"), *r.budget.get("sizes", [])] if s}
 
 
 def _docstring_only() -> None:
@@ -47,6 +65,12 @@ class BackboneSpec:
     sized: bool = False  # built for the configured image size (ViT position embeddings are resampled to it)
     description: str = ""
     origin: str = ""  # "module:function (file:line)", for error messages
+
+    @property
+    def reshape(self) -> str | None:
+        """Deprecated (read-only): ``"vit"`` when the CAM reshape is :func:`vit_reshape`, else None; use
+        ``reshape_transform``."""
+        return next((k for k, fn in RESHAPES.items() if fn is self.reshape_transform), None)
 
     @property
     def family(self) -> str:
@@ -73,11 +97,16 @@ class BackboneSpec:
         model = SOURCES.get(self.scheme)(self, **kwargs) if self.from_source else self.builder(**kwargs)
         if not isinstance(getattr(model, "num_features", None), int):
             raise TypeError(f"backbone {self.name!r} ({self.origin}) must return a module with an int `num_features`")
-        if (pretrained or weights) and img_size and not self.native_size / 2 <= img_size <= self.native_size * 2:
+        if (pretrained or weights) and img_size and not self.size_transfers(img_size):
             warnings.warn(f"backbone {self.name!r}: its pretrained weights were trained at {self.native_size} px and "
                           f"it is used at {img_size} px; features may transfer poorly (--img-size closer to "
                           f"{self.native_size}, or --no-pretrained)", stacklevel=3)
         return model
+
+    def size_transfers(self, img_size: int) -> bool:
+        """Whether pretrained weights are used at a size they are known to transfer to: a recipe's own size, or from
+        half to four times the native size (the seed project trained 224-px weights at 512 px)."""
+        return img_size in recipe_sizes() or self.native_size / 2 <= img_size <= self.native_size * 4
 
 
 BACKBONES: Registry[BackboneSpec] = Registry(
@@ -101,14 +130,18 @@ def register_source(scheme: str) -> Callable[[Callable[..., nn.Module]], Callabl
 def register_backbone(
     *, source: str, cam_layer: str, native_size: int = 224, reshape_transform: ReshapeTransform | None = None,
     first_conv: str | None = None, classifier: str | None = None, sized: bool = False, name: str | None = None,
+    reshape: str | None = None,
 ) -> Callable[[Callable[..., nn.Module | None]], Callable[..., nn.Module | None]]:
     """Decorator: register a backbone under the function's name (or ``name``), with its one-line docstring.
 
     The function is ``fn(pretrained=False, weights=None, img_size=None) -> nn.Module``, or only a docstring, in which
     case ``source``'s factory builds it. The module takes ``(B, 1, H, W)`` and gives pooled features
     ``(B, num_features)``. ``reshape_transform(activations, backbone)`` turns the CAM layer's output into
-    ``(B, C, H, W)`` where it is not (see ``zoo.backbones.vit.vit_reshape``).
+    ``(B, C, H, W)`` where it is not (see :func:`vit_reshape`). ``reshape="vit"`` (the older spelling) still works,
+    with a DeprecationWarning.
     """
+    if reshape is not None:
+        reshape_transform = _deprecated_reshape(reshape, reshape_transform)
 
     def deco(fn: Callable[..., nn.Module | None]) -> Callable[..., nn.Module | None]:
         doc = (inspect.getdoc(fn) or "").strip().splitlines()
@@ -122,6 +155,15 @@ def register_backbone(
         return fn
 
     return deco
+
+
+def _deprecated_reshape(reshape: str, given: ReshapeTransform | None) -> ReshapeTransform:
+    if reshape not in RESHAPES or given is not None:
+        raise ValueError(f"register_backbone(reshape={reshape!r}): give reshape_transform=fn(activations, backbone) "
+                         f"instead (reshape= is deprecated and knows only {', '.join(map(repr, RESHAPES))})")
+    warnings.warn(f"register_backbone(reshape={reshape!r}) is deprecated: use reshape_transform=zoo.registry."
+                  f"{RESHAPES[reshape].__name__}", DeprecationWarning, stacklevel=3)
+    return RESHAPES[reshape]
 
 
 def load_plugins() -> list[str]:

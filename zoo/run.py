@@ -7,7 +7,8 @@
     RUN/.study-id-salt        the run's secret for the study pseudonyms a push uploads; never pushed
 
 The trainer writes the results through :func:`write_results` once its members are finished; a push uploads what
-:func:`contents` lists (and renders only in memory what the Hub copy needs differently), and writes nothing here.
+:func:`contents` lists (and renders only in memory what the Hub copy needs differently: the cards, the run card's
+leaderboard from the members, :func:`leaderboard_markdown`), and writes nothing here.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "roc.png")  # written by wr
 OOF_FILE = "oof_predictions.csv"
 PREDICTION_FILES = ("val_predictions.csv", "calibration_predictions.csv")  # hold study ids (pseudonymised on push)
 SALT_FILE = ".study-id-salt"  # the run's secret for study pseudonyms: written by the trainer, never pushed
-NO_LEADERBOARD = "(no leaderboard.md in this run folder)"
+NO_MEMBERS = "(no finished members)"
 
 
 def write_results(run_dir: str | Path) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def write_results(run_dir: str | Path) -> pd.DataFrame:
         return board
     write_csv(board, run_dir / "leaderboard.csv")
     oof, cv_table = out_of_fold(run_dir)
-    write_text(run_dir / "leaderboard.md", leaderboard.to_markdown(board) + "\n" + cv_table)
+    write_text(run_dir / "leaderboard.md", _markdown(board, cv_table))
     plot_roc(_roc_curves(run_dir, board, oof), run_dir / "roc.png", title="Validation ROC (study level)")
     return board
 
@@ -59,11 +60,30 @@ def _roc_curves(run_dir: Path, board: pd.DataFrame, oof: pd.DataFrame | None) ->
     return curves
 
 
+def leaderboard_markdown(run_dir: str | Path) -> str:
+    """The leaderboard of ``run_dir``'s finished members as leaderboard.md has it, rendered now from the members
+    (``leaderboard.collect``) in memory: what a push puts on the run card, whatever leaderboard.md says or lacks."""
+    board = leaderboard.collect(run_dir)
+    return _markdown(board, _out_of_fold(Path(run_dir))[1]) if not board.empty else NO_MEMBERS
+
+
+def _markdown(board: pd.DataFrame, cv_table: str) -> str:
+    return leaderboard.to_markdown(board) + "\n" + cv_table
+
+
 def out_of_fold(run_dir: str | Path) -> tuple[pd.DataFrame | None, str]:
     """For a ``--folds`` run: ``id, label`` and one column per backbone with its out-of-fold validation predictions
     (every labelled study once; each fold member's calibration applied, so the folds share one scale), written to
     ``oof_predictions.csv``, and the markdown table of their AUCs (:func:`zoo.leaderboard.cross_validated`);
     (None, "") when no member was trained with folds. The ensemble's fold groups compute them."""
+    df, table = _out_of_fold(Path(run_dir))
+    if df is not None:
+        write_csv(df, Path(run_dir) / OOF_FILE)
+    return df, table
+
+
+def _out_of_fold(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
+    """:func:`out_of_fold` in memory (nothing written)."""
     from zoo.ensemble import Ensemble
     from zoo.loader import Member
 
@@ -79,7 +99,6 @@ def out_of_fold(run_dir: str | Path) -> tuple[pd.DataFrame | None, str]:
     for g, f in kept:
         f = f.rename(columns={"prob": g.name})
         df = f if df is None else df.merge(f.drop(columns="label"), on="id", how="outer")
-    write_csv(df, run_dir / OOF_FILE)
     return df, leaderboard.cross_validated([{"backbone": g.name, "folds": len(g.members), "out-of-fold AUC": g.val_auc,
                                              "studies": int(df[g.name].notna().sum())} for g, _ in kept])
 
@@ -122,12 +141,6 @@ def contents(run_dir: str | Path) -> RunContents:
         if (run_dir / name).is_file() or (run_dir / name).is_symlink():
             out.keep(name, run_dir / name, root)
     return out
-
-
-def leaderboard_markdown(files: dict[str, Path]) -> str:
-    """The leaderboard.md the run wrote, from :func:`contents`' files (a placeholder when it has none)."""
-    f = files.get("leaderboard.md")
-    return f.read_text(encoding="utf-8").strip() if f is not None else NO_LEADERBOARD
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -34,7 +34,7 @@ from zoo.loss import WeightedBCE, positive_weight
 from zoo.metrics import aggregate_studies, best_threshold, binary_metrics
 from zoo.model import BoneClassifier
 from zoo.optim import LrSchedule, build_optimizer, warmup_cosine  # noqa: F401 (warmup_cosine: re-exported)
-from zoo.runtime import resolve_device, resolve_precision, tune_allocator
+from zoo.runtime import precision_name, resolve_device, resolve_precision, tune_allocator
 
 
 def micro_batch(cfg: TrainConfig, device_type: str) -> int:
@@ -343,7 +343,7 @@ class Trainer:
         (:data:`RUNTIME_FIELDS`), with the precision and the process count it trained with."""
         acc = self.accelerator
         return {**{k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS},
-                "mixed_precision": acc.mixed_precision, "processes": acc.num_processes}
+                "mixed_precision": precision_name(acc.mixed_precision), "processes": acc.num_processes}
 
     def _sync_ema(self, module: torch.nn.Module) -> None:
         """Under DDP every process keeps its own EMA, and BatchNorm statistics differ between processes: the main

@@ -22,9 +22,9 @@ from typing import Any
 from zoo import leaderboard
 from zoo.atomic import write_text
 from zoo.cli.push import add_privacy_flags
-from zoo.config import TrainConfig, add_flags, given_flags, resolve
+from zoo.config import TrainConfig, add_flags, config_flags, resolve
 from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset, report_unreadable
-from zoo.recipes import DEFAULT_RECIPE, RECIPES, SYNTHETIC_RECIPE, describe_recipes, get_recipe
+from zoo.recipes import DEFAULT_RECIPE, RECIPES, SYNTHETIC_RECIPE, SYNTHETIC_SPEED, describe_recipes, get_recipe
 
 DEFAULT_MODELS = ["regnet_x_800mf", "regnety_016", "resnet50", "densenet169", "efficientnet_b0"]
 QUICK_MODELS = ["regnetx_002", "resnet10t"]
@@ -44,7 +44,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       f"{' '.join(QUICK_MODELS)} on synthetic data. --list-models shows all")
     a("--list-models", action="store_true", help="print the registered backbones and exit")
     a("--recipe", choices=list(RECIPES), default=None, help="training preset; a flag given here overrides its value. "
-      f"{describe_recipes()}. Default: {DEFAULT_RECIPE} with --data, {SYNTHETIC_RECIPE} without")
+      f"{describe_recipes()}. Default: {DEFAULT_RECIPE} with --data, {SYNTHETIC_RECIPE} without; without --data "
+      f"{', '.join(f'{k} {v}' for k, v in SYNTHETIC_SPEED.items())} apply on top of any recipe")
     a("--budget-minutes", type=float, default=None, metavar="M", help="fit the zoo to M minutes of training on this "
       "machine: measures each candidate backbone's speed here, then picks backbones, image size, folds and epochs "
       "(flags you give are kept) and says what it chose")
@@ -69,10 +70,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def config_for(args: argparse.Namespace, backbone: str, fold: int = 0) -> TrainConfig:
-    """The resolved config of one member for parsed ``args`` (zoo.config.resolve; the seed recipe when --recipe is
-    not given): TrainConfig defaults <- the recipe <- the flags given (a flag left at None keeps the recipe's value)."""
-    return resolve(args.recipe or "seed", given_flags(args), backbone=backbone, folds=max(1, args.folds or 1),
-                   fold=fold)
+    """The resolved config of one member for parsed ``args``, the one path :func:`plan_run` takes too (before the
+    planner): TrainConfig defaults <- the recipe (``--recipe``; else modern with --data, seed without) <-
+    without --data, the synthetic recipe's quick values (SYNTHETIC_SPEED, on top of any recipe) <- the flags given."""
+    return resolve(_recipe(args), _flags(args), backbone=backbone, folds=max(1, args.folds or 1), fold=fold)
+
+
+def _recipe(args: argparse.Namespace) -> str:
+    return args.recipe or (SYNTHETIC_RECIPE if args.data is None else DEFAULT_RECIPE)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values of ``args`` above the recipe: on synthetic data SYNTHETIC_SPEED, then the flags given."""
+    given = config_flags(args)
+    return {**SYNTHETIC_SPEED, **given} if args.data is None else given
 
 
 def member_runs(base: TrainConfig, models: list[str]) -> list[tuple[str, TrainConfig]]:
@@ -181,22 +192,21 @@ def plan_run(args: argparse.Namespace):
     from zoo.train import make_accelerator  # PyTorch and Accelerate: only when training
 
     synthetic = args.data is None
-    given = given_flags(args)
-    recipe = args.recipe or (SYNTHETIC_RECIPE if synthetic else DEFAULT_RECIPE)
+    flags, recipe = _flags(args), _recipe(args)
     try:
         models = resolve_backbones(args.models or (QUICK_MODELS if synthetic else DEFAULT_MODELS))
-        base = resolve(recipe, given, backbone=models[0], folds=max(1, args.folds or 1))
+        base = config_for(args, models[0])
         acc = make_accelerator(base)  # one per process, shared by every member
     except (ValueError, KeyError, OSError) as exc:
         raise Refused(_message(exc)) from exc
     say = print if acc.is_main_process else (lambda *a, **k: None)
     dataset, root = _load_data(args, acc, say)
-    if "pretrained" not in given and "pretrained" not in get_recipe(recipe).values:
+    if "pretrained" not in flags and "pretrained" not in get_recipe(recipe).values:
         base = replace(base, pretrained=_pretrained_default(base))
     if args.budget_minutes is not None:
         from zoo.budget import Fixed
 
-        fixed = Fixed(models if args.models else None, args.img_size, args.folds, args.epochs)
+        fixed = Fixed(models if args.models else None, flags.get("img_size"), args.folds, flags.get("epochs"))
         try:
             models, base, acc = budget_plan(args.budget_minutes, base, dataset, acc, say, fixed)
         except (ValueError, KeyError) as exc:
@@ -296,7 +306,7 @@ class ZooRun:
 
     def round(self, run_dir: Path, pseudo=None, record=None, label: str = "") -> bool:
         """Every member into ``run_dir``; False when interrupted (Ctrl-C)."""
-        from zoo.checkpoint import data_fingerprint
+        from zoo.checkpoint import CheckpointMismatch, data_fingerprint
 
         images = None
         runs = member_runs(self.plan.base, self.plan.models)
@@ -312,6 +322,8 @@ class ZooRun:
             except KeyboardInterrupt:
                 print(f"\ninterrupted during {name}; `--resume` continues from its last epoch", file=sys.stderr)
                 return False
+            except CheckpointMismatch as exc:  # --resume of an older bone-zoo's checkpoint: the run is refused
+                raise ResumeRefused(str(exc)) from None
             except Exception as exc:  # one failing member must not stop the zoo
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
                 print(f"[{name}] FAILED: {self.failed[name]}", file=sys.stderr, flush=True)
