@@ -180,7 +180,7 @@ def test_every_generated_train_flag_converts_to_its_fields_type():
         if "choices" in f.metadata:
             choice = f.metadata["choices"][-1]
             value = getattr(_args(flag, choice), f.name)
-            assert value == ([choice] if typing.get_origin(hints[f.name]) is list else choice), f.name
+            assert value == ([choice] if f.metadata.get("nargs") else choice), f.name
             continue
         value = getattr(_args(flag, SAMPLES[kind]), f.name)
         expected = [kind(SAMPLES[kind])] if typing.get_origin(hints[f.name]) is list else kind(SAMPLES[kind])
