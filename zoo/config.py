@@ -60,6 +60,7 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-image cache; None = ~/.cache/bone-zoo/images, "" = in memory
     cache_max_gb: float | None = None  # its bound on disk (LRU eviction); None = BONE_ZOO_CACHE_MAX_GB or 20
     quiet: bool = False
+    export: bool = True  # ONNX graphs (fp32 + int8, checked on validation) beside the finished member (zoo.onnx)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -67,4 +68,4 @@ class TrainConfig:
 
 
 # how it ran, not what was trained: not in config.json
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet")
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "export")

@@ -21,6 +21,7 @@ from zoo import leaderboard
 from zoo.atomic import write_text
 from zoo.card import member_card, run_card
 from zoo.members import (
+    GRAPH_FILES,
     MAX_SMALL_FILE_BYTES,
     MAX_WEIGHTS_BYTES,
     MEMBER_FILES,
@@ -139,7 +140,7 @@ def repo_listing(api: HfApi, repo_id: str, revision: str | None, spec: str) -> d
 
 def size_limit(path: str) -> int:
     """The most bytes a member file may have when downloaded (the bounds zoo.members reads with)."""
-    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] == WEIGHTS else MAX_SMALL_FILE_BYTES
+    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] in (WEIGHTS, *GRAPH_FILES) else MAX_SMALL_FILE_BYTES
 
 
 def check_sizes(sizes: dict[str, int], paths: list[str], spec: str) -> None:

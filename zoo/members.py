@@ -5,7 +5,8 @@ module does not import PyTorch.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
-``val_predictions.csv`` and ``curves.png``; ``python -m zoo export`` adds ``model.onnx`` / ``model.int8.onnx``.
+``val_predictions.csv``, ``curves.png`` and (unless ``--no-export``) ``model.onnx`` / ``model.int8.onnx``, which
+``python -m zoo export`` writes for older members.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
+GRAPH_FILES = ("model.onnx", "model.int8.onnx")  # exported graphs (zoo.onnx): fp32, static int8
 TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "calibration_predictions.csv",
-                  "curves.png")  # what training adds (calibration_predictions.csv with a calibration split)
+                  "curves.png", *GRAPH_FILES)  # what training adds (calibration_predictions.csv with a calibration
+# split; the graphs unless --no-export)
 HUB_PREFIX = "hf://"
 
 

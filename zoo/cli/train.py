@@ -102,6 +102,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--compile", action="store_true", help="torch.compile the model (slow first epoch; default off)")
     a("--out", default="weights", help="run folder: one sub-folder per member + leaderboard; locked while a run "
       "trains into it (a second run on it is refused, naming the first) (default %(default)s)")
+    a("--export", action=argparse.BooleanOptionalAction, default=d.export, help="write model.onnx and a static "
+      "int8 model.int8.onnx beside each finished member, the int8 one calibrated and checked on the member's own "
+      "validation images (predict.py --backend auto uses them); --no-export skips it (default: %(default)s)")
     a("--device", default=d.device, help="cuda, cuda:1, cpu, mps or auto (default %(default)s)")
     a("--workers", type=int, default=d.workers, help="DataLoader workers, -1 = auto (default %(default)s)")
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
