@@ -385,6 +385,7 @@ class Trainer:
         leaves a complete member that predicts on PyTorch, and says how to export it later."""
         from zoo.onnx import describe_export, export_member
 
+        t0 = time.perf_counter()
         try:
             record = export_member(self.out, np.asarray(self.images.array[data.val_ds.rows]), data.val_df)
         except (ImportError, RuntimeError, ValueError, OSError) as exc:
@@ -393,7 +394,7 @@ class Trainer:
                        f"predicts on PyTorch. Retry: bone-zoo export {self.out} --onnx --int8 --calibration-data DIR",
                        file=sys.stderr)
             return
-        self.log(f"exported {describe_export(record)}")
+        self.log(f"exported {describe_export(record)} in {time.perf_counter() - t0:.1f}s")
 
 
 def augmentation(cfg: TrainConfig):
