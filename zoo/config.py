@@ -94,6 +94,9 @@ class TrainConfig:
     cache_max_gb: float | None = opt(None, "bound of the decoded-image cache on disk, least recently used entries "
                                      "evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
     quiet: bool = opt(False, "no progress bars or per-epoch lines", action="store_true")
+    export: bool = opt(True, "write model.onnx and a static int8 model.int8.onnx beside each finished member, the "
+                       "int8 one calibrated and checked on the member's own validation images (zoo.onnx; predict.py "
+                       "--backend auto uses them); --no-export skips it")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -101,7 +104,7 @@ class TrainConfig:
 
 
 # how it ran, not what was trained: not in config.json
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet")
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "export")
 # what ``--budget-minutes`` chooses when the flag is not given (zoo.budget.Fixed)
 PLANNED_FIELDS = ("img_size", "folds", "epochs")
 _TYPES = {"int": int, "float": float, "float | None": float, "list[int]": int}
