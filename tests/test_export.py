@@ -158,3 +158,29 @@ def test_no_export_trains_without_graphs(synthetic_root, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "resnet10t" / "metrics.json").is_file() and not list((out / "resnet10t").glob("*.onnx"))
     assert "export" not in json.loads((out / "resnet10t" / "config.json").read_text())
+
+
+def test_a_triage_certified_on_the_torch_scores_is_not_claimed_for_a_backend_that_moved_them(run, tmp_path):
+    """The certificate holds for the scores it was fitted on (training's torch path, calibration_predictions.csv):
+    claimed on PyTorch, and on a graph only when its recorded largest validation probability change is within
+    CERTIFIED_DRIFT; OpenVINO (not measured at export) never claims it."""
+    import importlib.util
+
+    from zoo.backends import CERTIFIED_DRIFT
+
+    m = _copy(run, "resnet10t", tmp_path)
+    shutil.copy(m / "val_predictions.csv", m / "calibration_predictions.csv")  # a calibration split, as if held out
+    rec = json.loads((m / "config.json").read_text())["export"]
+    assert 0 <= rec["fp32"]["max_prob_change"] < 1 and rec["fp32"]["n_studies"] == rec["int8"]["n_studies"]
+    drifts = {"torch": 0.0, "onnx": rec["fp32"]["max_prob_change"], "onnx-int8": rec["int8"]["max_prob_change"]}
+    if importlib.util.find_spec("openvino") is not None:
+        drifts["openvino-int8"] = float("nan")
+    for backend, drift in drifts.items():
+        fit = Ensemble.from_paths([str(m)], backend=backend).fit_calibration(triage=0.1)
+        assert fit.triage.source == "calibration"  # fitted on the split either way
+        assert fit.certified == (drift <= CERTIFIED_DRIFT), (backend, drift)
+        if not fit.certified:
+            assert fit.warning.startswith(f"NO GUARANTEE: member resnet10t runs on {backend}, whose scores ")
+            assert "--backend torch" in fit.warning
+        else:
+            assert fit.warning == ""

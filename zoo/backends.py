@@ -13,6 +13,12 @@ ONNX Runtime otherwise: ``bench/speed.py`` measured OpenVINO faster on both grap
 project's CPU (bench/README.md, "OpenVINO against ONNX Runtime"). ``BONE_ZOO_GRAPH_RUNTIME=onnxruntime`` overrides
 it. Test-time augmentation runs on every backend (the graphs are run on the flipped batch too). Forced backends
 (``torch``, ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``) use that one or fail with what to do.
+
+The choice never depends on ``--triage``: ``predict.py``, ``predict.py --triage`` and the demo give a member the same
+scores. A triage certificate, though, was earned on the torch path's scores of the calibration split (training's
+``calibration_predictions.csv``); :func:`drift` says how far a backend's scores were measured from that path at
+export, and :meth:`zoo.ensemble.Ensemble.fit_calibration` claims the certificate only when every member's drift is
+at most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from zoo.members import MemberError
 
 GRAPHS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "openvino": "onnx", "openvino-int8": "onnx-int8"}  # -> graph
 BACKENDS = ("auto", "torch", *GRAPHS)
+# the largest change of a validation study's probability against the torch path (zoo.onnx.graph_check) that keeps a
+# triage certified on the torch scores: a rule, not a theorem (the guarantee holds exactly for the scores it was
+# fitted on); half a percentage point, a quarter of the triage grid's step (zoo.calibration.GRID)
+CERTIFIED_DRIFT = 0.005
 
 
 def graph_runtime() -> str:
@@ -46,9 +56,39 @@ class Choice:
     backend: str
     runner: object | None = None  # .predict(batches, tta) -> probabilities
     why: str = "asked for"
+    drift: float = 0.0  # :func:`drift` of this backend for this member (NaN: not measured)
 
     def line(self, name: str) -> str:
         return f"{name}: backend {self.backend} ({self.why})"
+
+    @property
+    def keeps_certificate(self) -> bool:
+        """Its scores are within :data:`CERTIFIED_DRIFT` of the torch ones a triage certificate was fitted on."""
+        return bool(self.drift <= CERTIFIED_DRIFT)  # NaN (not measured): no
+
+    def uncertified(self, name: str) -> str:
+        """Why a triage certified on member ``name``'s torch scores is not certified on this backend's; "" if it is."""
+        if self.keeps_certificate:
+            return ""
+        moved = ("were not measured against them at export" if self.drift != self.drift else
+                 f"moved validation probabilities by up to {self.drift:.4f} from them (more than {CERTIFIED_DRIFT})")
+        return (f"member {name} runs on {self.backend}, whose scores {moved}, and the triage was certified on the "
+                "PyTorch scores of training; predict with --backend torch for a certified triage")
+
+
+def drift(folder: Path, backend: str) -> float:
+    """How far ``backend``'s study probabilities were from the torch path's on the member's validation studies when
+    its graphs were exported (``config.json`` ``export``: ``fp32`` / ``int8`` ``max_prob_change``, ONNX Runtime):
+    0 for torch (the path itself), NaN where not measured (an export without validation images; OpenVINO, whose
+    default bf16 inference is not what the export ran)."""
+    if backend == "torch":
+        return 0.0
+    if backend.startswith("openvino"):
+        return float("nan")
+    from zoo.onnx import export_record
+
+    check = export_record(folder).get("fp32" if backend == "onnx" else "int8") or {}
+    return float(check.get("max_prob_change", float("nan")))
 
 
 def open_backend(folder: Path, backend: str) -> object:
@@ -69,7 +109,7 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
         return Choice("torch")
     if requested != "auto":
         try:
-            return Choice(requested, open_backend(folder, requested))
+            return Choice(requested, open_backend(folder, requested), drift=drift(folder, requested))
         except FileNotFoundError as exc:
             raise MemberError(str(exc)) from exc
     if cams:
@@ -90,7 +130,8 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
         except (FileNotFoundError, MemberError, ImportError) as exc:
             skipped.append(f"{graph}: {_short(exc)}")
             continue
-        return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]))
+        return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
+                      drift(folder, backend))
     return Choice("torch", why="auto: " + "; ".join(skipped))
 
 

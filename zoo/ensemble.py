@@ -176,6 +176,11 @@ class Ensemble:
             self._choices[m.name] = choose(m.folder, self.backend, self.cams)
         return self._choices[m.name]
 
+    def uncertified_backends(self) -> str:
+        """Why a triage certified on the members' torch scores (their calibration_predictions.csv) is not certified
+        on the scores these members' backends give (:meth:`zoo.backends.Choice.uncertified`); "" when it is."""
+        return "; ".join(w for m in self.members if (w := self.choice(m).uncertified(m.name)))
+
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.members]
@@ -348,8 +353,10 @@ class Ensemble:
             threshold = float(self.combine(members, calibrated=True).iloc[0])
         tri = None
         if triage is not None:  # labels at the threshold above, fixed before the calibration studies' labels count
-            tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None,
-                             decision_threshold=threshold)
+            why = self.uncertified_backends() if cal is not None else ""
+            tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage,
+                             certified=cal is not None and not why, decision_threshold=threshold,
+                             uncertified_because=why)
         return CalibrationFit(threshold, ens_cal, tri, 0 if val is None else len(val), 0 if cal is None else len(cal),
                               member_thresholds)
 

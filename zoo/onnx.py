@@ -226,7 +226,9 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
 
     ``images`` are the member's validation images, uint8 ``(n, S, S)`` at its size, and ``frame`` their rows
     (``id``, ``label``; one per image, in the same order). The first ``calibration_images`` calibrate the int8
-    ranges; all of them check the int8 graph against the member's own validation predictions (:func:`int8_check`).
+    ranges; all of them check each graph against the member's own validation predictions (:func:`graph_check`: the
+    int8 one's AUC decides whether ``auto`` uses it, and each one's largest probability change whether a triage
+    certified on the torch scores stays certified on it, :func:`zoo.backends.drift`).
     """
     from zoo.loader import load_model
 
@@ -235,40 +237,45 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
     export_onnx(model, folder / ONNX_FILES["onnx"])
     record: dict = {"weights_sha256": model.weights_sha256, "graphs": [ONNX_FILES["onnx"]]}
     images = np.asarray(images, dtype=np.uint8)
+    earlier = export_record(folder)
+    if len(images):
+        reference = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
+        record["fp32"] = graph_check(folder / ONNX_FILES["onnx"], images, frame, reference)
+    elif "fp32" in earlier:  # the same weights, checked before: the graph computes the same
+        record["fp32"] = earlier["fp32"]
     if int8 and len(images):
         n_cal = min(len(images), calibration_images)
         batches = (images[i:min(i + 8, n_cal), None] for i in range(0, n_cal, 8))
         quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
         record["graphs"].append(ONNX_FILES["onnx-int8"])
-        reference = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
         precision = (read_member_config(folder).get("training") or {}).get("mixed_precision", "unknown")
         record["int8"] = {"calibration_images": n_cal, "reference": f"val_predictions.csv (the torch path as "
                           f"validated in training, mixed precision {precision})",
-                          **int8_check(folder / ONNX_FILES["onnx-int8"], images, frame, reference)}
-    elif "int8" in (earlier := export_record(folder)):  # an int8 graph of these same weights, checked before: kept
+                          **graph_check(folder / ONNX_FILES["onnx-int8"], images, frame, reference)}
+    elif "int8" in earlier:  # an int8 graph of these same weights, checked before: kept
         record |= {"graphs": earlier["graphs"], "int8": earlier["int8"]}
     write_export_record(folder, record)
     return record
 
 
-def int8_check(int8_path: Path, images: np.ndarray, frame, reference) -> dict:
-    """The int8 graph on the validation images against the member's own validation predictions (``reference``:
-    ``id, label, prob`` per study, the torch path the member's AUC, threshold and calibration come from): the study
-    AUC of each on the studies both have (a study's score: the mean of its image probabilities), the change, the
-    largest change of a study's probability, and whether the AUC moved by at most :data:`INT8_AUC_TOLERANCE`
-    (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
+def graph_check(path: Path, images: np.ndarray, frame, reference) -> dict:
+    """A graph on the validation images against the member's own validation predictions (``reference``: ``id,
+    label, prob`` per study, the torch path the member's AUC, threshold, calibration and a triage certificate come
+    from): the study AUC of each on the studies both have (a study's score: the mean of its image probabilities),
+    the change, the largest change of a study's probability, and whether the AUC moved by at most
+    :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
     from zoo.metrics import aggregate_studies, binary_metrics
 
-    sess = session(int8_path)
+    sess = session(path)
     got = np.concatenate([run(sess, images[i:i + 8, None]) for i in range(0, len(images), 8)])
-    st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(int8=got), "int8")
+    st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
     st = st.merge(reference[["id", "prob"]], on="id")
     y = st["label"].to_numpy(dtype=float)
-    auc_ref, auc = (binary_metrics(y, st[c].to_numpy(dtype=float))["auc"] for c in ("prob", "int8"))
+    auc_ref, auc = (binary_metrics(y, st[c].to_numpy(dtype=float))["auc"] for c in ("prob", "graph"))
     change = auc - auc_ref
     return {"val_auc": round(float(auc), 6), "val_auc_torch": round(float(auc_ref), 6),
             "auc_change": round(float(change), 6),
-            "max_prob_change": round(float(np.abs(st["int8"] - st["prob"]).max()), 6) if len(st) else float("nan"),
+            "max_prob_change": round(float(np.abs(st["graph"] - st["prob"]).max()), 6) if len(st) else float("nan"),
             "n_images": len(images), "n_studies": len(st), "tolerance": INT8_AUC_TOLERANCE,
             "passed": bool(np.isfinite(change) and abs(change) <= INT8_AUC_TOLERANCE)}
 
