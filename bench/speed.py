@@ -107,8 +107,48 @@ def zoo_train(a: dict) -> dict:
     return {"images": n, "loop_s": float(log["train_s"].iloc[-1]), "rc": rc}
 
 
+def graph_accuracy(a: dict) -> dict:
+    """Study AUC on the dataset's test split of one trained member through each backend (the fp32 torch path is
+    the reference), and the largest change of a study's raw score against it."""
+    from zoo.data import load_dataset, studies
+    from zoo.ensemble import Ensemble
+    from zoo.metrics import binary_metrics
+
+    test = load_dataset(a["data"]).test
+    truth = studies(test).set_index("id")["label"]
+    out, ref = {}, None
+    for backend, precision in [("torch", "fp32"), ("torch", "auto"), ("onnx", "fp32"), ("onnx-int8", "fp32"),
+                               ("openvino", "fp32"), ("openvino-int8", "fp32")]:
+        ens = Ensemble.from_paths([a["member"]], backend=backend, precision=precision)
+        st = ens.predict_studies(test, cache_dir="", quiet=True)
+        score = st.set_index("id")["ensemble"]
+        ref = score if ref is None else ref
+        name = backend if backend != "torch" else f"torch {precision}"
+        out[name] = {"auc": binary_metrics(truth[score.index].to_numpy(), score.to_numpy())["auc"],
+                     "max_change": float((score - ref).abs().max())}
+    return {"images": len(test), "loop_s": 0.0, "accuracy": out}
+
+
 CASES = {"baseline_inference": baseline_inference, "baseline_training": baseline_training,
-         "zoo_predict": zoo_predict, "zoo_train": zoo_train}
+         "zoo_predict": zoo_predict, "zoo_train": zoo_train, "graph_accuracy": graph_accuracy}
+
+
+def compare_graph_runtimes(args, pred: list[str], n: int, out_dir: Path) -> list[dict]:
+    """ONNX Runtime against OpenVINO on the same exported graphs (fp32, int8) and predict.py's default (auto),
+    whole process, cold cache; the cases interleaved and repeated ``--repeats`` times in this one invocation, so
+    a shared machine's load falls on all of them alike. Each row: one run, with the machine's load average."""
+    cases = [("onnx", "predict.py --backend onnx (ORT fp32)"), ("openvino", "predict.py --backend openvino (OV fp32 "
+             "graph, bf16 hint)"), ("onnx-int8", "predict.py --backend onnx-int8 (ORT int8)"),
+             ("openvino-int8", "predict.py --backend openvino-int8 (OV int8)"), ("auto", "predict.py (defaults: auto)")]
+    rows = []
+    for r in range(args.repeats):
+        for backend, name in cases:
+            res = child("zoo_predict", {"argv": [*pred, "--cache-dir", "", "--backend", backend], "n": n}, out_dir)
+            rows.append({"case": name, "group": "graphs", "round": r, **res, "images_per_s": res["images"] /
+                         res["wall_s"], "load_1min": os.getloadavg()[0]})
+            print(f"round {r} {name}: {rows[-1]['images_per_s']:.2f} img/s (load {rows[-1]['load_1min']:.1f})",
+                  flush=True)
+    return rows
 
 
 def child(kind: str, args: dict, log_dir: Path) -> dict:
@@ -168,8 +208,13 @@ def main() -> int:
     p.add_argument("--train-images", type=int, default=128, help="images in the training epoch (default %(default)s)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--backbone", default="regnet_x_800mf")
-    p.add_argument("--cases", nargs="+", default=["inference", "training", "onnx"],
-                   help="which groups to run: inference, training, onnx (default: all)")
+    p.add_argument("--cases", nargs="+", default=["inference", "training", "onnx", "graphs", "accuracy"],
+                   help="which groups to run: inference, training, onnx, graphs (ONNX Runtime against OpenVINO, "
+                   "interleaved), accuracy (study AUC of --accuracy-member per backend) (default: all)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of the interleaved graph runtime comparison "
+                   "(default %(default)s)")
+    p.add_argument("--accuracy-member", default=None, metavar="DIR", help="a member trained on --data (exported "
+                   "by training) for the accuracy group; default: train resnet10t at 128 px for 2 epochs into OUT")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "speed"))
     p.add_argument("--_case", help=argparse.SUPPRESS)
     p.add_argument("--_args", help=argparse.SUPPRESS)
@@ -217,6 +262,26 @@ def main() -> int:
                {"argv": [*pred, "--cache-dir", "", "--backend", "onnx"], "n": len(test)})
         record("predict.py --backend onnx-int8, cold", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", "", "--backend", "onnx-int8"], "n": len(test)})
+    if "graphs" in args.cases:
+        subprocess.run([sys.executable, "-m", "zoo", "export", member, "--onnx", "--int8", "--calibration-data",
+                        str(data)], cwd=ROOT, check=True, capture_output=True)
+        graph_rows = compare_graph_runtimes(args, pred, len(test), out_dir)
+        g = pd.DataFrame(graph_rows)
+        base = g[g["case"].str.contains("ORT fp32")].set_index("round")["images_per_s"]
+        g["x_ort_fp32_same_round"] = g["images_per_s"] / g["round"].map(base)
+        g.to_csv(out_dir / "graphs.csv", index=False)
+        print(g.groupby("case", sort=False)[["images_per_s", "x_ort_fp32_same_round", "load_1min"]].median()
+              .to_markdown(floatfmt=".2f"))
+    if "accuracy" in args.cases:
+        acc_member = args.accuracy_member or str(out_dir / "trained" / "resnet10t")
+        if not args.accuracy_member:
+            subprocess.run([sys.executable, "train_all.py", "--data", args.data, "--models", "resnet10t", "--epochs",
+                            "2", "--img-size", "128", "--lr", "1e-3", "--out", str(out_dir / "trained"), "--quiet"],
+                           cwd=ROOT, check=True, capture_output=True)
+        res = child("graph_accuracy", {"member": acc_member, "data": args.data}, out_dir)
+        cfg = json.loads((Path(acc_member) / "config.json").read_text())
+        print(f"int8 check at export: {cfg.get('export', {}).get('int8')}")
+        print(pd.DataFrame(res["accuracy"]).T.to_markdown(floatfmt=".4f"))
     if "training" in args.cases:
         labels = [label_of[Path(p).name.rsplit("_", 1)[0]] for p in train]
         record("original loop (batch 32, fp32, decode every epoch)", "training", "baseline_training",
@@ -229,6 +294,8 @@ def main() -> int:
         record("train_all.py --mixed-precision no", "training", "zoo_train",
                {"argv": [*base, "--mixed-precision", "no"], "out": out, "backbone": args.backbone})
     df = pd.DataFrame(rows)
+    if df.empty:
+        return 0
     for group in df["group"].unique():
         g = df["group"] == group
         base_row = df[g].iloc[0]

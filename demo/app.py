@@ -52,6 +52,7 @@ class MemberPool:
 
     folders: dict[str, Path]
     precision: str = "auto"  # inference precision of the members (zoo.inference.resolve_precision)
+    backend: str = "auto"  # each member's scores: predict.py's default choice (zoo.backends); CAMs always PyTorch
     max_ensembles: int = MAX_ENSEMBLES
     annotations: str | Path | None = None  # a COCO json: its boxes are drawn over the CAMs of the images it names
     _loaded: dict[str, Member] = field(default_factory=dict)
@@ -138,7 +139,8 @@ class MemberPool:
         if key in self._ensembles:
             self._ensembles.move_to_end(key)
         else:
-            self._ensembles[key] = Ensemble([self.member(m) for m in names], combiner, precision=self.precision)
+            self._ensembles[key] = Ensemble([self.member(m) for m in names], combiner, precision=self.precision,
+                                            backend=self.backend)
             while len(self._ensembles) > self.max_ensembles:
                 self._ensembles.popitem(last=False)
         return self._ensembles[key]

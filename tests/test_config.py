@@ -65,11 +65,13 @@ def _args(*argv: str):
 
 
 def test_train_flags_parse_as_the_hand_written_parser_did():
-    assert vars(_args()) == {**OLD_DEFAULTS, **NEW_DEFAULTS}
+    # issue 21 added one flag, --export/--no-export (default on; its hand-written form on the old parser, branch ov)
+    assert vars(_args()) == {**OLD_DEFAULTS, **NEW_DEFAULTS, "export": True}
     # the one deliberate change: one precision vocabulary, so Accelerate's "no" is read as its alias fp32
-    assert vars(_args(*ARGV)) == {**OLD_ARGV, **NEW_DEFAULTS, "mixed_precision": "fp32"}
+    assert vars(_args(*ARGV)) == {**OLD_ARGV, **NEW_DEFAULTS, "mixed_precision": "fp32", "export": True}
+    assert _args("--no-export").export is False
     boxes = vars(_args("--boxes", "b.coco.json", "--box-weight", "0.5", "--box-warmup", "2"))
-    assert boxes == {**OLD_DEFAULTS, "boxes": "b.coco.json", "box_weight": 0.5, "box_warmup": 2.0}
+    assert boxes == {**OLD_DEFAULTS, "boxes": "b.coco.json", "box_weight": 0.5, "box_warmup": 2.0, "export": True}
 
 
 def test_every_recipe_value_is_a_flag_that_defaults_to_unset():

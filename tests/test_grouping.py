@@ -124,7 +124,7 @@ def test_a_member_records_its_grouping_and_validates_unseen_patients(tmp_path):
 
     ds = load_dataset(_mura(tmp_path))
     cfg = TrainConfig(backbone="resnet10t", img_size=32, batch_size=16, lr=1e-3, head_hidden=[8], epochs=1,
-                      cache_dir="", quiet=True, seed=2)
+                      cache_dir="", quiet=True, seed=2, export=False)
     trainer = Trainer(cfg, ds, tmp_path / "member")
     trainer.fit()
     assert json.loads((tmp_path / "member" / "config.json").read_text())["training"]["grouping"] == "patient"

@@ -67,7 +67,7 @@ def test_load_refuses_weights_that_do_not_match_the_config(tmp_path):
 
 def _tiny_cfg(**kw):
     return TrainConfig(**{"backbone": "resnet10t", "img_size": 32, "batch_size": 16, "lr": 1e-3, "head_hidden": [32],
-                          "cache_dir": "", "quiet": True, "seed": 1, **kw})
+                          "cache_dir": "", "quiet": True, "seed": 1, "export": False, **kw})
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_semi_supervised_run_uses_the_unlabelled_studies(tmp_path, synthetic_roo
     out = tmp_path / "w"
     proc = run_script("train_all.py", "--data", synthetic_root, "--models", "resnet10t", "--epochs", "2",
                       "--img-size", RUN_SIZE, "--lr", "1e-3", "--out", out, "--semi-supervised",
-                      "--pseudo-confidence", "0.7", "--quiet", cwd=tmp_path)
+                      "--pseudo-confidence", "0.7", "--no-export", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((out / "round1" / "resnet10t" / "config.json").read_text())["training"]
     second = json.loads((out / "resnet10t" / "config.json").read_text())["training"]

@@ -119,7 +119,7 @@ def test_auto_combiner_chooses_on_validation_and_keeps_mean_without_it():
 def fold_run(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("folds") / "weights"
     p = run_script("train_all.py", "--data", synthetic_root, "--models", "resnet10t", "--folds", "3", "--epochs", "1",
-                   "--img-size", "64", "--recipe", "modern", "--no-pretrained", "--out", out, "--quiet",
+                   "--img-size", "64", "--recipe", "modern", "--no-pretrained", "--no-export", "--out", out, "--quiet",
                    cwd=out.parent)
     assert p.returncode == 0, p.stderr[-3000:]
     return out
@@ -200,7 +200,8 @@ def test_budget_measure_is_positive_and_finite():
 
 def test_train_all_budget_says_what_it_chose(tmp_path, synthetic_root):
     p = run_script("train_all.py", "--data", synthetic_root, "--budget-minutes", "0.5", "--models", "resnet10t",
-                   "--img-size", "64", "--no-pretrained", "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
+                   "--img-size", "64", "--no-pretrained", "--no-export", "--out", tmp_path / "w", "--quiet",
+                   cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "budget: budget 0 min" not in p.stdout and "budget:" in p.stdout and "resnet10t" in p.stdout
     assert finished_members(tmp_path / "w")

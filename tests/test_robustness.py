@@ -132,7 +132,8 @@ def test_train_all_with_every_bad_image(bad_images, trained_run, tmp_path):
         labels.loc[len(labels)] = [f"HAND_{p.stem.split('_')[1]}", i % 2]
     labels.to_csv(root / "train.csv", index=False)
     p = run_script("train_all.py", "--data", root, "--models", "resnet10t", "--epochs", "1", "--img-size", "32",
-                   "--recipe", "seed", "--no-pretrained", "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
+                   "--recipe", "seed", "--no-pretrained", "--no-export", "--out", tmp_path / "w", "--quiet",
+                   cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     for case, path in bad_images.items():
@@ -276,7 +277,8 @@ def test_train_all_with_every_tolerated_folder_case_at_once(mini, tmp_path):
     for case in tolerated:
         FOLDER_CASES[case][0](mini)
     p = run_script("train_all.py", "--data", mini, "--models", "resnet10t", "--epochs", "1", "--img-size", "32",
-                   "--recipe", "seed", "--no-pretrained", "--out", tmp_path / "w", "--quiet", cwd=tmp_path)
+                   "--recipe", "seed", "--no-pretrained", "--no-export", "--out", tmp_path / "w", "--quiet",
+                   cwd=tmp_path)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert (tmp_path / "w" / "resnet10t" / "metrics.json").is_file()
     for case in tolerated:

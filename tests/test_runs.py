@@ -18,7 +18,8 @@ from conftest import ROOT, TINY, run_script
 
 from zoo.runlock import HOLDER_NAME, RunLocked, run_lock
 
-TINY_ARGS = ["--models", "resnet10t", "--img-size", "48", "--lr", "1e-3", "--head-hidden", "32", "--quiet"]
+TINY_ARGS = ["--models", "resnet10t", "--img-size", "48", "--lr", "1e-3", "--head-hidden", "32", "--quiet",
+             "--no-export"]  # no ONNX graphs: these runs test training, not the exported graphs (tests/test_export.py)
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ from zoo.runtime import native_bf16, resolve_precision
 from zoo.train import TrainConfig, make_accelerator
 
 pytestmark = pytest.mark.slow
-TINY_ARGS = ["--models", "resnet10t", "--img-size", "48", "--lr", "1e-3", "--head-hidden", "32", "--quiet"]
+TINY_ARGS = ["--models", "resnet10t", "--img-size", "48", "--lr", "1e-3", "--head-hidden", "32", "--quiet",
+             "--no-export"]  # no ONNX graphs: these runs test training, not the exported graphs (tests/test_export.py)
 
 
 def _one_process_val_auc(member, data_root, seed=0, precision="auto"):

@@ -147,8 +147,8 @@ def calibrated_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("calrun") / "weights"
     p = run_script("train_all.py", "--data", root, "--models", "resnet10t", "--epochs", "2", "--recipe", "seed",
                    "--img-size", "64", "--lr", "2e-3", "--scheduler", "cosine", "--warmup-epochs", "0.1",
-                   "--rotation", "0", "--translate", "0", "--calibration-fraction", "0.25", "--out", out, "--quiet",
-                   cwd=out.parent, env={"OMP_NUM_THREADS": "1"})  # see _one_thread
+                   "--rotation", "0", "--translate", "0", "--calibration-fraction", "0.25", "--no-export", "--out", out,
+                   "--quiet", cwd=out.parent, env={"OMP_NUM_THREADS": "1"})  # see _one_thread
     assert p.returncode == 0, p.stderr[-3000:]
     return {"out": out, "data": root}
 

@@ -208,10 +208,13 @@ class Triage:
     # False: fitted on studies that chose the model (validation): the same arithmetic, but no guarantee
     certified: bool = False
     decision_threshold: float = 0.5  # the ensemble's threshold: a study's label is is_abnormal(p, this)
+    # fitted on a calibration split but not certified for the scores it is applied to (another backend's than the
+    # torch ones it was fitted on, zoo.backends.Choice.uncertified): why, for the warning
+    uncertified_because: str = ""
 
     @classmethod
     def fit(cls, y: np.ndarray, p: np.ndarray, alpha: float, delta: float = 0.1, certified: bool = False,
-            decision_threshold: float = 0.5) -> Triage:
+            decision_threshold: float = 0.5, uncertified_because: str = "") -> Triage:
         """Learn-then-Test on calibration studies: each threshold of a fixed grid is tested for "error among decided
         <= alpha" (exact binomial test of H0: error > alpha, an error being a label ``is_abnormal(p,
         decision_threshold)`` that is not the study's), Bonferroni-corrected at level ``delta``; the lowest threshold
@@ -220,7 +223,8 @@ class Triage:
         must be fixed before these studies are seen (fitted on others, or given).
 
         The guarantee needs ``y, p`` from studies that played no part in building ``p``; only then say
-        ``certified=True`` (the default, False, never claims a guarantee)."""
+        ``certified=True`` (the default, False, never claims a guarantee); ``uncertified_because`` says why studies
+        that did not build ``p`` still give none (the scores it is applied to are another backend's)."""
         if not 0 < alpha < 1:
             raise ValueError(f"the triage error rate must be in (0, 1), not {alpha}")
         y, p = np.asarray(y, float), np.asarray(p, float)
@@ -243,14 +247,16 @@ class Triage:
                 closest = (pval, float(lam), n, errors / n)
         return cls(alpha=float(alpha), threshold=threshold, delta=float(delta), n=int(len(y)),
                    val_threshold=closest[1], val_decided=closest[2], val_error=closest[3], certified=bool(certified),
-                   decision_threshold=float(decision_threshold))
+                   decision_threshold=float(decision_threshold), uncertified_because=uncertified_because)
 
     @property
     def source(self) -> str:
-        return "calibration" if self.certified else "validation"
+        return "calibration" if self.certified or self.uncertified_because else "validation"
 
     def warning(self) -> str:
         """One line for output and reports when the triage is not certified; empty when it is."""
+        if self.uncertified_because and not self.certified:
+            return f"NO GUARANTEE: {self.uncertified_because}"
         return "" if self.certified else (
             f"NO GUARANTEE: the triage threshold was fitted on the {self.n} validation studies that also chose the "
             "model (best epoch, thresholds, calibration, combiner), so 'error among decided <= "

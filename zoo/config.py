@@ -110,6 +110,9 @@ class TrainConfig:
                                      metavar="TRACKER")
     project_dir: str | None = opt(None, "with --log-with: where TensorBoard and the local MLflow store write "
                                   "(MLFLOW_TRACKING_URI, when set, is used instead) (default ./runs)", metavar="DIR")
+    export: bool = opt(True, "write model.onnx and a static int8 model.int8.onnx beside each finished member, the "
+                       "int8 one calibrated and checked on the member's own validation images (zoo.onnx; predict.py "
+                       "--backend auto uses them); --no-export skips it")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -117,7 +120,7 @@ class TrainConfig:
 
 
 # how it ran, not what was trained: not in config.json
-RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "log_with", "project_dir")
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "cache_max_gb", "quiet", "log_with", "project_dir", "export")
 # what ``--budget-minutes`` chooses when the flag is not given (zoo.budget.Fixed)
 PLANNED_FIELDS = ("img_size", "folds", "epochs")
 

@@ -1,6 +1,7 @@
 """Ensembles of zoo members: load them from folders, run folders, wildcards or Hub ids; predict images and studies.
 
-PyTorch is imported only by the torch backend, so ``--backend onnx`` / ``onnx-int8`` runs on ONNX Runtime alone.
+PyTorch is imported only by the torch backend, so a member on its exported graphs (``--backend auto`` where they
+are fresh, ``onnx``, ``onnx-int8``, ``openvino``) runs without it; :mod:`zoo.backends` chooses per member.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoo.backends import BACKENDS, Choice, choose
 from zoo.combiners import create_combiner
 from zoo.data import ImageArray, load_images
 from zoo.loader import Member
 from zoo.members import MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies, best_threshold
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 __all__ = ["BACKENDS", "Ensemble", "Member", "MemberError", "MemberSource", "resolve_member_dirs"]
 
 
@@ -135,7 +136,8 @@ class Calibrated(CalibrationFit):
 class Ensemble:
     """Members that vote on each study. Each member keeps its own preprocessing (image size, normalisation)."""
 
-    def __init__(self, members: list[Member], method: str = "mean", precision: str = "auto", backend: str = "torch"):
+    def __init__(self, members: list[Member], method: str = "mean", precision: str = "auto", backend: str = "torch",
+                 cams: bool = False):
         if not members:
             raise MemberError("an ensemble needs at least one member")
         self.members = members
@@ -148,36 +150,36 @@ class Ensemble:
         self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-        self.backend = backend
-        self._onnx: dict[str, object] = {}  # member name -> zoo.onnx.OnnxMember, loaded on first use
+        self.backend = backend  # asked for; per member, self.choice(m) says what runs (zoo.backends)
+        self.cams = cams  # CAMs will be asked for: auto keeps those members on PyTorch
+        self._choices: dict[str, Choice] = {}  # member name -> its backend, chosen on first use
 
     @classmethod
     def from_paths(cls, specs: Iterable[str], method: str = "mean", *, device: str = "cpu", precision: str = "auto",
-                   backend: str = "torch", source: MemberSource | None = None) -> Ensemble:
+                   backend: str = "torch", source: MemberSource | None = None, cams: bool = False) -> Ensemble:
         """Members named by ``specs`` (folders, run folders, wildcards, ``hf://`` ids; resolved as ``source`` says),
-        checked now: a member whose weights do not match its config, or (``backend`` onnx) that has no exported
-        graph, fails here with what to do."""
+        checked now: a member whose weights do not match its config, or whose forced graph backend is missing or
+        stale, fails here with what to do. Each member's backend is :func:`zoo.backends.choose`'s (``cams``: CAMs
+        will be asked for, so ``auto`` keeps members on PyTorch)."""
         source = source or MemberSource()
         folders = resolve_member_dirs(specs, source.weights_dir, source.revision, source.cache_dir)
         members = [Member(name, folder, device=device) for name, folder in zip(unique_names(folders), folders)]
-        if backend == "torch":  # fail now on a member whose weights do not match its config
-            for m in members:
+        ens = cls(members, method, precision, backend, cams)
+        for m in members:  # fail now: a forced graph missing or stale (with the export command), or torch weights
+            if ens.choice(m).runner is None:  # that do not match their config
                 m.model  # noqa: B018
-        ens = cls(members, method, precision, backend)
-        if backend != "torch":  # fail now, with the export command, if a member has no exported graph
-            for m in members:
-                ens._onnx_member(m)
         return ens
 
-    def _onnx_member(self, m: Member):
-        from zoo.onnx import OnnxMember
+    def choice(self, m: Member) -> Choice:
+        """The backend member ``m`` runs on (:func:`zoo.backends.choose`), chosen once."""
+        if m.name not in self._choices:
+            self._choices[m.name] = choose(m.folder, self.backend, self.cams)
+        return self._choices[m.name]
 
-        if m.name not in self._onnx:
-            try:
-                self._onnx[m.name] = OnnxMember(m.folder, self.backend)
-            except FileNotFoundError as exc:
-                raise MemberError(str(exc)) from exc
-        return self._onnx[m.name]
+    def uncertified_backends(self) -> str:
+        """Why a triage certified on the members' torch scores (their calibration_predictions.csv) is not certified
+        on the scores these members' backends give (:meth:`zoo.backends.Choice.uncertified`); "" when it is."""
+        return "; ".join(w for m in self.members if (w := self.choice(m).uncertified(m.name)))
 
     @property
     def names(self) -> list[str]:
@@ -351,8 +353,10 @@ class Ensemble:
             threshold = float(self.combine(members, calibrated=True).iloc[0])
         tri = None
         if triage is not None:  # labels at the threshold above, fixed before the calibration studies' labels count
-            tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage, certified=cal is not None,
-                             decision_threshold=threshold)
+            why = self.uncertified_backends() if cal is not None else ""
+            tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage,
+                             certified=cal is not None and not why, decision_threshold=threshold,
+                             uncertified_because=why)
         return CalibrationFit(threshold, ens_cal, tri, 0 if val is None else len(val), 0 if cal is None else len(cal),
                               member_thresholds)
 
@@ -380,8 +384,9 @@ class Ensemble:
                 if m.img_size != size:
                     continue
                 probs = np.full(len(out), np.nan)
-                probs[rows] = (self._torch_probs(m, arr, rows, batch_size, tta, workers, quiet)
-                               if self.backend == "torch" else self._onnx_probs(m, arr, rows, batch_size, tta))
+                runner = self.choice(m).runner
+                probs[rows] = (self._torch_probs(m, arr, rows, batch_size, tta, workers, quiet) if runner is None
+                               else self._graph_probs(runner, arr, rows, batch_size, tta))
                 out[m.name] = probs
         return out, errors
 
@@ -396,10 +401,10 @@ class Ensemble:
                             num_workers=auto_workers(workers, device), pin_memory=device.type == "cuda")
         return predict_array(m.model, loader, device, self.precision, tta=tta, quiet=quiet, desc=m.name)
 
-    def _onnx_probs(self, m: Member, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
+    def _graph_probs(self, runner, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
         bs = batch_size if batch_size > 0 else 4  # what zoo.inference.auto_batch_size picks on CPU
         batches = (np.asarray(arr.array[rows[i:i + bs]])[:, None] for i in range(0, len(rows), bs))
-        return self._onnx_member(m).predict(batches, tta=tta)
+        return runner.predict(batches, tta=tta)
 
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
         """One row per study: ``id, part, label``, each member's study probability (``aggregate`` of its readable

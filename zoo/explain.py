@@ -1,5 +1,7 @@
 """Explain one study: each member's probability per image and for the study, a CAM per member and image, and the
-fused ensemble map. One batched CAM pass per member gives both the probabilities and the maps.
+fused ensemble map. One batched CAM pass per member gives the maps, and its probabilities where the member runs on
+PyTorch; a member the ensemble runs on an exported graph (:func:`zoo.backends.choose`) is scored by that graph, so
+the probabilities are the ones predict.py gives with the same backend.
 
 The demo and ``predict.py --cam-dir`` both call :func:`explain_study`.
 """
@@ -48,7 +50,9 @@ def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[i
         if not readable:
             break
         batch = np.asarray(arrays[m.img_size].array[readable])
-        cams[m.name], image_probs[m.name] = compute_cams(m.model, batch, method, ens.precision)
+        cams[m.name], probs = compute_cams(m.model, batch, method, ens.precision)
+        runner = ens.choice(m).runner  # the member's backend (zoo.backends): its scores are predict.py's
+        image_probs[m.name] = probs if runner is None else runner.predict([batch[:, None]])
     show = max(arrays)
     bases = np.asarray(arrays[show].array[readable]) if readable else np.zeros((0, show, show), np.uint8)
     member_probs = image_probs[ens.names].mean(axis=0) if readable else pd.Series(np.nan, index=ens.names)

@@ -7,7 +7,8 @@ nothing here imports PyTorch or ``zoo.model``.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
-``val_predictions.csv`` and ``curves.png``; ``python -m zoo export`` adds ``model.onnx`` / ``model.int8.onnx``.
+``val_predictions.csv``, ``curves.png`` and (unless ``--no-export``) ``model.onnx`` / ``model.int8.onnx``, which
+``python -m zoo export`` writes for older members.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
+GRAPH_FILES = ("model.onnx", "model.int8.onnx")  # exported graphs (zoo.onnx): fp32, static int8
+# what training adds (calibration_predictions.csv with a calibration split; the graphs unless --no-export)
 TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "calibration_predictions.csv",
-                  "curves.png")  # what training adds (calibration_predictions.csv with a calibration split)
+                  "curves.png", *GRAPH_FILES)
 HUB_PREFIX = "hf://"
 
 
@@ -432,7 +435,7 @@ def repo_listing(api, repo_id: str, revision: str | None, spec: str) -> dict[str
 
 def size_limit(path: str) -> int:
     """The most bytes a member file may have when downloaded (the bounds :func:`read_verified` reads with)."""
-    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] == WEIGHTS else MAX_SMALL_FILE_BYTES
+    return MAX_WEIGHTS_BYTES if path.rsplit("/", 1)[-1] in (WEIGHTS, *GRAPH_FILES) else MAX_SMALL_FILE_BYTES
 
 
 def check_sizes(sizes: dict[str, int], paths: list[str], spec: str) -> None:

@@ -8,22 +8,34 @@ quantisation (QDQ, per-channel weights) calibrated on images the caller gives (v
 Each graph records, in its ONNX metadata (``bone_zoo.weights_sha256``), the SHA-256 of the model.safetensors it was
 exported from; :class:`OnnxMember` refuses a graph whose record is not the member's current weights (a member
 retrained into the same folder keeps its old graph until it is exported again) or that has none.
+
+Training exports every finished member by default (:func:`export_member`; ``--no-export`` skips it): both graphs, the
+int8 one calibrated on the member's own validation images, and an accuracy check of the int8 graph against the
+fp32 torch path on those images, stored in config.json (``export``) and the card. An int8 graph that moves the
+validation AUC by more than :data:`INT8_AUC_TOLERANCE` stays on disk but is not used by ``--backend auto``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from zoo.atomic import atomic_path
-from zoo.members import WEIGHTS, WEIGHTS_HASH, MemberError, file_sha256, read_member_config
+from zoo.atomic import atomic_path, write_text
+from zoo.members import GRAPH_FILES, WEIGHTS, WEIGHTS_HASH, MemberError, file_sha256, read_member_config
 
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+ONNX_FILES = dict(zip(("onnx", "onnx-int8"), GRAPH_FILES))  # backend -> graph file
 SOURCE_KEY = "bone_zoo.weights_sha256"  # ONNX metadata_props: the SHA-256 of the weights a graph was exported from
+EXPORT_KEY = "export"  # config.json: the graphs' source weights and the int8 accuracy check (export_member)
+INT8_AUC_TOLERANCE = 0.005  # an int8 graph that moves the validation study AUC by more is not used by default
+CALIBRATION_IMAGES = 64  # validation images that calibrate the int8 ranges (all of them are used for the check)
 
 
 def _record_source(path: Path, weights_sha256: str) -> None:
@@ -92,7 +104,8 @@ def export_onnx(model, path: str | Path, check_atol: float = 1e-4, weights_sha25
     model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
     wrapper = _probability(model)
     s = model.img_size
-    example = torch.randint(0, 256, (2, 1, s, s), dtype=torch.uint8)
+    # one input shape for tracing and the reference: each new shape costs PyTorch (oneDNN) its kernels again
+    example = torch.randint(0, 256, (3, 1, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.onnx.export(wrapper, (example,), str(tmp), input_names=["image"], output_names=["probability"],
@@ -100,11 +113,11 @@ def export_onnx(model, path: str | Path, check_atol: float = 1e-4, weights_sha25
                           dynamo=False)
         _record_source(tmp, source)
         sess = session(tmp)
+        with torch.inference_mode():
+            reference = wrapper(example).numpy()
         for n in (1, 3):  # the batch axis really is dynamic, and the graph computes what PyTorch does
-            x = torch.randint(0, 256, (n, 1, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
-            with torch.inference_mode():
-                ref = wrapper(x).numpy()
-            got = run(sess, x.numpy())
+            ref = reference[:n]
+            got = run(sess, example[:n].numpy())
             if got.shape != (n,) or not np.allclose(got, ref, atol=check_atol):
                 raise RuntimeError(f"{path}: ONNX output differs from PyTorch at batch {n} "
                                    f"(max |diff| {np.abs(got - ref).max():.2e})")
@@ -125,10 +138,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iter
             batch = next(self.it, None)
             return None if batch is None else {"image": np.ascontiguousarray(batch, dtype=np.uint8)}
 
-    import onnx
-
-    props = onnx.load(str(fp32_path), load_external_data=False).metadata_props
-    source = next((p.value for p in props if p.key == SOURCE_KEY), None)
+    source = file_source(fp32_path)
     if not source:
         raise MemberError(f"{fp32_path}: records no source weights; export it again with `bone-zoo export "
                           f"{Path(fp32_path).parent} --onnx` before quantising it")
@@ -136,10 +146,57 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iter
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         pre = Path(work) / "pre.onnx"  # shape-inferred, optimised graph: what quantize_static wants as input
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        with _quiet_root_logger():  # per-channel axis notes on the head's 1-d BatchNorm weights (quantised per tensor)
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         _record_source(tmp, source)
     return out_path
+
+
+def graph_path(folder: str | Path, backend: str) -> Path:
+    """The graph file of ``backend`` (``onnx`` or ``onnx-int8``) in a member folder; FileNotFoundError with the export
+    command when it is not there."""
+    path = Path(folder) / ONNX_FILES[backend]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: export it with "
+                                f"`python -m zoo export {folder} --onnx{_flag(backend)}`")
+    return path
+
+
+def _flag(backend: str) -> str:
+    return " --int8 --calibration-data DIR" if backend == "onnx-int8" else ""
+
+
+def check_source(path: Path, source: str | None, folder: str | Path, backend: str) -> None:
+    """Refuse (:class:`MemberError`, with the export command) a graph whose recorded source weights ``source`` are
+    not the member's current ones."""
+    current = current_weights_sha256(folder)
+    if source != current:
+        why = ("records no source weights (exported before graphs recorded them)" if not source else
+               f"was exported from other weights (sha256 {source[:12]}...) than the member's model.safetensors "
+               f"now ({current[:12]}...; retrained into the same folder?)")
+        raise MemberError(f"{path} {why}: it would run an old network with the new calibration and threshold. "
+                          f"Export it again: `bone-zoo export {folder} --onnx{_flag(backend)}`")
+
+
+def file_source(path: str | Path) -> str | None:
+    """The recorded source weights of a graph file, read from its metadata without building a session."""
+    import onnx
+
+    props = onnx.load(str(path), load_external_data=False).metadata_props
+    return next((p.value for p in props if p.key == SOURCE_KEY), None)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantiser logs through the root logger; its warnings are kept out of a training run's output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class OnnxMember:
@@ -147,18 +204,9 @@ class OnnxMember:
     exported from other weights than the member's current ones (or recording none) is a :class:`MemberError`."""
 
     def __init__(self, folder: str | Path, backend: str = "onnx"):
-        path = Path(folder) / ONNX_FILES[backend]
-        flag = " --int8 --calibration-data DIR" if backend == "onnx-int8" else ""
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: export it with `python -m zoo export {folder} --onnx{flag}`")
+        path = graph_path(folder, backend)
         self.session = session(path)
-        source, current = recorded_source(self.session), current_weights_sha256(folder)
-        if source != current:
-            why = ("records no source weights (exported before graphs recorded them)" if not source else
-                   f"was exported from other weights (sha256 {source[:12]}...) than the member's model.safetensors "
-                   f"now ({current[:12]}...; retrained into the same folder?)")
-            raise MemberError(f"{path} {why}: it would run an old network with the new calibration and threshold. "
-                              f"Export it again: `bone-zoo export {folder} --onnx{flag}`")
+        check_source(path, recorded_source(self.session), folder, backend)
 
     def predict(self, batches: Iterable[np.ndarray], tta: bool = False) -> np.ndarray:
         out = []
@@ -168,3 +216,96 @@ class OnnxMember:
                 p = (p + run(self.session, b[..., ::-1])) / 2
             out.append(p)
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+# -- export of a finished member (training's default, and `bone-zoo export`) ----------------------------------------
+def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = True,
+                  calibration_images: int = CALIBRATION_IMAGES) -> dict:
+    """Write ``model.onnx`` and (``int8``) ``model.int8.onnx`` for the member in ``folder``, through the one verified
+    load, and record in its config.json and card what they came from and how the int8 graph did: returns that record.
+
+    ``images`` are the member's validation images, uint8 ``(n, S, S)`` at its size, and ``frame`` their rows
+    (``id``, ``label``; one per image, in the same order). The first ``calibration_images`` calibrate the int8
+    ranges; all of them check each graph against the member's own validation predictions (:func:`graph_check`: the
+    int8 one's AUC decides whether ``auto`` uses it, and each one's largest probability change whether a triage
+    certified on the torch scores stays certified on it, :func:`zoo.backends.drift`).
+    """
+    from zoo.loader import load_model
+
+    folder = Path(folder)
+    model = load_model(folder)  # the weights config.json names, whatever the caller holds in memory
+    export_onnx(model, folder / ONNX_FILES["onnx"])
+    record: dict = {"weights_sha256": model.weights_sha256, "graphs": [ONNX_FILES["onnx"]]}
+    images = np.asarray(images, dtype=np.uint8)
+    earlier = export_record(folder)
+    if len(images):
+        reference = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
+        record["fp32"] = graph_check(folder / ONNX_FILES["onnx"], images, frame, reference)
+    elif "fp32" in earlier:  # the same weights, checked before: the graph computes the same
+        record["fp32"] = earlier["fp32"]
+    if int8 and len(images):
+        n_cal = min(len(images), calibration_images)
+        batches = (images[i:min(i + 8, n_cal), None] for i in range(0, n_cal, 8))
+        quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
+        record["graphs"].append(ONNX_FILES["onnx-int8"])
+        precision = (read_member_config(folder).get("training") or {}).get("mixed_precision", "unknown")
+        record["int8"] = {"calibration_images": n_cal, "reference": f"val_predictions.csv (the torch path as "
+                          f"validated in training, mixed precision {precision})",
+                          **graph_check(folder / ONNX_FILES["onnx-int8"], images, frame, reference)}
+    elif "int8" in earlier:  # an int8 graph of these same weights, checked before: kept
+        record |= {"graphs": earlier["graphs"], "int8": earlier["int8"]}
+    write_export_record(folder, record)
+    return record
+
+
+def graph_check(path: Path, images: np.ndarray, frame, reference) -> dict:
+    """A graph on the validation images against the member's own validation predictions (``reference``: ``id,
+    label, prob`` per study, the torch path the member's AUC, threshold, calibration and a triage certificate come
+    from): the study AUC of each on the studies both have (a study's score: the mean of its image probabilities),
+    the change, the largest change of a study's probability, and whether the AUC moved by at most
+    :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
+    from zoo.metrics import aggregate_studies, binary_metrics
+
+    sess = session(path)
+    got = np.concatenate([run(sess, images[i:i + 8, None]) for i in range(0, len(images), 8)])
+    st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
+    st = st.merge(reference[["id", "prob"]], on="id")
+    y = st["label"].to_numpy(dtype=float)
+    auc_ref, auc = (binary_metrics(y, st[c].to_numpy(dtype=float))["auc"] for c in ("prob", "graph"))
+    change = auc - auc_ref
+    return {"val_auc": round(float(auc), 6), "val_auc_torch": round(float(auc_ref), 6),
+            "auc_change": round(float(change), 6),
+            "max_prob_change": round(float(np.abs(st["graph"] - st["prob"]).max()), 6) if len(st) else float("nan"),
+            "n_images": len(images), "n_studies": len(st), "tolerance": INT8_AUC_TOLERANCE,
+            "passed": bool(np.isfinite(change) and abs(change) <= INT8_AUC_TOLERANCE)}
+
+
+def write_export_record(folder: Path, record: dict) -> None:
+    """config.json's ``export`` entry and the card rendered from it (the weights and their hash are untouched)."""
+    from zoo.card import member_card
+
+    cfg = read_member_config(folder)
+    cfg[EXPORT_KEY] = record
+    write_text(folder / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+    write_text(folder / "README.md", str(member_card(cfg)))
+
+
+def export_record(folder: str | Path) -> dict:
+    """The member's ``export`` record when it belongs to its current weights, else {} (never exported, or retrained
+    since: its check says nothing about these weights)."""
+    cfg = read_member_config(folder)
+    rec = cfg.get(EXPORT_KEY) or {}
+    return rec if rec.get("weights_sha256") == current_weights_sha256(folder) else {}
+
+
+def describe_export(record: dict) -> str:
+    """One line on what an export wrote and whether its int8 graph is used by default."""
+    c = record.get("int8")
+    if not c:
+        return "model.onnx (no int8 graph)"
+    verdict = ("used by --backend auto" if c["passed"] else
+               f"NOT used by default: it moves the validation AUC by more than {c['tolerance']}"
+               if np.isfinite(c["auc_change"]) else "NOT used by default: the validation AUC is undefined (one class)")
+    return (f"model.onnx, model.int8.onnx (calibrated on {c['calibration_images']} validation images; int8 validation "
+            f"AUC {c['val_auc']:.4f} vs torch {c['val_auc_torch']:.4f}, largest study probability change "
+            f"{c['max_prob_change']:.4f} over {c['n_studies']} studies: {verdict})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -410,11 +411,29 @@ class Trainer:
                 write_csv(cal_st, self.out / "calibration_predictions.csv")
             else:  # a member retrained without the split must not keep the last run's
                 (self.out / "calibration_predictions.csv").unlink(missing_ok=True)
+            if cfg.export:
+                self._export_graphs(data)
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", cfg.backbone)
             write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))  # last: marks the member complete
             self.checkpoint.clear()
         acc.wait_for_everyone()
         return metrics
+
+    def _export_graphs(self, data: TrainData) -> None:
+        """The saved member's ONNX graphs, int8 calibrated and checked on its validation images (zoo.onnx); a failure
+        leaves a complete member that predicts on PyTorch, and says how to export it later."""
+        from zoo.onnx import describe_export, export_member
+
+        t0 = time.perf_counter()
+        try:
+            record = export_member(self.out, np.asarray(self.images.array[data.val_ds.rows]), data.val_df)
+        except (ImportError, RuntimeError, ValueError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            tqdm.write(f"[{self.cfg.backbone}] warning: ONNX export failed ({first}); the member is saved and "
+                       f"predicts on PyTorch. Retry: bone-zoo export {self.out} --onnx --int8 --calibration-data DIR",
+                       file=sys.stderr)
+            return
+        self.log(f"exported {describe_export(record)} in {time.perf_counter() - t0:.1f}s")
 
 
 def augmentation(cfg: TrainConfig):

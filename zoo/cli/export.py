@@ -1,5 +1,7 @@
-"""``bone-zoo export MEMBERS --onnx [--int8 ...]``: ONNX graphs beside each member's weights, for
-``bone-zoo predict --backend onnx`` / ``onnx-int8`` (ONNX Runtime, no PyTorch at prediction time)."""
+"""``bone-zoo export MEMBERS --onnx [--int8 ...]``: ONNX graphs beside each member's weights, for members trained
+before training exported them itself (or with ``--no-export``). The same export as training's (zoo.onnx.export_member):
+``--int8`` calibrates and checks the int8 graph on the member's own validation images, found in the dataset it was
+trained on (``--calibration-data``), and records the check in config.json and the card."""
 
 from __future__ import annotations
 
@@ -8,27 +10,42 @@ import sys
 
 import numpy as np
 
+from zoo.onnx import CALIBRATION_IMAGES
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bone-zoo export", description=__doc__)
     p.add_argument("members", nargs="+", help="member folders or run folders (every member inside)")
     p.add_argument("--onnx", action="store_true", required=True, help="write model.onnx beside model.safetensors")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static int8, calibrated on "
-                   "the member's validation images; needs --calibration-data)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static int8, calibrated and "
+                   "checked against the fp32 torch path on the member's validation images; needs --calibration-data)")
     p.add_argument("--calibration-data", default=None, metavar="DIR", help="the dataset the member was trained on; "
-                   "its validation studies (val_predictions.csv) calibrate the int8 ranges")
-    p.add_argument("--calibration-images", type=int, default=64, help="images used to calibrate (default "
-                   "%(default)s)")
+                   "its validation studies (val_predictions.csv) calibrate and check the int8 graph")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, help="validation images that "
+                   "calibrate the int8 ranges; all of them check it (default %(default)s)")
     return p
 
 
-def main(args: argparse.Namespace) -> int:
+def validation_images(folder, data: str, size: int):
+    """The member's validation images (uint8 ``(n, S, S)``) and their rows (id, label) from the dataset ``data``;
+    None when none of its validation studies are in it."""
     import pandas as pd
 
     from zoo.data import load_dataset, load_images
-    from zoo.loader import load_model
-    from zoo.members import MemberError, members_in
-    from zoo.onnx import ONNX_FILES, export_onnx, quantize_int8
+
+    ds = load_dataset(data)
+    ids = set(pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})["id"])
+    frame = ds.train[ds.train["id"].isin(ids)].reset_index(drop=True)
+    if frame.empty:
+        return None
+    arr = load_images(frame["path"].tolist(), size, quiet=True)
+    rows = np.flatnonzero(arr.ok)
+    return np.asarray(arr.array[rows]), frame.iloc[rows].reset_index(drop=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from zoo.members import MemberError, members_in, read_member_config
+    from zoo.onnx import describe_export, export_member
 
     if args.int8 and not args.calibration_data:
         print("error: --int8 needs --calibration-data DIR (the member's training data)", file=sys.stderr)
@@ -38,24 +55,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: no member in {' '.join(args.members)}", file=sys.stderr)
         return 2
     for folder in folders:
-        try:  # the one verified load: weights that are not config.json's are never exported
-            model = load_model(folder)
+        images, frame = np.zeros((0, 1, 1), np.uint8), None
+        try:
+            if args.int8:
+                if not (folder / "val_predictions.csv").is_file():
+                    raise MemberError(f"{folder}: no val_predictions.csv, so its validation studies are unknown; "
+                                      "export it without --int8")
+                found = validation_images(folder, args.calibration_data, int(read_member_config(folder)["img_size"]))
+                if found is None:
+                    raise MemberError(f"{args.calibration_data}: none of {folder.name}'s validation studies found")
+                images, frame = found
+            # the one verified load inside: weights that are not config.json's are never exported
+            record = export_member(folder, images, frame, int8=args.int8, calibration_images=args.calibration_images)
         except MemberError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        path = export_onnx(model, folder / ONNX_FILES["onnx"])  # records the SHA-256 of the weights loaded
-        print(f"wrote {path} (dynamic batch checked at 1 and 3 against PyTorch)")
-        if args.int8:
-            ds = load_dataset(args.calibration_data)
-            ids = set(pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})["id"])
-            paths = ds.train[ds.train["id"].isin(ids)]["path"].tolist()[: args.calibration_images]
-            if not paths:
-                print(f"error: {args.calibration_data}: none of {folder.name}'s validation studies found",
-                      file=sys.stderr)
-                return 2
-            arr = load_images(paths, model.img_size, quiet=True)
-            rows = [i for i in range(len(paths)) if arr.ok[i]]
-            batches = (np.asarray(arr.array[rows[i:i + 8]])[:, None] for i in range(0, len(rows), 8))
-            path = quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
-            print(f"wrote {path} (calibrated on {len(rows)} validation images)")
+        print(f"{folder}: wrote {describe_export(record)}; dynamic batch checked at 1 and 3 against PyTorch")
     return 0

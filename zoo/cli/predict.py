@@ -70,8 +70,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--cam-method", default="gradcam", help="CAM method for --cam-dir (default %(default)s)")
     a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
       "(default %(default)s)")
-    a("--backend", choices=BACKENDS, default="torch", help="torch, or ONNX Runtime on the graphs written by "
-      "`python -m zoo export weights/ --onnx [--int8 ...]` (default %(default)s)")
+    a("--backend", choices=BACKENDS, default="auto", help="auto: per member, its fastest fresh exported graph (int8 "
+      "if it passed its accuracy check at export, else fp32; on OpenVINO where installed, else ONNX Runtime), "
+      "PyTorch where it has none, where it is stale or with --cam-dir; one line per member says which. Or force one: "
+      "torch, onnx, onnx-int8 (ONNX Runtime), openvino, openvino-int8 (default %(default)s)")
     a("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU "
       "computes it natively, else fp32 on CPU / fp16 on older GPUs (default %(default)s)")
     a("--device", default="auto", help="cuda, cpu, mps or auto (default %(default)s)")
@@ -223,9 +225,11 @@ def plan(args: argparse.Namespace) -> Plan:
     try:
         ens = Ensemble.from_paths(args.models or [args.weights], method=args.ensemble, device=args.device,
                                   precision=args.precision, backend=args.backend,
-                                  source=MemberSource(args.weights, args.revision))
-    except (MemberError, OSError) as exc:
+                                  source=MemberSource(args.weights, args.revision), cams=bool(args.cam_dir))
+    except (MemberError, OSError, ImportError) as exc:
         raise UsageError(str(exc)) from None
+    for m in ens.members:  # which backend each member runs on, and why
+        print(ens.choice(m).line(m.name), file=sys.stderr)
     if not args.quiet:
         print(f"{dataset.root}: {len(test)} test images, {test['id'].nunique()} studies; ensemble ({args.ensemble}) "
               f"of {len(ens.members)}: {', '.join(ens.names)}", file=sys.stderr)

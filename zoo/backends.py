@@ -1,0 +1,177 @@
+"""Which runtime predicts for each member: PyTorch, or a member's exported graphs on ONNX Runtime or OpenVINO.
+
+``--backend auto`` (predict.py's default) picks, per member, the fastest graph it has that is fresh (exported from
+its current weights) and passed its checks, else PyTorch, and says why (:class:`Choice`):
+
+1. the int8 graph, if its accuracy check at export passed (``config.json`` ``export.int8.passed``: validation AUC
+   within 0.005 of the fp32 torch path, :mod:`zoo.onnx`);
+2. the fp32 graph;
+3. PyTorch: no graph, a stale one (other weights than the member's now), or CAMs asked for (they need the network).
+
+The runtime for a graph (:func:`graph_runtime`, the one place the rule lives) is OpenVINO where it is installed and
+ONNX Runtime otherwise: ``bench/speed.py`` measured OpenVINO faster on both graphs at the same study AUC on this
+project's CPU (bench/README.md, "OpenVINO against ONNX Runtime"). ``BONE_ZOO_GRAPH_RUNTIME=onnxruntime`` overrides
+it. Test-time augmentation runs on every backend (the graphs are run on the flipped batch too). Forced backends
+(``torch``, ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``) use that one or fail with what to do.
+
+The choice never depends on ``--triage``: ``predict.py``, ``predict.py --triage`` and the demo give a member the same
+scores. A triage certificate, though, was earned on the torch path's scores of the calibration split (training's
+``calibration_predictions.csv``); :func:`drift` says how far a backend's scores were measured from that path at
+export, and :meth:`zoo.ensemble.Ensemble.fit_calibration` claims the certificate only when every member's drift is
+at most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zoo.members import MemberError
+
+GRAPHS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "openvino": "onnx", "openvino-int8": "onnx-int8"}  # -> graph
+BACKENDS = ("auto", "torch", *GRAPHS)
+# the largest change of a validation study's probability against the torch path (zoo.onnx.graph_check) that keeps a
+# triage certified on the torch scores: a rule, not a theorem (the guarantee holds exactly for the scores it was
+# fitted on); half a percentage point, a quarter of the triage grid's step (zoo.calibration.GRID)
+CERTIFIED_DRIFT = 0.005
+
+
+def graph_runtime() -> str:
+    """``openvino`` or ``onnx``: the runtime ``auto`` runs graphs on (see the module docstring for why)."""
+    forced = os.environ.get("BONE_ZOO_GRAPH_RUNTIME", "")
+    if forced in ("onnxruntime", "onnx"):
+        return "onnx"
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+
+
+@dataclass
+class Choice:
+    """The backend one member runs on, its runner (None for PyTorch) and why it was chosen."""
+
+    backend: str
+    runner: object | None = None  # .predict(batches, tta) -> probabilities
+    why: str = "asked for"
+    drift: float = 0.0  # :func:`drift` of this backend for this member (NaN: not measured)
+
+    def line(self, name: str) -> str:
+        return f"{name}: backend {self.backend} ({self.why})"
+
+    @property
+    def keeps_certificate(self) -> bool:
+        """Its scores are within :data:`CERTIFIED_DRIFT` of the torch ones a triage certificate was fitted on."""
+        return bool(self.drift <= CERTIFIED_DRIFT)  # NaN (not measured): no
+
+    def uncertified(self, name: str) -> str:
+        """Why a triage certified on member ``name``'s torch scores is not certified on this backend's; "" if it is."""
+        if self.keeps_certificate:
+            return ""
+        moved = ("were not measured against them at export" if self.drift != self.drift else
+                 f"moved validation probabilities by up to {self.drift:.4f} from them (more than {CERTIFIED_DRIFT})")
+        return (f"member {name} runs on {self.backend}, whose scores {moved}, and the triage was certified on the "
+                "PyTorch scores of training; predict with --backend torch for a certified triage")
+
+
+def drift(folder: Path, backend: str) -> float:
+    """How far ``backend``'s study probabilities were from the torch path's on the member's validation studies when
+    its graphs were exported (``config.json`` ``export``: ``fp32`` / ``int8`` ``max_prob_change``, ONNX Runtime):
+    0 for torch (the path itself), NaN where not measured (an export without validation images; OpenVINO, whose
+    default bf16 inference is not what the export ran)."""
+    if backend == "torch":
+        return 0.0
+    if backend.startswith("openvino"):
+        return float("nan")
+    from zoo.onnx import export_record
+
+    check = export_record(folder).get("fp32" if backend == "onnx" else "int8") or {}
+    return float(check.get("max_prob_change", float("nan")))
+
+
+def open_backend(folder: Path, backend: str) -> object:
+    """The runner of a forced graph backend; FileNotFoundError / MemberError (with the export command) when the
+    member's graph is missing or stale."""
+    if backend.startswith("openvino"):
+        return OpenVinoMember(folder, GRAPHS[backend])
+    from zoo.onnx import OnnxMember
+
+    return OnnxMember(folder, backend)
+
+
+def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
+    """The :class:`Choice` for one member; ``requested`` is one of :data:`BACKENDS`."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {requested!r}")
+    if requested == "torch":
+        return Choice("torch")
+    if requested != "auto":
+        try:
+            return Choice(requested, open_backend(folder, requested), drift=drift(folder, requested))
+        except FileNotFoundError as exc:
+            raise MemberError(str(exc)) from exc
+    if cams:
+        return Choice("torch", why="auto: CAMs need the PyTorch network")
+    from zoo.onnx import export_record
+
+    check = export_record(folder).get("int8") or {}
+    runtime = graph_runtime()
+    skipped = []
+    if not check:
+        skipped.append("no int8 graph checked for these weights")
+    elif not check.get("passed"):
+        skipped.append(f"int8 failed its accuracy check (validation AUC change {check.get('auc_change')})")
+    for graph in (["onnx-int8"] if check.get("passed") else []) + ["onnx"]:
+        backend = graph if runtime == "onnx" else f"openvino{graph[4:]}"
+        try:
+            runner = open_backend(folder, backend)
+        except (FileNotFoundError, MemberError, ImportError) as exc:
+            skipped.append(f"{graph}: {_short(exc)}")
+            continue
+        return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
+                      drift(folder, backend))
+    return Choice("torch", why="auto: " + "; ".join(skipped))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    if "missing" in text:
+        return "not exported"
+    if "other weights" in text or "records no source" in text:
+        return "stale (exported from other weights)"
+    return text.splitlines()[0][:120]
+
+
+class OpenVinoMember:
+    """A member's exported graph (``onnx`` fp32 or ``onnx-int8``) compiled by OpenVINO for this CPU, with its default
+    inference precision (bf16 where the CPU computes it natively, else f32) and a latency hint; the same freshness
+    check as :class:`zoo.onnx.OnnxMember`."""
+
+    def __init__(self, folder: str | Path, graph: str = "onnx"):
+        from zoo.onnx import check_source, file_source, graph_path
+
+        path = graph_path(folder, graph)
+        check_source(path, file_source(path), folder, graph)
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ImportError("the openvino backends need OpenVINO: pip install 'bone-zoo[openvino]'") from exc
+        core = ov.Core()
+        self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                              "INFERENCE_NUM_THREADS": os.cpu_count() or 1})
+        self.request = self.compiled.create_infer_request()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.uint8)})
+        return np.asarray(out[self.compiled.output(0)], dtype=np.float32).reshape(-1)
+
+    def predict(self, batches: Iterable[np.ndarray], tta: bool = False) -> np.ndarray:
+        out = []
+        for b in batches:
+            p = self._run(b)
+            if tta:
+                p = (p + self._run(b[..., ::-1])) / 2
+            out.append(p)
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
