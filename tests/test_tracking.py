@@ -128,8 +128,7 @@ def test_tensorboard_and_mlflow_runs_read_back(tmp_path, monkeypatch):
     for m in MEMBERS:
         run = runs[m]
         assert run.data.params["backbone"] == m and float(run.data.params["lr"]) == pytest.approx(1e-3)
-        # the built-in data trains with the `synthetic` recipe since issue 20 (before it: seed + an inline dict)
-        assert run.data.params["img_size"] == "32" and run.data.params["recipe"] == "synthetic"
+        assert run.data.params["img_size"] == "32" and run.data.params["recipe"] == "seed"
         hist = client.get_metric_history(run.info.run_id, "val_auc")
         assert sorted((h.step, round(h.value, 6)) for h in hist) == [
             (r["epoch"], round(r["val_auc"], 6)) for r in logs[m]]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.members import MemberError
+from zoo.members import MemberError, read_member_config, read_verified
 
 GRAPHS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "openvino": "onnx", "openvino-int8": "onnx-int8"}  # -> graph
 BACKENDS = ("auto", "torch", *GRAPHS)
@@ -108,12 +108,17 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
     if requested == "torch":
         return Choice("torch")
     if requested != "auto":
+        verify_for_graphs(folder)
         try:
             return Choice(requested, open_backend(folder, requested), drift=drift(folder, requested))
         except FileNotFoundError as exc:
             raise MemberError(str(exc)) from exc
     if cams:
         return Choice("torch", why="auto: CAMs need the PyTorch network")
+    try:
+        verify_for_graphs(folder)
+    except StaleGraphs as exc:
+        return Choice("torch", why=f"auto: {exc}")
     from zoo.onnx import export_record
 
     check = export_record(folder).get("int8") or {}
@@ -133,6 +138,26 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
         return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
                       drift(folder, backend))
     return Choice("torch", why="auto: " + "; ".join(skipped))
+
+
+def verify_for_graphs(folder: Path) -> None:
+    """The checks the torch path makes, before any graph of ``folder`` runs: its weights are the ones config.json
+    names and fit its sizes (:func:`zoo.members.read_verified`, which refuses a damaged member here as there), and its
+    network config is the one the graphs were exported from (else they are stale: :class:`MemberError`, and ``auto``
+    falls back to the torch path, which refuses a config it cannot build)."""
+    read_verified(folder)
+    from zoo.onnx import EXPORT_KEY
+
+    exported = (read_member_config(folder).get(EXPORT_KEY) or {}).get("model_config")
+    now = read_member_config(folder)
+    if exported is not None and any(now.get(k) != v for k, v in exported.items()):
+        changed = sorted(k for k, v in exported.items() if now.get(k) != v)
+        raise StaleGraphs(f"{folder}: config.json changed since its graphs were exported ({', '.join(changed)}): "
+                          f"export again (`bone-zoo export {folder} --onnx`)")
+
+
+class StaleGraphs(MemberError):
+    """config.json no longer describes the network the member's graphs compute."""
 
 
 def _short(exc: BaseException) -> str:

@@ -235,7 +235,8 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
     folder = Path(folder)
     model = load_model(folder)  # the weights config.json names, whatever the caller holds in memory
     export_onnx(model, folder / ONNX_FILES["onnx"])
-    record: dict = {"weights_sha256": model.weights_sha256, "graphs": [ONNX_FILES["onnx"]]}
+    record: dict = {"weights_sha256": model.weights_sha256, "graphs": [ONNX_FILES["onnx"]],
+                    "model_config": model.get_config()}  # what the graphs compute: a later edit makes them stale
     images = np.asarray(images, dtype=np.uint8)
     earlier = export_record(folder)
     if len(images):
