@@ -39,8 +39,8 @@ def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> dict:
     (out / recipe / "train.log").write_text(train.stdout + train.stderr)
     if train.returncode != 0:
         raise SystemExit(f"{recipe}: train_all.py failed ({train.returncode}); see {out / recipe / 'train.log'}")
-    plan = next((line.split("budget: ", 1)[1] for line in train.stdout.splitlines()
-                 if line.startswith("budget: budget")), "")
+    plan = next((line.split("budget: ", 1)[1] for line in (train.stdout + train.stderr).splitlines()
+                 if line.startswith("budget: ") and " -> " in line), "")  # the planner's choice, on either stream
     report = out / recipe / "report"
     pred = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--data", args.data, "--models", str(run),
                            "-output", str(out / recipe / "test_predictions.csv"), "--evaluate", "--report-dir",
