@@ -241,3 +241,61 @@ def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
     assert cfg["processes"] == 2 and cfg["mixed_precision"] == "bf16"
     assert cfg["boxes"]["annotated_train_positives"] > 20 and cfg["boxes"]["weight"] == cfg["box_weight"]
     assert proc.stdout.count("positive training images with boxes") == 1  # said once, by the main process
+
+
+def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
+    """The config holds only the --boxes path: the same path with other boxes in it (or another weight or warm-up)
+    is another training, and a member fingerprinted before boxes were hashed cannot be continued with --boxes."""
+    from zoo.checkpoint import FINGERPRINT_FILE, Checkpoint, fingerprint, resume_changes
+    from zoo.config import TrainConfig
+
+    boxes = _coco(tmp_path / "boxes.coco.json", "train/img1.png", 120, 90)
+    data = {"sha256": "x", "images": 3, "pseudo_labelled": 0, "root": "/d"}
+    cfg = TrainConfig(epochs=3, boxes=str(boxes), box_weight=1.0, box_warmup=1.0)
+    fp = fingerprint(cfg, data)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    Checkpoint(tmp_path / "m" / "checkpoint", fingerprint=fp).save({"epoch": 1}, model, opt, sched, best=True)
+    assert resume_changes(tmp_path / "m", fingerprint(cfg, data)) == []
+    _coco(boxes, "train/img1.png", 120, 90, box=[0.0, 0.0, 10.0, 10.0])  # the same file, other boxes
+    changed = resume_changes(tmp_path / "m", fingerprint(cfg, data))
+    assert len(changed) == 1 and changed[0].startswith("the boxes file (boxes.coco.json") and "differs" in changed[0]
+    _coco(boxes, "train/img1.png", 120, 90)  # back as it was: nothing to refuse
+    assert resume_changes(tmp_path / "m", fingerprint(cfg, data)) == []
+    from dataclasses import replace
+
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, box_weight=0.5), data)) == [
+        "box_weight 1.0 -> 0.5"]
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, box_warmup=0.0), data)) == [
+        "box_warmup 1.0 -> 0.0"]
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, boxes=None), data)) == [
+        f"boxes {str(boxes)!r} -> None"]
+    # a finished member whose fingerprint.json predates the boxes hash: --boxes cannot be continued on it
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text("{}")
+    (old / FINGERPRINT_FILE).write_text(json.dumps({k: v for k, v in fp.items() if k != "boxes"}))
+    assert resume_changes(old, fingerprint(replace(cfg, boxes=None), data)) == [f"boxes {str(boxes)!r} -> None"]
+    changed = resume_changes(old, fingerprint(cfg, data))
+    assert len(changed) == 1 and "does not record which boxes" in changed[0]
+
+
+@pytest.mark.slow
+def test_train_all_resume_refuses_a_boxes_file_whose_content_changed(tmp_path, synthetic_root):
+    boxes = tmp_path / "boxes.coco.json"
+    boxes.write_bytes((synthetic_root / "annotations.coco.json").read_bytes())
+    args = ["--data", synthetic_root, *TRAIN, "--quiet", "--no-export", "--boxes", boxes, "--out", tmp_path / "w"]
+    first = run_script("train_all.py", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    weights = (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes()
+    same = run_script("train_all.py", *args, "--resume", cwd=tmp_path)
+    assert same.returncode == 0 and "already trained, skipped" in same.stdout, same.stderr[-2000:]
+    coco = json.loads(boxes.read_text())
+    for a in coco["annotations"]:  # the same file name, every box moved
+        a["bbox"] = [0.0, 0.0, 8.0, 8.0]
+    boxes.write_text(json.dumps(coco))
+    moved = run_script("train_all.py", *args, "--resume", cwd=tmp_path)
+    assert moved.returncode == 2, moved.stdout[-2000:]
+    assert "--resume refused" in moved.stderr and "the boxes file (boxes.coco.json" in moved.stderr
+    assert (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes() == weights  # nothing was touched
