@@ -27,7 +27,15 @@ from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Calibrated, Ensemble, Group
 from zoo.explain import explain_study
 from zoo.loader import Member, load_model
-from zoo.localisation import FUSED, TOLERANCE, boxes_by_image, load_annotations, pad_geometry, pointing_hit
+from zoo.localisation import (
+    FUSED,
+    TOLERANCE,
+    boxes_by_image,
+    describe_localisation,
+    load_annotations,
+    pad_geometry,
+    pointing_hit,
+)
 from zoo.members import MemberError, resolve_member_dirs
 from zoo.metrics import is_abnormal
 
@@ -40,6 +48,10 @@ DELETE_CACHE = (600, 900)  # Gradio's upload/result cache (radiographs): every 1
 EXAMPLES_DIR = Path("data/synthetic")
 BOX_COLOUR = (0, 255, 0)  # the ground-truth outline over the CAM panels
 BOX_WIDTH = 2  # px, at the panel's scale
+# the member table's localisation columns: the member's Grad-CAM on its abnormal validation images with boxes
+# (config.json metrics.val_localisation, written by training; empty for a member whose validation had none)
+POINTING_COLUMN = f"val pointing game ({TOLERANCE} px)"
+ENERGY_COLUMN = "val energy in boxes"
 
 
 class AnalysisError(ValueError):
@@ -150,7 +162,7 @@ class MemberPool:
 class Analysis:
     probability: float  # the calibrated ensemble probability of the study: predict.py's CSV score
     threshold: float  # the calibrated ensemble's threshold: predict.py --binary's
-    members: pd.DataFrame  # member, val_auc, probability, verdict
+    members: pd.DataFrame  # member, val AUC, probability, verdict, val pointing game, val energy in boxes
     panels: list[tuple[np.ndarray, str]]  # (RGB image, caption): originals, member overlays, fused heatmaps
     spread: float  # max - min of member probabilities
     skipped: list[str]  # unreadable uploads
@@ -223,12 +235,15 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     raw = float(study["ensemble"].iloc[0])
     cal, verdict, note = _calibrated_triage(ens, study, triage)
     panels, ground_truth = _panels(ens, ex, paths, pool)
+    located = [describe_localisation((m.config.get("metrics") or {}).get("val_localisation")) for m in ens.members]
     rows = pd.DataFrame({
         "member": ens.names,
         "val AUC": [round(m.val_auc, 3) for m in ens.members],
         "probability": [round(float(member_probs[n]), 4) for n in ens.names],
         "verdict": ["abnormal" if is_abnormal(member_probs[m.name], m.threshold) else "normal"
                     for m in ens.members],
+        POINTING_COLUMN: [p for p, _ in located],  # empty for a member whose validation images had no boxes
+        ENERGY_COLUMN: [e for _, e in located],
     })
     spread = float(member_probs.max() - member_probs.min())
     return Analysis(float(cal.studies["ensemble"].iloc[0]), cal.threshold, rows, panels, spread,

@@ -299,3 +299,65 @@ def test_train_all_resume_refuses_a_boxes_file_whose_content_changed(tmp_path, s
     assert moved.returncode == 2, moved.stdout[-2000:]
     assert "--resume refused" in moved.stderr and "the boxes file (boxes.coco.json" in moved.stderr
     assert (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes() == weights  # nothing was touched
+
+
+def _val_hits(out: Path, trainer, coco_path: Path, root: Path) -> tuple[list[str], int, float]:
+    """The abnormal validation images with boxes, how many of the saved member's Grad-CAMs hit them and their mean
+    energy share (NaN when no map has mass), recomputed from the member folder (what the demo loads)."""
+    from zoo.localisation import boxes_by_image, energy_share, load_annotations, pad_geometry, pointing_hit
+
+    val = trainer.val_df[trainer.val_df["label"] == 1]
+    boxes = boxes_by_image(load_annotations(coco_path), val["path"].tolist(), root)
+    paths = [p for p in val["path"] if p in boxes]
+    model = BoneClassifier.load(out)
+    cams, _ = compute_cams(model, load_images(paths, model.img_size, "", quiet=True).array[:], "gradcam")
+    geos = [pad_geometry(boxes[p][1], boxes[p][2], c.shape[0]) for c, p in zip(cams, paths, strict=True)]
+    hits = sum(pointing_hit(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos, strict=True))
+    energy = np.array([energy_share(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos, strict=True)])
+    return paths, hits, float(np.nanmean(energy)) if np.isfinite(energy).any() else float("nan")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["--boxes", "the data folder's annotations.coco.json", "no annotations"])
+def test_each_member_records_its_pointing_game_on_its_validation_images_with_boxes(tmp_path, given):
+    from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
+    from zoo.localisation import chance_levels
+    from zoo.train import TrainConfig, Trainer
+
+    root = ensure_synthetic(tmp_path / "data", SyntheticSpec(n_train=80, n_test=4))
+    coco_path = root / "annotations.coco.json"
+    if given != "the data folder's annotations.coco.json":
+        coco_path = coco_path.rename(tmp_path / "boxes.coco.json")  # the folder has none of its own
+    ds = load_dataset(root)
+    cfg = TrainConfig(backbone="resnet10t", epochs=1, img_size=64, lr=1e-3, batch_size=16, head_hidden=[16],
+                      calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True, export=False,
+                      boxes=str(coco_path) if given == "--boxes" else None)
+    out = tmp_path / "member"
+    trainer = Trainer(cfg, ds, out)
+    trainer.fit()
+    saved = json.loads((out / "config.json").read_text())
+    record = saved["metrics"].get("val_localisation")
+    assert json.loads((out / "metrics.json").read_text()).get("val_localisation") == record
+    if given == "no annotations":
+        assert record is None and "Localisation on the abnormal validation" not in (out / "README.md").read_text()
+        return
+    paths, hits, energy = _val_hits(out, trainer, coco_path, root)
+    assert len(paths) >= 5 and not set(paths) & set(trainer.train_df["path"])  # validation images only
+    assert record["file"] == coco_path.name and record["method"] == "gradcam" and record["tolerance"] == 15
+    assert record["images"] == len(paths)
+    assert record["pointing"] == pytest.approx(hits / len(paths))  # the saved member's maps, scored once each
+    assert record["pointing_lo"] <= record["pointing"] <= record["pointing_hi"]
+    if np.isfinite(energy):  # maps of a member one epoch old may have no mass at all: no share to give
+        assert record["energy"] == pytest.approx(energy)
+        assert record["energy_lo"] <= record["energy"] <= record["energy_hi"]
+    else:
+        assert np.isnan(record["energy"])
+    from zoo.localisation import boxes_by_image, load_annotations
+
+    boxes = boxes_by_image(load_annotations(coco_path), paths, root)
+    chances = np.array([chance_levels(*boxes[p]) for p in paths])
+    assert record["pointing_chance"] == pytest.approx(chances[:, 0].mean())
+    assert record["energy_chance"] == pytest.approx(chances[:, 1].mean())
+    card = (out / "README.md").read_text()
+    assert "Localisation on the abnormal validation images with boxes" in card and coco_path.name in card
+    assert "val_localisation" not in card  # a sentence, not a dict in the metrics table

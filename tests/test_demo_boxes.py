@@ -101,3 +101,25 @@ def test_the_cli_reads_the_annotations_and_refuses_a_wrong_file(folders, tmp_pat
     monkeypatch.setattr(demo.app, "build_demo", lambda pool: pytest.fail("served with a missing annotations file"))
     with pytest.raises(SystemExit, match="missing.coco.json: no such file"):
         main(args)
+
+
+LOCATED = {"method": "gradcam", "tolerance": 15.0, "level": 0.95, "images": 12, "pointing": 0.75,
+           "pointing_lo": 0.468, "pointing_hi": 0.911, "pointing_chance": 0.104, "energy": 0.312, "energy_lo": 0.25,
+           "energy_hi": 0.377, "energy_chance": 0.031, "file": "annotations.coco.json"}
+
+
+def test_the_member_table_shows_each_members_validation_pointing_game_and_is_empty_without(tmp_path, uploads):
+    """The columns come from each member's config.json (metrics.val_localisation, written by training); a member
+    whose validation images had no boxes has empty cells."""
+    from demo.app import ENERGY_COLUMN, POINTING_COLUMN
+
+    torch.manual_seed(0)
+    located = BoneClassifier("resnet10t", img_size=32, head_hidden=[8])
+    located.metrics = {"val_auc": 0.8, "val_localisation": LOCATED}
+    folders = {"located": located.save_member(tmp_path / "m" / "located"),
+               "plain": BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / "m" / "plain")}
+    a = analyse([uploads["hand_other.png"]], ["located", "plain"], pool=MemberPool(folders), combiner="mean")
+    table = a.members.set_index("member")
+    assert table.loc["located", POINTING_COLUMN] == "0.750 (0.468–0.911; chance 0.104; 12 images)"
+    assert table.loc["located", ENERGY_COLUMN] == "0.312 (0.250–0.377; chance 0.031)"
+    assert table.loc["plain", POINTING_COLUMN] == "" and table.loc["plain", ENERGY_COLUMN] == ""

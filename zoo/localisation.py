@@ -112,6 +112,13 @@ def chance_levels(boxes: np.ndarray, h: int, w: int, tolerance: float = TOLERANC
     return float((d <= tolerance).mean()), float((d <= 0).mean())
 
 
+def image_scores(cam: np.ndarray, boxes: np.ndarray, h: int, w: int, tolerance: float = TOLERANCE) -> dict:
+    """``{"hit", "energy"}`` of one CAM (any square size: the model input's) against the COCO boxes of its stored
+    (h, w) image: :func:`pointing_hit` and :func:`energy_share` through the input's resize and pad."""
+    geo = pad_geometry(h, w, cam.shape[0])
+    return {"hit": pointing_hit(cam, boxes, geo, tolerance), "energy": energy_share(cam, boxes, geo)}
+
+
 # --- annotations -----------------------------------------------------------------------------------------------
 
 def load_annotations(path: str | Path, flag: str = "--annotations"):
@@ -129,6 +136,15 @@ def load_annotations(path: str | Path, flag: str = "--annotations"):
             return COCO(str(path))
     except Exception as exc:
         raise ValueError(f"{flag} {path}: not a COCO annotation file ({exc})") from exc
+
+
+ANNOTATIONS_FILE = "annotations.coco.json"  # a data folder's own boxes (FracAtlas' layout, the synthetic set)
+
+
+def data_annotations(root: str | Path | None) -> Path | None:
+    """The data folder's own COCO file (``ROOT/annotations.coco.json``), or None where it has none."""
+    f = Path(root) / ANNOTATIONS_FILE if root is not None else None
+    return f if f is not None and f.is_file() else None
 
 
 def boxes_by_image(coco, paths: list[str], root: str | Path | None = None) -> dict[str, tuple[np.ndarray, int, int]]:
@@ -227,9 +243,8 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
                 chance_point, chance_energy = chance_levels(b, h, w, opt.tolerance)
                 for name in [*ens.names, FUSED]:
                     cam = ex.fused[j] if name == FUSED else ex.cams[name][j]
-                    geo = pad_geometry(h, w, cam.shape[0])
                     row = {"path": path, "id": ids[idx[0]], "member": name, "method": method,
-                           "hit": pointing_hit(cam, b, geo, opt.tolerance), "energy": energy_share(cam, b, geo),
+                           **image_scores(cam, b, h, w, opt.tolerance),
                            "chance_point": chance_point, "chance_energy": chance_energy,
                            "road": np.nan, "road_random": np.nan}
                     if name != FUSED and road_left[(name, method)] > 0:
@@ -241,6 +256,49 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
                         road_left[(name, method)] -= 1
                     rows.append(row)
     return pd.DataFrame(rows)
+
+
+def validation_localisation(model, array, rows, paths: list[str], labels, coco, root: str | Path | None = None,
+                            method: str = "gradcam", tolerance: float = TOLERANCE, batch: int = 32) -> dict | None:
+    """One member's pointing game and energy share (each with its interval and chance level: :func:`summarise`) on
+    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; image ``i`` is
+    ``array[rows[i]]`` (uint8, the model's input size). Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and
+    the evaluation draw), ``batch`` images at a time. None when no such image has a box: nothing to score."""
+    from zoo.cam import compute_cams
+
+    boxes = boxes_by_image(coco, [p for p, y in zip(paths, labels, strict=True) if y >= 0.5], root)
+    pick = [i for i, p in enumerate(paths) if p in boxes and labels[i] >= 0.5]
+    if not pick:
+        return None
+    records = []
+    for start in range(0, len(pick), batch):
+        chunk = pick[start:start + batch]
+        cams, _ = compute_cams(model, np.asarray(array[np.asarray(rows)[chunk]]), method)
+        for i, cam in zip(chunk, cams, strict=True):
+            b, h, w = boxes[paths[i]]
+            chance_point, chance_energy = chance_levels(b, h, w, tolerance)
+            records.append({"path": paths[i], "member": "", "method": method, **image_scores(cam, b, h, w, tolerance),
+                            "chance_point": chance_point, "chance_energy": chance_energy, "road": np.nan,
+                            "road_random": np.nan})
+    row = summarise(pd.DataFrame(records)).iloc[0]
+    keys = ("pointing", "pointing_lo", "pointing_hi", "pointing_chance", "energy", "energy_lo", "energy_hi",
+            "energy_chance")
+    return {"method": method, "tolerance": float(tolerance), "level": LEVEL, "images": int(row["images"]),
+            **{k: float(row[k]) for k in keys}}
+
+
+def describe_localisation(record: dict | None) -> tuple[str, str]:
+    """``(pointing, energy)`` for a table cell: value, interval and chance of :func:`validation_localisation`'s
+    record; two empty strings without one."""
+    if not record:
+        return "", ""
+    n = record["images"]
+    pointing = (f"{_f(record['pointing'])} ({interval(record['pointing_lo'], record['pointing_hi'])}; chance "
+                f"{_f(record['pointing_chance'])}; {n} image{'s' if n != 1 else ''})")
+    energy = (f"{_f(record['energy'])} ({interval(record['energy_lo'], record['energy_hi'])}; chance "
+              f"{_f(record['energy_chance'])})" if math.isfinite(record["energy"]) else
+              f"none (no map had mass; chance {_f(record['energy_chance'])})")
+    return pointing, energy
 
 
 def _mean_ci(x: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
