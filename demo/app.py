@@ -4,6 +4,10 @@
   python -m demo --hub ORG/NAME       # members downloaded (and cached) from the Hugging Face Hub
   python -m demo --annotations FILE.coco.json   # ground-truth boxes drawn over the CAMs of the images it names
 
+Without --annotations, the synthetic examples' own annotations.coco.json draws their boxes over the CAMs of an upload
+that is one of them (byte for byte). The member table shows each member's pointing game and energy share on its
+validation images with boxes, as training recorded them (empty for a member whose validation had none).
+
 The command line is demo/cli.py (``python -m demo`` runs it); this module builds the app and never imports it.
 """
 
@@ -67,6 +71,9 @@ class MemberPool:
     backend: str = "auto"  # each member's scores: predict.py's default choice (zoo.backends); CAMs always PyTorch
     max_ensembles: int = MAX_ENSEMBLES
     annotations: str | Path | None = None  # a COCO json: its boxes are drawn over the CAMs of the images it names
+    # the folder the annotations' images are in, when they are the demo's examples' own (build_demo): an upload
+    # matches one only with the example's bytes, so a user's image that merely shares a name gets no boxes
+    annotations_root: Path | None = None
     _loaded: dict[str, Member] = field(default_factory=dict)
     _ensembles: OrderedDict[tuple, Ensemble] = field(default_factory=OrderedDict)  # LRU: most recent last
 
@@ -74,6 +81,32 @@ class MemberPool:
     def coco(self):
         """The ``annotations`` read once (:func:`zoo.localisation.load_annotations`); None without them."""
         return load_annotations(self.annotations) if self.annotations else None
+
+    def ground_truth(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
+        """``path -> (COCO boxes, stored height, width)`` for each of ``paths`` the annotations name (by base name;
+        with :attr:`annotations_root`, only a byte-identical copy of the annotated image): {} without annotations."""
+        if self.coco is None:
+            return {}
+        found = boxes_by_image(self.coco, paths)
+        if self.annotations_root is None:
+            return found
+        import filecmp
+
+        names: dict[str, list[Path]] = {}
+        for img in self.coco.dataset.get("images", []):
+            names.setdefault(Path(img["file_name"]).name, []).append(self.annotations_root / img["file_name"])
+        return {p: v for p, v in found.items()
+                if any(f.is_file() and filecmp.cmp(p, f, shallow=False) for f in names.get(Path(p).name, []))}
+
+    def use_example_annotations(self, root: Path) -> None:
+        """Without annotations of its own, the pool draws the boxes of the example set in ``root`` (its
+        annotations.coco.json) over the CAMs of an upload that is one of its images."""
+        from zoo.localisation import data_annotations
+
+        if self.annotations or (found := data_annotations(root)) is None:
+            return
+        self.annotations, self.annotations_root = found, Path(root)
+        self.__dict__.pop("coco", None)  # read again, from the examples' file
 
     @classmethod
     def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
@@ -284,7 +317,7 @@ def _calibrated_triage(ens: Ensemble, study: pd.DataFrame, triage: float | None)
 def _panels(ens: Ensemble, ex, paths: list[str], pool: MemberPool) -> tuple[list[tuple[np.ndarray, str]], str]:
     """The gallery (per readable image: the original, each member's CAM, the fused CAM; ground-truth boxes drawn
     where the annotations name the upload) and the ground-truth line with the pointing game (empty without)."""
-    truth = boxes_by_image(pool.coco, [paths[i] for i in ex.readable]) if pool.coco is not None else {}
+    truth = pool.ground_truth([paths[i] for i in ex.readable])
     panels: list[tuple[np.ndarray, str]] = []
     pointing: list[str] = []
     for j, i in enumerate(ex.readable):
@@ -402,6 +435,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 ex = []
             if ex:
                 gr.Examples(ex, inputs=[files], label="Synthetic examples (2 abnormal, 2 normal)")
+                pool.use_example_annotations(EXAMPLES_DIR)  # their boxes over the CAMs of an example
     return demo.queue(max_size=16)
 
 
