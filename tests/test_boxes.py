@@ -361,3 +361,75 @@ def test_each_member_records_its_pointing_game_on_its_validation_images_with_box
     card = (out / "README.md").read_text()
     assert "Localisation on the abnormal validation images with boxes" in card and coco_path.name in card
     assert "val_localisation" not in card  # a sentence, not a dict in the metrics table
+
+
+def _yolo_from_coco(coco_path: Path, out: Path) -> Path:
+    """The COCO file written as a YOLO folder: out/labels/<split>/<stem>.txt, 'class cx cy w h' normalised (an empty
+    file for an image without boxes)."""
+    coco = json.loads(coco_path.read_text())
+    anns: dict[int, list] = {}
+    for a in coco["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a["bbox"])
+    for img in coco["images"]:
+        f = out / "labels" / Path(img["file_name"]).with_suffix(".txt")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        w, h = img["width"], img["height"]
+        f.write_text("".join(f"0 {(x + bw / 2) / w:.8f} {(y + bh / 2) / h:.8f} {bw / w:.8f} {bh / h:.8f}\n"
+                             for x, y, bw, bh in anns.get(img["id"], [])))
+    return out
+
+
+def test_a_yolo_folder_gives_the_boxes_and_masks_of_the_same_coco_file(tmp_path, synthetic_root):
+    from zoo.data import load_dataset
+    from zoo.localisation import YoloLabels, annotations_record, boxes_by_image, load_annotations
+
+    yolo = _yolo_from_coco(synthetic_root / "annotations.coco.json", tmp_path / "yolo")
+    ds = load_dataset(synthetic_root)
+    paths = ds.train["path"].tolist()
+    coco = boxes_by_image(load_annotations(synthetic_root / "annotations.coco.json"), paths, synthetic_root)
+    labels = load_annotations(yolo, flag="--boxes")
+    assert isinstance(labels, YoloLabels)
+    got = boxes_by_image(labels, paths)
+    assert len(coco) > 50 and got.keys() == coco.keys()  # matched by stem, wherever the images are
+    for p, (b, h, w) in coco.items():
+        assert got[p][1:] == (h, w)
+        np.testing.assert_allclose(got[p][0], b, atol=1e-4)
+    size = 64
+    a = box_masks(synthetic_root / "annotations.coco.json", paths, size, synthetic_root)
+    b = box_masks(yolo, paths, size)
+    assert a.keys() == b.keys()
+    same = sum(np.array_equal(a[p], b[p]) for p in a)
+    assert same >= 0.9 * len(a), (same, len(a))  # 8 decimals in the labels: a pixel centre on an edge may flip
+    assert all((a[p] ^ b[p]).sum() <= 0.1 * a[p].sum() for p in a)
+    record = annotations_record(yolo)
+    assert record["file"] == "yolo" and annotations_record(yolo) == record  # the folder's content, stably
+    first = sorted((yolo / "labels" / "train").glob("*.txt"))[0]
+    first.write_text("0 0.5 0.5 0.1 0.1\n")
+    assert annotations_record(yolo)["sha256"] != record["sha256"]
+
+
+def test_a_yolo_folder_that_is_not_one_is_refused_with_the_line(tmp_path):
+    from zoo.localisation import load_annotations
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no YOLO labels"):
+        load_annotations(tmp_path / "empty", flag="--boxes")
+    (tmp_path / "bad" / "labels").mkdir(parents=True)
+    (tmp_path / "bad" / "labels" / "img1.txt").write_text("0 0.5 0.5 0.2 0.2\n0 120 80 30 30\n")
+    with pytest.raises(ValueError, match=r"img1.txt:2: not a YOLO box line"):
+        load_annotations(tmp_path / "bad", flag="--boxes")
+
+
+@pytest.mark.slow
+def test_train_all_takes_a_yolo_folder_for_boxes(tmp_path, synthetic_root):
+    yolo = _yolo_from_coco(synthetic_root / "annotations.coco.json", tmp_path / "yolo")
+    proc = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--quiet", "--no-export", "--boxes", yolo,
+                      "--out", tmp_path / "w", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "w" / "resnet10t" / "config.json").read_text())["training"]["boxes"]
+    assert record["file"] == "yolo" and record["annotated_train_positives"] > 20
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    bad = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", empty, "--out", tmp_path / "bad",
+                     cwd=tmp_path)
+    assert bad.returncode == 2 and "no YOLO labels" in bad.stderr and not (tmp_path / "bad").exists()

@@ -226,7 +226,7 @@ def boxes_fingerprint(config) -> dict | None:
 
     try:
         record = file_record(path)
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or a folder without YOLO labels
         record = {"file": Path(path).name, "sha256": None}
     return {**record, "weight": config.box_weight, "warmup": config.box_warmup}
 

@@ -121,14 +121,93 @@ def image_scores(cam: np.ndarray, boxes: np.ndarray, h: int, w: int, tolerance: 
 
 # --- annotations -----------------------------------------------------------------------------------------------
 
+class YoloLabels:
+    """The second reader: a YOLO-format folder, one ``STEM.txt`` per image (``class cx cy w h`` per line, centre and
+    size normalised to the image's width and height; every class a finding; an empty file: none), under
+    ``DIR/labels/`` (any depth: ``labels/train/``, ``labels/val/``) or in ``DIR`` itself. Labels are matched to
+    images by file stem, and boxes come out in stored pixels, as COCO's ``[x, y, w, h]``, through the size of the
+    image they are matched to (as decoded: EXIF orientation applied)."""
+
+    def __init__(self, folder: str | Path, flag: str = "--boxes"):
+        self.folder = Path(folder)
+        labels = self.folder / "labels" if (self.folder / "labels").is_dir() else self.folder
+        self.files = sorted(labels.rglob("*.txt"))
+        if not self.files:
+            raise ValueError(f"{flag} {self.folder}: a folder, but no YOLO labels in it (labels/*.txt, one "
+                             "'class cx cy w h' line per box); give a COCO json or a YOLO folder")
+        self.boxes: dict[str, np.ndarray] = {}  # stem -> (k, 4) normalised cx, cy, w, h
+        for f in self.files:
+            rows = []
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    values = [float(v) for v in line.split()]
+                except ValueError:
+                    values = []
+                if len(values) != 5 or not all(0 <= v <= 1 for v in values[1:]):
+                    raise ValueError(f"{flag} {f}:{n}: not a YOLO box line 'class cx cy w h' with normalised "
+                                     f"values in [0, 1]: {line.strip()[:80]!r}")
+                rows.append(values[1:])
+            if f.stem in self.boxes:
+                raise ValueError(f"{flag} {f}: a second label file for the images named {f.stem!r}; labels are "
+                                 "matched by stem, which must be unique")
+            self.boxes[f.stem] = np.array(rows, float).reshape(-1, 4)
+        self.dataset = {"images": [{"file_name": stem} for stem in self.boxes]}  # what a summary counts
+
+    def boxes_by_image(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
+        """:func:`boxes_by_image` for these labels: ``path -> (COCO boxes (k, 4), height, width)``."""
+        out = {}
+        for p in paths:
+            b = self.boxes.get(Path(p).stem, np.zeros((0, 4)))
+            b = b[(b[:, 2:] > 0).all(axis=1)]  # as for COCO: a box without area marks nothing
+            if not len(b):
+                continue
+            h, w = _stored_size(p)
+            out[p] = (np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h, b[:, 2] * w, b[:, 3] * h],
+                               1), h, w)
+        return out
+
+
+def _stored_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image as :func:`zoo.data.io.decode` gives it: from the header (EXIF rotation applied)
+    where Pillow reads it, else by decoding (DICOM)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (w, h) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (h, w)
+    except Exception:  # DICOM and what else Pillow does not know: the project's own reader
+        from zoo.data.io import read_grayscale
+
+        return tuple(read_grayscale(path).shape)  # type: ignore[return-value]
+
+
+def annotations_record(path: str | Path) -> dict:
+    """What config.json and the resume fingerprint record of an annotations source: its name and SHA-256 (of the
+    file; of a YOLO folder, every label file's relative path and content)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_dir():
+        return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    h = hashlib.sha256()
+    for f in YoloLabels(path).files:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"file": path.name, "sha256": h.hexdigest()}
+
+
 def load_annotations(path: str | Path, flag: str = "--annotations"):
-    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons); one clear error, naming ``flag``, if it
-    is not one."""
+    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons), or :class:`YoloLabels` for a folder of
+    YOLO labels; one clear error, naming ``flag``, if it is neither."""
+    path = Path(path)
+    if path.is_dir():
+        return YoloLabels(path, flag)
     try:
         from pycocotools.coco import COCO
     except ImportError as exc:
         raise ImportError(f"{flag} needs pycocotools: pip install 'bone-zoo[eval]'") from exc
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
@@ -149,7 +228,10 @@ def data_annotations(root: str | Path | None) -> Path | None:
 
 def boxes_by_image(coco, paths: list[str], root: str | Path | None = None) -> dict[str, tuple[np.ndarray, int, int]]:
     """``path -> (boxes [x, y, w, h] (k, 4), height, width)`` for each path with annotations. An image matches on its
-    path relative to ``root`` (COCO's ``file_name``, e.g. ``test/HAND_x_image1.jpg``), else on its base name."""
+    path relative to ``root`` (COCO's ``file_name``, e.g. ``test/HAND_x_image1.jpg``), else on its base name; with
+    :class:`YoloLabels`, on its stem."""
+    if isinstance(coco, YoloLabels):
+        return coco.boxes_by_image(paths)
     by_name: dict[str, dict] = {}
     for img in coco.dataset.get("images", []):
         by_name.setdefault(img["file_name"].replace("\\", "/"), img)
