@@ -433,3 +433,25 @@ def test_train_all_takes_a_yolo_folder_for_boxes(tmp_path, synthetic_root):
     bad = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", empty, "--out", tmp_path / "bad",
                      cwd=tmp_path)
     assert bad.returncode == 2 and "no YOLO labels" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_most_its_limit(tmp_path):
+    from zoo.localisation import load_annotations, validation_localisation
+
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    (tmp_path / "v.coco.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"train/{n}", "height": 32, "width": 32} for i, n in enumerate(names, 1)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 12, 12], "area": 144,
+                         "iscrowd": 0} for i in (1, 2, 4)], "categories": [{"id": 1, "name": "finding"}]}))
+    coco = load_annotations(tmp_path / "v.coco.json")
+    torch.manual_seed(0)
+    model = BoneClassifier("resnet10t", img_size=32, head_hidden=[8])
+    array = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "e.png")]
+    labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0])  # c: no box; d: a box on a normal image; e: not annotated
+    rows = np.array([5, 4, 3, 2, 1])
+    record = validation_localisation(model, array, rows, paths, labels, coco)
+    assert record["images"] == record["available"] == 2  # a and b only
+    assert record["pointing_chance"] > 0 and 0 <= record["pointing"] <= 1
+    assert validation_localisation(model, array, rows, paths, labels, coco, limit=1)["images"] == 1
+    assert validation_localisation(model, array, rows, paths, np.zeros(5), coco) is None
