@@ -436,6 +436,10 @@ class Trainer:
         except (ImportError, OSError, ValueError) as exc:  # the data folder's own file: training goes on without
             self.log(f"validation localisation skipped: {exc}")
             return None
+        if self.accelerator.num_processes > 1:  # the CAMs' backward on a copy: never through DDP's gradient hooks
+            import copy
+
+            net = copy.deepcopy(net)
         record = validation_localisation(net, self.images.array, data.val_ds.rows, data.val_df["path"].tolist(),
                                          data.val_df["label"].to_numpy(), coco, self.dataset.root)
         if record is not None:
