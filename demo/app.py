@@ -4,6 +4,10 @@
   python -m demo --hub ORG/NAME       # members downloaded (and cached) from the Hugging Face Hub
   python -m demo --annotations FILE.coco.json   # ground-truth boxes drawn over the CAMs of the images it names
 
+Without --annotations, the synthetic examples' own annotations.coco.json draws their boxes over the CAMs of an upload
+that is one of them (byte for byte). The member table shows each member's pointing game and energy share on its
+validation images with boxes, as training recorded them (empty for a member whose validation had none).
+
 The command line is demo/cli.py (``python -m demo`` runs it); this module builds the app and never imports it.
 """
 
@@ -27,7 +31,15 @@ from zoo.data.io import IMAGE_SUFFIXES
 from zoo.ensemble import Calibrated, Ensemble, Group
 from zoo.explain import explain_study
 from zoo.loader import Member, load_model
-from zoo.localisation import FUSED, TOLERANCE, boxes_by_image, load_annotations, pad_geometry, pointing_hit
+from zoo.localisation import (
+    FUSED,
+    TOLERANCE,
+    boxes_by_image,
+    describe_localisation,
+    load_annotations,
+    pad_geometry,
+    pointing_hit,
+)
 from zoo.members import MemberError, resolve_member_dirs
 from zoo.metrics import is_abnormal
 
@@ -40,6 +52,10 @@ DELETE_CACHE = (600, 900)  # Gradio's upload/result cache (radiographs): every 1
 EXAMPLES_DIR = Path("data/synthetic")
 BOX_COLOUR = (0, 255, 0)  # the ground-truth outline over the CAM panels
 BOX_WIDTH = 2  # px, at the panel's scale
+# the member table's localisation columns: the member's Grad-CAM on its abnormal validation images with boxes
+# (config.json metrics.val_localisation, written by training; empty for a member whose validation had none)
+POINTING_COLUMN = f"val pointing game ({TOLERANCE} px)"
+ENERGY_COLUMN = "val energy in boxes"
 
 
 class AnalysisError(ValueError):
@@ -55,6 +71,9 @@ class MemberPool:
     backend: str = "auto"  # each member's scores: predict.py's default choice (zoo.backends); CAMs always PyTorch
     max_ensembles: int = MAX_ENSEMBLES
     annotations: str | Path | None = None  # a COCO json: its boxes are drawn over the CAMs of the images it names
+    # the folder the annotations' images are in, when they are the demo's examples' own (build_demo): an upload
+    # matches one only with the example's bytes, so a user's image that merely shares a name gets no boxes
+    annotations_root: Path | None = None
     _loaded: dict[str, Member] = field(default_factory=dict)
     _ensembles: OrderedDict[tuple, Ensemble] = field(default_factory=OrderedDict)  # LRU: most recent last
 
@@ -62,6 +81,32 @@ class MemberPool:
     def coco(self):
         """The ``annotations`` read once (:func:`zoo.localisation.load_annotations`); None without them."""
         return load_annotations(self.annotations) if self.annotations else None
+
+    def ground_truth(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
+        """``path -> (COCO boxes, stored height, width)`` for each of ``paths`` the annotations name (by base name;
+        with :attr:`annotations_root`, only a byte-identical copy of the annotated image): {} without annotations."""
+        if self.coco is None:
+            return {}
+        found = boxes_by_image(self.coco, paths)
+        if self.annotations_root is None:
+            return found
+        import filecmp
+
+        names: dict[str, list[Path]] = {}
+        for img in self.coco.dataset.get("images", []):
+            names.setdefault(Path(img["file_name"]).name, []).append(self.annotations_root / img["file_name"])
+        return {p: v for p, v in found.items()
+                if any(f.is_file() and filecmp.cmp(p, f, shallow=False) for f in names.get(Path(p).name, []))}
+
+    def use_example_annotations(self, root: Path) -> None:
+        """Without annotations of its own, the pool draws the boxes of the example set in ``root`` (its
+        annotations.coco.json) over the CAMs of an upload that is one of its images."""
+        from zoo.localisation import data_annotations
+
+        if self.annotations or (found := data_annotations(root)) is None:
+            return
+        self.annotations, self.annotations_root = found, Path(root)
+        self.__dict__.pop("coco", None)  # read again, from the examples' file
 
     @classmethod
     def from_specs(cls, specs: list[str], precision: str = "auto") -> MemberPool:
@@ -150,7 +195,7 @@ class MemberPool:
 class Analysis:
     probability: float  # the calibrated ensemble probability of the study: predict.py's CSV score
     threshold: float  # the calibrated ensemble's threshold: predict.py --binary's
-    members: pd.DataFrame  # member, val_auc, probability, verdict
+    members: pd.DataFrame  # member, val AUC, probability, verdict, val pointing game, val energy in boxes
     panels: list[tuple[np.ndarray, str]]  # (RGB image, caption): originals, member overlays, fused heatmaps
     spread: float  # max - min of member probabilities
     skipped: list[str]  # unreadable uploads
@@ -223,12 +268,15 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     raw = float(study["ensemble"].iloc[0])
     cal, verdict, note = _calibrated_triage(ens, study, triage)
     panels, ground_truth = _panels(ens, ex, paths, pool)
+    located = [describe_localisation((m.config.get("metrics") or {}).get("val_localisation")) for m in ens.members]
     rows = pd.DataFrame({
         "member": ens.names,
         "val AUC": [round(m.val_auc, 3) for m in ens.members],
         "probability": [round(float(member_probs[n]), 4) for n in ens.names],
         "verdict": ["abnormal" if is_abnormal(member_probs[m.name], m.threshold) else "normal"
                     for m in ens.members],
+        POINTING_COLUMN: [p for p, _ in located],  # empty for a member whose validation images had no boxes
+        ENERGY_COLUMN: [e for _, e in located],
     })
     spread = float(member_probs.max() - member_probs.min())
     return Analysis(float(cal.studies["ensemble"].iloc[0]), cal.threshold, rows, panels, spread,
@@ -269,7 +317,7 @@ def _calibrated_triage(ens: Ensemble, study: pd.DataFrame, triage: float | None)
 def _panels(ens: Ensemble, ex, paths: list[str], pool: MemberPool) -> tuple[list[tuple[np.ndarray, str]], str]:
     """The gallery (per readable image: the original, each member's CAM, the fused CAM; ground-truth boxes drawn
     where the annotations name the upload) and the ground-truth line with the pointing game (empty without)."""
-    truth = boxes_by_image(pool.coco, [paths[i] for i in ex.readable]) if pool.coco is not None else {}
+    truth = pool.ground_truth([paths[i] for i in ex.readable])
     panels: list[tuple[np.ndarray, str]] = []
     pointing: list[str] = []
     for j, i in enumerate(ex.readable):
@@ -387,6 +435,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
                 ex = []
             if ex:
                 gr.Examples(ex, inputs=[files], label="Synthetic examples (2 abnormal, 2 normal)")
+                pool.use_example_annotations(EXAMPLES_DIR)  # their boxes over the CAMs of an example
     return demo.queue(max_size=16)
 
 

@@ -241,3 +241,217 @@ def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
     assert cfg["processes"] == 2 and cfg["mixed_precision"] == "bf16"
     assert cfg["boxes"]["annotated_train_positives"] > 20 and cfg["boxes"]["weight"] == cfg["box_weight"]
     assert proc.stdout.count("positive training images with boxes") == 1  # said once, by the main process
+
+
+def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
+    """The config holds only the --boxes path: the same path with other boxes in it (or another weight or warm-up)
+    is another training, and a member fingerprinted before boxes were hashed cannot be continued with --boxes."""
+    from zoo.checkpoint import FINGERPRINT_FILE, Checkpoint, fingerprint, resume_changes
+    from zoo.config import TrainConfig
+
+    boxes = _coco(tmp_path / "boxes.coco.json", "train/img1.png", 120, 90)
+    data = {"sha256": "x", "images": 3, "pseudo_labelled": 0, "root": "/d"}
+    cfg = TrainConfig(epochs=3, boxes=str(boxes), box_weight=1.0, box_warmup=1.0)
+    fp = fingerprint(cfg, data)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    Checkpoint(tmp_path / "m" / "checkpoint", fingerprint=fp).save({"epoch": 1}, model, opt, sched, best=True)
+    assert resume_changes(tmp_path / "m", fingerprint(cfg, data)) == []
+    _coco(boxes, "train/img1.png", 120, 90, box=[0.0, 0.0, 10.0, 10.0])  # the same file, other boxes
+    changed = resume_changes(tmp_path / "m", fingerprint(cfg, data))
+    assert len(changed) == 1 and changed[0].startswith("the boxes file (boxes.coco.json") and "differs" in changed[0]
+    _coco(boxes, "train/img1.png", 120, 90)  # back as it was: nothing to refuse
+    assert resume_changes(tmp_path / "m", fingerprint(cfg, data)) == []
+    from dataclasses import replace
+
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, box_weight=0.5), data)) == [
+        "box_weight 1.0 -> 0.5"]
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, box_warmup=0.0), data)) == [
+        "box_warmup 1.0 -> 0.0"]
+    assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, boxes=None), data)) == [
+        f"boxes {str(boxes)!r} -> None"]
+    # a finished member whose fingerprint.json predates the boxes hash: --boxes cannot be continued on it
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text("{}")
+    (old / FINGERPRINT_FILE).write_text(json.dumps({k: v for k, v in fp.items() if k != "boxes"}))
+    assert resume_changes(old, fingerprint(replace(cfg, boxes=None), data)) == [f"boxes {str(boxes)!r} -> None"]
+    changed = resume_changes(old, fingerprint(cfg, data))
+    assert len(changed) == 1 and "does not record which boxes" in changed[0]
+
+
+@pytest.mark.slow
+def test_train_all_resume_refuses_a_boxes_file_whose_content_changed(tmp_path, synthetic_root):
+    boxes = tmp_path / "boxes.coco.json"
+    boxes.write_bytes((synthetic_root / "annotations.coco.json").read_bytes())
+    args = ["--data", synthetic_root, *TRAIN, "--quiet", "--no-export", "--boxes", boxes, "--out", tmp_path / "w"]
+    first = run_script("train_all.py", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    weights = (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes()
+    same = run_script("train_all.py", *args, "--resume", cwd=tmp_path)
+    assert same.returncode == 0 and "already trained, skipped" in same.stdout, same.stderr[-2000:]
+    coco = json.loads(boxes.read_text())
+    for a in coco["annotations"]:  # the same file name, every box moved
+        a["bbox"] = [0.0, 0.0, 8.0, 8.0]
+    boxes.write_text(json.dumps(coco))
+    moved = run_script("train_all.py", *args, "--resume", cwd=tmp_path)
+    assert moved.returncode == 2, moved.stdout[-2000:]
+    assert "--resume refused" in moved.stderr and "the boxes file (boxes.coco.json" in moved.stderr
+    assert (tmp_path / "w" / "resnet10t" / "model.safetensors").read_bytes() == weights  # nothing was touched
+
+
+def _val_hits(out: Path, trainer, coco_path: Path, root: Path) -> tuple[list[str], int, float]:
+    """The abnormal validation images with boxes, how many of the saved member's Grad-CAMs hit them and their mean
+    energy share (NaN when no map has mass), recomputed from the member folder (what the demo loads)."""
+    from zoo.localisation import boxes_by_image, energy_share, load_annotations, pad_geometry, pointing_hit
+
+    val = trainer.val_df[trainer.val_df["label"] == 1]
+    boxes = boxes_by_image(load_annotations(coco_path), val["path"].tolist(), root)
+    paths = [p for p in val["path"] if p in boxes]
+    model = BoneClassifier.load(out)
+    cams, _ = compute_cams(model, load_images(paths, model.img_size, "", quiet=True).array[:], "gradcam")
+    geos = [pad_geometry(boxes[p][1], boxes[p][2], c.shape[0]) for c, p in zip(cams, paths, strict=True)]
+    hits = sum(pointing_hit(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos, strict=True))
+    energy = np.array([energy_share(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos, strict=True)])
+    return paths, hits, float(np.nanmean(energy)) if np.isfinite(energy).any() else float("nan")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["--boxes", "the data folder's annotations.coco.json", "no annotations"])
+def test_each_member_records_its_pointing_game_on_its_validation_images_with_boxes(tmp_path, given):
+    from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
+    from zoo.localisation import chance_levels
+    from zoo.train import TrainConfig, Trainer
+
+    root = ensure_synthetic(tmp_path / "data", SyntheticSpec(n_train=80, n_test=4))
+    coco_path = root / "annotations.coco.json"
+    if given != "the data folder's annotations.coco.json":
+        coco_path = coco_path.rename(tmp_path / "boxes.coco.json")  # the folder has none of its own
+    ds = load_dataset(root)
+    cfg = TrainConfig(backbone="resnet10t", epochs=1, img_size=64, lr=1e-3, batch_size=16, head_hidden=[16],
+                      calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True, export=False,
+                      boxes=str(coco_path) if given == "--boxes" else None)
+    out = tmp_path / "member"
+    trainer = Trainer(cfg, ds, out)
+    trainer.fit()
+    saved = json.loads((out / "config.json").read_text())
+    record = saved["metrics"].get("val_localisation")
+    assert json.loads((out / "metrics.json").read_text()).get("val_localisation") == record
+    if given == "no annotations":
+        assert record is None and "Localisation on the abnormal validation" not in (out / "README.md").read_text()
+        return
+    paths, hits, energy = _val_hits(out, trainer, coco_path, root)
+    assert len(paths) >= 5 and not set(paths) & set(trainer.train_df["path"])  # validation images only
+    assert record["file"] == coco_path.name and record["method"] == "gradcam" and record["tolerance"] == 15
+    assert record["images"] == len(paths)
+    assert record["pointing"] == pytest.approx(hits / len(paths))  # the saved member's maps, scored once each
+    assert record["pointing_lo"] <= record["pointing"] <= record["pointing_hi"]
+    if np.isfinite(energy):  # maps of a member one epoch old may have no mass at all: no share to give
+        assert record["energy"] == pytest.approx(energy)
+        assert record["energy_lo"] <= record["energy"] <= record["energy_hi"]
+    else:
+        assert np.isnan(record["energy"])
+    from zoo.localisation import boxes_by_image, load_annotations
+
+    boxes = boxes_by_image(load_annotations(coco_path), paths, root)
+    chances = np.array([chance_levels(*boxes[p]) for p in paths])
+    assert record["pointing_chance"] == pytest.approx(chances[:, 0].mean())
+    assert record["energy_chance"] == pytest.approx(chances[:, 1].mean())
+    card = (out / "README.md").read_text()
+    assert "Localisation on the abnormal validation images with boxes" in card and coco_path.name in card
+    assert "val_localisation" not in card  # a sentence, not a dict in the metrics table
+
+
+def _yolo_from_coco(coco_path: Path, out: Path) -> Path:
+    """The COCO file written as a YOLO folder: out/labels/<split>/<stem>.txt, 'class cx cy w h' normalised (an empty
+    file for an image without boxes)."""
+    coco = json.loads(coco_path.read_text())
+    anns: dict[int, list] = {}
+    for a in coco["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a["bbox"])
+    for img in coco["images"]:
+        f = out / "labels" / Path(img["file_name"]).with_suffix(".txt")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        w, h = img["width"], img["height"]
+        f.write_text("".join(f"0 {(x + bw / 2) / w:.8f} {(y + bh / 2) / h:.8f} {bw / w:.8f} {bh / h:.8f}\n"
+                             for x, y, bw, bh in anns.get(img["id"], [])))
+    return out
+
+
+def test_a_yolo_folder_gives_the_boxes_and_masks_of_the_same_coco_file(tmp_path, synthetic_root):
+    from zoo.data import load_dataset
+    from zoo.localisation import YoloLabels, annotations_record, boxes_by_image, load_annotations
+
+    yolo = _yolo_from_coco(synthetic_root / "annotations.coco.json", tmp_path / "yolo")
+    ds = load_dataset(synthetic_root)
+    paths = ds.train["path"].tolist()
+    coco = boxes_by_image(load_annotations(synthetic_root / "annotations.coco.json"), paths, synthetic_root)
+    labels = load_annotations(yolo, flag="--boxes")
+    assert isinstance(labels, YoloLabels)
+    got = boxes_by_image(labels, paths)
+    assert len(coco) > 50 and got.keys() == coco.keys()  # matched by stem, wherever the images are
+    for p, (b, h, w) in coco.items():
+        assert got[p][1:] == (h, w)
+        np.testing.assert_allclose(got[p][0], b, atol=1e-4)
+    size = 64
+    a = box_masks(synthetic_root / "annotations.coco.json", paths, size, synthetic_root)
+    b = box_masks(yolo, paths, size)
+    assert a.keys() == b.keys()
+    same = sum(np.array_equal(a[p], b[p]) for p in a)
+    assert same >= 0.9 * len(a), (same, len(a))  # 8 decimals in the labels: a pixel centre on an edge may flip
+    assert all((a[p] ^ b[p]).sum() <= 0.1 * a[p].sum() for p in a)
+    record = annotations_record(yolo)
+    assert record["file"] == "yolo" and annotations_record(yolo) == record  # the folder's content, stably
+    first = sorted((yolo / "labels" / "train").glob("*.txt"))[0]
+    first.write_text("0 0.5 0.5 0.1 0.1\n")
+    assert annotations_record(yolo)["sha256"] != record["sha256"]
+
+
+def test_a_yolo_folder_that_is_not_one_is_refused_with_the_line(tmp_path):
+    from zoo.localisation import load_annotations
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no YOLO labels"):
+        load_annotations(tmp_path / "empty", flag="--boxes")
+    (tmp_path / "bad" / "labels").mkdir(parents=True)
+    (tmp_path / "bad" / "labels" / "img1.txt").write_text("0 0.5 0.5 0.2 0.2\n0 120 80 30 30\n")
+    with pytest.raises(ValueError, match=r"img1.txt:2: not a YOLO box line"):
+        load_annotations(tmp_path / "bad", flag="--boxes")
+
+
+@pytest.mark.slow
+def test_train_all_takes_a_yolo_folder_for_boxes(tmp_path, synthetic_root):
+    yolo = _yolo_from_coco(synthetic_root / "annotations.coco.json", tmp_path / "yolo")
+    proc = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--quiet", "--no-export", "--boxes", yolo,
+                      "--out", tmp_path / "w", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "w" / "resnet10t" / "config.json").read_text())["training"]["boxes"]
+    assert record["file"] == "yolo" and record["annotated_train_positives"] > 20
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    bad = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", empty, "--out", tmp_path / "bad",
+                     cwd=tmp_path)
+    assert bad.returncode == 2 and "no YOLO labels" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_most_its_limit(tmp_path):
+    from zoo.localisation import load_annotations, validation_localisation
+
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    (tmp_path / "v.coco.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"train/{n}", "height": 32, "width": 32} for i, n in enumerate(names, 1)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 12, 12], "area": 144,
+                         "iscrowd": 0} for i in (1, 2, 4)], "categories": [{"id": 1, "name": "finding"}]}))
+    coco = load_annotations(tmp_path / "v.coco.json")
+    torch.manual_seed(0)
+    model = BoneClassifier("resnet10t", img_size=32, head_hidden=[8])
+    array = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "e.png")]
+    labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0])  # c: no box; d: a box on a normal image; e: not annotated
+    rows = np.array([5, 4, 3, 2, 1])
+    record = validation_localisation(model, array, rows, paths, labels, coco)
+    assert record["images"] == record["available"] == 2  # a and b only
+    assert record["pointing_chance"] > 0 and 0 <= record["pointing"] <= 1
+    assert validation_localisation(model, array, rows, paths, labels, coco, limit=1)["images"] == 1
+    assert validation_localisation(model, array, rows, paths, np.zeros(5), coco) is None

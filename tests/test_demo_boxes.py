@@ -15,6 +15,8 @@ from PIL import Image
 from demo.app import BOX_COLOUR, MemberPool, analyse, summary_markdown
 from zoo.model import BoneClassifier
 
+CHROMIUM = Path("/usr/bin/chromium")
+
 # A 64 x 32 (w x h) image into a 32 px member: scale 0.5, 32 x 16, padded 8 rows top and bottom. The COCO box
 # [x 16, y 8, w 16, h 16] lands on input columns 8..15 and rows 4+8 .. 11+8 = 12..19.
 BOX = [16, 8, 16, 16]
@@ -101,3 +103,108 @@ def test_the_cli_reads_the_annotations_and_refuses_a_wrong_file(folders, tmp_pat
     monkeypatch.setattr(demo.app, "build_demo", lambda pool: pytest.fail("served with a missing annotations file"))
     with pytest.raises(SystemExit, match="missing.coco.json: no such file"):
         main(args)
+
+
+LOCATED = {"method": "gradcam", "tolerance": 15.0, "level": 0.95, "images": 12, "pointing": 0.75,
+           "pointing_lo": 0.468, "pointing_hi": 0.911, "pointing_chance": 0.104, "energy": 0.312, "energy_lo": 0.25,
+           "energy_hi": 0.377, "energy_chance": 0.031, "file": "annotations.coco.json"}
+
+
+def test_the_member_table_shows_each_members_validation_pointing_game_and_is_empty_without(tmp_path, uploads):
+    """The columns come from each member's config.json (metrics.val_localisation, written by training); a member
+    whose validation images had no boxes has empty cells."""
+    from demo.app import ENERGY_COLUMN, POINTING_COLUMN
+
+    torch.manual_seed(0)
+    located = BoneClassifier("resnet10t", img_size=32, head_hidden=[8])
+    located.metrics = {"val_auc": 0.8, "val_localisation": LOCATED}
+    folders = {"located": located.save_member(tmp_path / "m" / "located"),
+               "plain": BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / "m" / "plain")}
+    a = analyse([uploads["hand_other.png"]], ["located", "plain"], pool=MemberPool(folders), combiner="mean")
+    table = a.members.set_index("member")
+    assert table.loc["located", POINTING_COLUMN] == "0.750 (0.468–0.911; chance 0.104; 12 images)"
+    assert table.loc["located", ENERGY_COLUMN] == "0.312 (0.250–0.377; chance 0.031)"
+    assert table.loc["plain", POINTING_COLUMN] == "" and table.loc["plain", ENERGY_COLUMN] == ""
+
+
+def test_example_annotations_reach_only_a_byte_identical_copy_of_the_example(folders, uploads, coco_file, tmp_path):
+    """The demo's examples bring their own annotations: an upload gets their boxes only when it is the example image
+    itself, not a user's image that merely shares its name."""
+    root = tmp_path / "examples"
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "hand_fracture.png").write_bytes(Path(uploads["hand_fracture.png"]).read_bytes())
+    coco_file.rename(root / "annotations.coco.json")
+    pool = MemberPool(dict(folders))
+    pool.use_example_annotations(root)
+    assert pool.annotations == root / "annotations.coco.json"
+    same = analyse([uploads["hand_fracture.png"]], ["m32"], pool=pool, combiner="mean")
+    assert "Green boxes: ground truth" in summary_markdown(same)
+    other = Path(uploads["hand_other.png"]).with_name("elsewhere") / "hand_fracture.png"  # the name, other pixels
+    other.parent.mkdir()
+    other.write_bytes(Path(uploads["hand_other.png"]).read_bytes())
+    plain = analyse([str(other)], ["m32"], pool=pool, combiner="mean")
+    assert "ground truth" not in summary_markdown(plain)
+    given = MemberPool(dict(folders), annotations=tmp_path / "mine.coco.json")
+    given.use_example_annotations(root)  # a file the user gave wins over the examples'
+    assert given.annotations == tmp_path / "mine.coco.json" and given.annotations_root is None
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium not installed (.ci/run installs it)")
+def test_real_browser_an_annotated_example_shows_green_boxes_and_the_pointing_column(tmp_path, monkeypatch):
+    """The served demo with its examples (a small synthetic set with annotations.coco.json): the abnormal example is
+    uploaded in Chromium, analysed, and the member's CAM panel comes back with the box outlined in green; the
+    summary names the ground truth and the member table has the pointing-game column."""
+    import urllib.request
+    from io import BytesIO
+
+    from conftest import free_port
+    from playwright.sync_api import sync_playwright
+
+    import demo.app
+    from demo.app import ENERGY_COLUMN, POINTING_COLUMN, build_demo, example_files
+    from zoo.data import SyntheticSpec, ensure_synthetic
+    from zoo.localisation import boxes_by_image, load_annotations
+
+    root = ensure_synthetic(tmp_path / "examples", SyntheticSpec(n_train=8, n_test=8))
+    monkeypatch.setattr(demo.app, "EXAMPLES_DIR", root)
+    coco = load_annotations(root / "annotations.coco.json")
+    annotated = [p for [[p]] in example_files() if boxes_by_image(coco, [p])]
+    assert annotated, "no example with boxes"
+    torch.manual_seed(0)
+    member = BoneClassifier("resnet10t", img_size=64, head_hidden=[8])
+    member.metrics = {"val_auc": 0.8, "val_localisation": LOCATED}
+    pool = MemberPool({"m64": member.save_member(tmp_path / "members" / "m64")})
+    app = build_demo(pool, examples=True)
+    assert pool.annotations == root / "annotations.coco.json"  # the examples' own file
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#upload input[type=file]").set_input_files(annotated[0])
+            page.wait_for_timeout(1500)
+            page.locator("#analyse").click()
+            page.wait_for_selector("#heatmaps img", timeout=60_000)
+            page.wait_for_function("document.querySelector('#verdict').innerText.includes('P(abnormal)')",
+                                   timeout=60_000)
+            verdict = page.locator("#verdict").inner_text()
+            table = page.locator("#table").inner_text()
+            srcs = [page.locator("#heatmaps img").nth(i).get_attribute("src")
+                    for i in range(page.locator("#heatmaps img").count())]
+            browser.close()
+        panels = [np.asarray(Image.open(BytesIO(urllib.request.urlopen(
+            src if src.startswith("http") else f"http://127.0.0.1:{port}{src}", timeout=30).read())).convert("RGB"))
+            for src in srcs]  # what the browser was served, while the app still serves it
+    finally:
+        app.close()
+    assert "Green boxes: ground truth" in verdict and "annotations.coco.json" in verdict, verdict
+    assert POINTING_COLUMN in table and ENERGY_COLUMN in table and "0.750" in table, table
+    assert len(srcs) == 3, srcs  # original, the member's CAM, the fused CAM
+    green = [int((panel == BOX_COLOUR).all(axis=2).sum()) for panel in panels]
+    assert green[0] == 0 and green[1] >= 8 and green[2] >= 8, green  # outlined on the CAMs, not on the original

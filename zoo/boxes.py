@@ -1,8 +1,9 @@
 """Learning from boxes (``train_all.py --boxes FILE.coco.json``): pull each member's class-activation map into the
 annotated region on annotated positives.
 
-- **Masks.** Annotations are read and matched to training images by file name with :mod:`zoo.localisation`'s reader
-  (``pycocotools``; boxes, and polygons through their COCO ``bbox``); each box goes through the model input's
+- **Masks.** Annotations are read and matched to training images with :mod:`zoo.localisation`'s readers (a COCO
+  json through ``pycocotools``, by file name: boxes, and polygons through their ``bbox``; or a YOLO folder,
+  :class:`zoo.localisation.YoloLabels`, by file stem); each box goes through the model input's
   resize and pad (:func:`zoo.localisation.pad_geometry`), so the mask covers the pixels it covers in the stored image.
   :class:`BoxDataset` augments the image and its mask (a ``tv_tensors.Mask``) in one call of the same torchvision v2
   pipeline: every geometric step (crop, flip, rotation, translation) moves both alike, intensity steps leave the mask
@@ -26,7 +27,6 @@ map is computed in fp32.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +41,17 @@ BOX_COST = 1.2
 
 
 def file_record(path: str | Path) -> dict:
-    """What config.json records of the boxes file: its name and SHA-256."""
-    path = Path(path)
-    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    """What config.json records of the boxes file (or YOLO folder): its name and SHA-256
+    (:func:`zoo.localisation.annotations_record`)."""
+    from zoo.localisation import annotations_record
+
+    return annotations_record(path)
 
 
 def box_masks(path: str | Path, paths: list[str], size: int, root: str | Path | None = None) -> dict[str, np.ndarray]:
     """``image path -> bool (size, size) mask`` of its annotated boxes in the model input (after resize and pad),
-    for each of ``paths`` the COCO file ``path`` annotates (matched by path relative to ``root``, else base name)."""
+    for each of ``paths`` the COCO file (or YOLO folder) ``path`` annotates (:func:`zoo.localisation.boxes_by_image`:
+    by path relative to ``root``, else base name; YOLO by stem)."""
     from zoo.localisation import _box_mask, boxes_by_image, load_annotations, pad_geometry
 
     coco = load_annotations(path, flag="--boxes")

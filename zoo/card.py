@@ -203,8 +203,23 @@ def member_card(cfg: dict[str, Any], repo_id: str | None = None, subfolder: str 
         f'model = BoneClassifier.from_pretrained(f"{{path}}/{subfolder}")'
     )
     return ModelCard.from_template(data, template_str=_template("member_card.md"), name=name, spec=spec, cfg=cfg,
-                                   recipe=recipe_lines(cfg), metrics=metrics, load=load, where=where,
-                                   limitations=LIMITATIONS)
+                                   recipe=recipe_lines(cfg), load=load, where=where, limitations=LIMITATIONS,
+                                   metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)},
+                                   localisation=localisation_line(metrics.get("val_localisation")))
+
+
+def localisation_line(record: dict | None) -> str:
+    """The card's sentence on where the member's Grad-CAM points on its validation images with boxes
+    (``metrics.val_localisation``, :func:`zoo.localisation.validation_localisation`); empty without."""
+    if not record:
+        return ""
+    from zoo.localisation import describe_localisation
+
+    pointing, energy = describe_localisation(record)
+    return (f"Localisation on the abnormal validation images with boxes (`{record.get('file', '?')}`, "
+            f"{record['method']}, scored only): pointing game (maximum within {_num(record['tolerance'])} px of a "
+            f"box, {record['level']:.0%} Wilson interval) {pointing}; share of CAM energy inside the boxes "
+            f"(bootstrap interval) {energy}.")
 
 
 def run_card(repo_id: str, leaderboard_md: str, members: list[str], dataset: str | None = None,

@@ -11,8 +11,9 @@ An epoch folder is written under a temporary name and renamed when complete; ``L
 it, so a run killed at any instant resumes from the last complete epoch.
 
 A resume continues only what was started: each epoch folder (and, once finished, the member folder) holds
-``fingerprint.json``, the resolved config and a hash of the data (image paths, sizes, mtimes, labels) it was trained
-with; :func:`resume_changes` says what differs now, and ``train_all.py --resume`` refuses a mismatch naming it.
+``fingerprint.json``, the resolved config, a hash of the data (image paths, sizes, mtimes, labels) it was trained
+with and, with ``--boxes``, the boxes file's SHA-256 and the box settings; :func:`resume_changes` says what differs
+now, and ``train_all.py --resume`` refuses a mismatch naming it.
 """
 
 from __future__ import annotations
@@ -214,11 +215,27 @@ def data_fingerprint(images, root: str | Path | None = None, pseudo=None) -> dic
             "root": str(Path(root).resolve()) if root is not None else None}
 
 
+def boxes_fingerprint(config) -> dict | None:
+    """What ``--boxes`` trains from: the file's name and SHA-256 (:func:`zoo.boxes.file_record`; ``sha256`` None
+    when it cannot be read) with ``--box-weight`` and ``--box-warmup``; None without ``--boxes``. The config holds
+    only the file's path: the same path with other boxes in it is another training."""
+    path = getattr(config, "boxes", None)
+    if not path:
+        return None
+    from zoo.boxes import file_record
+
+    try:
+        record = file_record(path)
+    except (OSError, ValueError):  # unreadable, or a folder without YOLO labels
+        record = {"file": Path(path).name, "sha256": None}
+    return {**record, "weight": config.box_weight, "warmup": config.box_warmup}
+
+
 def fingerprint(config, data: dict) -> dict:
     """What a member is trained from: the resolved config (a ``TrainConfig``; fields that only say where or how fast
-    it runs left out) and :func:`data_fingerprint`."""
+    it runs left out), :func:`data_fingerprint` and :func:`boxes_fingerprint`."""
     cfg = {k: v for k, v in asdict(config).items() if k not in RUNTIME_FIELDS + SPEED_FIELDS}
-    return {"config": json.loads(json.dumps(cfg, default=str)), "data": data}
+    return {"config": json.loads(json.dumps(cfg, default=str)), "data": data, "boxes": boxes_fingerprint(config)}
 
 
 def _comparable(cfg: dict) -> dict:
@@ -242,11 +259,15 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
         cfg = (_read_json(member_dir / "config.json") or {}).get("training")  # trained before fingerprints
         if not cfg:
             return []
-        resolved = ("mixed_precision", "pos_weight")  # recorded as resolved, not as the flag: not comparable
+        # recorded as resolved, not as the flag: not comparable (config.json's "boxes" is what --boxes matched)
+        resolved = ("mixed_precision", "pos_weight", "boxes")
+        box = cfg.get("boxes")
         stored = {"config": {k: v for k, v in cfg.items() if k in current["config"] and k not in resolved},
-                  "data": None}
+                  "data": None, "boxes": box and {"file": box.get("file"), "sha256": box.get("sha256"),
+                                                  "weight": box.get("weight"), "warmup": box.get("warmup")}}
     old, new = _comparable(stored.get("config", {})), _comparable(current["config"])
     changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    changes += _boxes_changes(stored, current.get("boxes"))
     was, now = stored.get("data"), current["data"]
     if was is not None and was.get("sha256") != now.get("sha256"):
         where = (f"{was.get('root')} -> {now.get('root')}, " if was.get("root") != now.get("root") else
@@ -254,3 +275,17 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
         changes.append(f"the data ({where}{was.get('images')} -> {now.get('images')} images; paths, labels, file "
                        f"sizes or times differ)")
     return changes
+
+
+def _boxes_changes(stored: dict, now: dict | None) -> list[str]:
+    """What differs in the ``--boxes`` file a member was trained with (``stored``, a fingerprint) and ``now``
+    (:func:`boxes_fingerprint`): its content, or nothing known of it (a fingerprint from before boxes were hashed).
+    Its path, weight and warm-up are the config's, compared with it."""
+    if "boxes" not in stored:  # a fingerprint written before the boxes file's content was part of it
+        return [] if now is None else [f"boxes {now['file']}: the checkpoint does not record which boxes it was "
+                                       "trained with (an older bone-zoo)"]
+    was = stored["boxes"]
+    if was is None or now is None or (was.get("sha256") == now["sha256"] and now["sha256"] is not None):
+        return []
+    return [f"the boxes file ({was.get('file')} -> {now['file']}: its content differs, sha256 "
+            f"{str(was.get('sha256'))[:12]} -> {str(now['sha256'])[:12]})"]

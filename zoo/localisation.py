@@ -33,6 +33,7 @@ from zoo.stats import LEVEL, interval, wilson
 
 TOLERANCE = 15  # px at the stored image's scale (Zhang et al. 2018)
 FUSED = "ensemble (fused)"
+VAL_LOCALISATION_LIMIT = 500  # abnormal validation images with boxes scored at the end of training, at most
 ROAD_PERCENTILES = (20, 50, 80)  # of pixels removed; three levels keep ROAD's sparse solves affordable on a CPU
 
 
@@ -112,16 +113,102 @@ def chance_levels(boxes: np.ndarray, h: int, w: int, tolerance: float = TOLERANC
     return float((d <= tolerance).mean()), float((d <= 0).mean())
 
 
+def image_scores(cam: np.ndarray, boxes: np.ndarray, h: int, w: int, tolerance: float = TOLERANCE) -> dict:
+    """``{"hit", "energy"}`` of one CAM (any square size: the model input's) against the COCO boxes of its stored
+    (h, w) image: :func:`pointing_hit` and :func:`energy_share` through the input's resize and pad."""
+    geo = pad_geometry(h, w, cam.shape[0])
+    return {"hit": pointing_hit(cam, boxes, geo, tolerance), "energy": energy_share(cam, boxes, geo)}
+
+
 # --- annotations -----------------------------------------------------------------------------------------------
 
+class YoloLabels:
+    """The second reader: a YOLO-format folder, one ``STEM.txt`` per image (``class cx cy w h`` per line, centre and
+    size normalised to the image's width and height; every class a finding; an empty file: none), under
+    ``DIR/labels/`` (any depth: ``labels/train/``, ``labels/val/``) or in ``DIR`` itself. Labels are matched to
+    images by file stem, and boxes come out in stored pixels, as COCO's ``[x, y, w, h]``, through the size of the
+    image they are matched to (as decoded: EXIF orientation applied)."""
+
+    def __init__(self, folder: str | Path, flag: str = "--boxes"):
+        self.folder = Path(folder)
+        labels = self.folder / "labels" if (self.folder / "labels").is_dir() else self.folder
+        self.files = sorted(labels.rglob("*.txt"))
+        if not self.files:
+            raise ValueError(f"{flag} {self.folder}: a folder, but no YOLO labels in it (labels/*.txt, one "
+                             "'class cx cy w h' line per box); give a COCO json or a YOLO folder")
+        self.boxes: dict[str, np.ndarray] = {}  # stem -> (k, 4) normalised cx, cy, w, h
+        for f in self.files:
+            rows = []
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    values = [float(v) for v in line.split()]
+                except ValueError:
+                    values = []
+                if len(values) != 5 or not all(0 <= v <= 1 for v in values[1:]):
+                    raise ValueError(f"{flag} {f}:{n}: not a YOLO box line 'class cx cy w h' with normalised "
+                                     f"values in [0, 1]: {line.strip()[:80]!r}")
+                rows.append(values[1:])
+            if f.stem in self.boxes:
+                raise ValueError(f"{flag} {f}: a second label file for the images named {f.stem!r}; labels are "
+                                 "matched by stem, which must be unique")
+            self.boxes[f.stem] = np.array(rows, float).reshape(-1, 4)
+        self.dataset = {"images": [{"file_name": stem} for stem in self.boxes]}  # what a summary counts
+
+    def boxes_by_image(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
+        """:func:`boxes_by_image` for these labels: ``path -> (COCO boxes (k, 4), height, width)``."""
+        out = {}
+        for p in paths:
+            b = self.boxes.get(Path(p).stem, np.zeros((0, 4)))
+            b = b[(b[:, 2:] > 0).all(axis=1)]  # as for COCO: a box without area marks nothing
+            if not len(b):
+                continue
+            h, w = _stored_size(p)
+            out[p] = (np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h, b[:, 2] * w, b[:, 3] * h],
+                               1), h, w)
+        return out
+
+
+def _stored_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image as :func:`zoo.data.io.decode` gives it: from the header (EXIF rotation applied)
+    where Pillow reads it, else by decoding (DICOM)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (w, h) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (h, w)
+    except Exception:  # DICOM and what else Pillow does not know: the project's own reader
+        from zoo.data.io import read_grayscale
+
+        return tuple(read_grayscale(path).shape)  # type: ignore[return-value]
+
+
+def annotations_record(path: str | Path) -> dict:
+    """What config.json and the resume fingerprint record of an annotations source: its name and SHA-256 (of the
+    file; of a YOLO folder, every label file's relative path and content)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_dir():
+        return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    h = hashlib.sha256()
+    for f in YoloLabels(path).files:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"file": path.name, "sha256": h.hexdigest()}
+
+
 def load_annotations(path: str | Path, flag: str = "--annotations"):
-    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons); one clear error, naming ``flag``, if it
-    is not one."""
+    """A ``pycocotools.coco.COCO`` for a COCO json (boxes and/or polygons), or :class:`YoloLabels` for a folder of
+    YOLO labels; one clear error, naming ``flag``, if it is neither."""
+    path = Path(path)
+    if path.is_dir():
+        return YoloLabels(path, flag)
     try:
         from pycocotools.coco import COCO
     except ImportError as exc:
         raise ImportError(f"{flag} needs pycocotools: pip install 'bone-zoo[eval]'") from exc
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
@@ -131,9 +218,21 @@ def load_annotations(path: str | Path, flag: str = "--annotations"):
         raise ValueError(f"{flag} {path}: not a COCO annotation file ({exc})") from exc
 
 
+ANNOTATIONS_FILE = "annotations.coco.json"  # a data folder's own boxes (FracAtlas' layout, the synthetic set)
+
+
+def data_annotations(root: str | Path | None) -> Path | None:
+    """The data folder's own COCO file (``ROOT/annotations.coco.json``), or None where it has none."""
+    f = Path(root) / ANNOTATIONS_FILE if root is not None else None
+    return f if f is not None and f.is_file() else None
+
+
 def boxes_by_image(coco, paths: list[str], root: str | Path | None = None) -> dict[str, tuple[np.ndarray, int, int]]:
     """``path -> (boxes [x, y, w, h] (k, 4), height, width)`` for each path with annotations. An image matches on its
-    path relative to ``root`` (COCO's ``file_name``, e.g. ``test/HAND_x_image1.jpg``), else on its base name."""
+    path relative to ``root`` (COCO's ``file_name``, e.g. ``test/HAND_x_image1.jpg``), else on its base name; with
+    :class:`YoloLabels`, on its stem."""
+    if isinstance(coco, YoloLabels):
+        return coco.boxes_by_image(paths)
     by_name: dict[str, dict] = {}
     for img in coco.dataset.get("images", []):
         by_name.setdefault(img["file_name"].replace("\\", "/"), img)
@@ -227,9 +326,8 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
                 chance_point, chance_energy = chance_levels(b, h, w, opt.tolerance)
                 for name in [*ens.names, FUSED]:
                     cam = ex.fused[j] if name == FUSED else ex.cams[name][j]
-                    geo = pad_geometry(h, w, cam.shape[0])
                     row = {"path": path, "id": ids[idx[0]], "member": name, "method": method,
-                           "hit": pointing_hit(cam, b, geo, opt.tolerance), "energy": energy_share(cam, b, geo),
+                           **image_scores(cam, b, h, w, opt.tolerance),
                            "chance_point": chance_point, "chance_energy": chance_energy,
                            "road": np.nan, "road_random": np.nan}
                     if name != FUSED and road_left[(name, method)] > 0:
@@ -241,6 +339,53 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
                         road_left[(name, method)] -= 1
                     rows.append(row)
     return pd.DataFrame(rows)
+
+
+def validation_localisation(model, array, rows, paths: list[str], labels, coco, root: str | Path | None = None,
+                            method: str = "gradcam", tolerance: float = TOLERANCE, batch: int = 32,
+                            limit: int = VAL_LOCALISATION_LIMIT) -> dict | None:
+    """One member's pointing game and energy share (each with its interval and chance level: :func:`summarise`) on
+    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; image ``i`` is
+    ``array[rows[i]]`` (uint8, the model's input size). Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and
+    the evaluation draw), ``batch`` images at a time, on the first ``limit`` such images (the cost stays bounded on
+    a large set; ``available`` says how many there were). None when no such image has a box: nothing to score."""
+    from zoo.cam import compute_cams
+
+    boxes = boxes_by_image(coco, [p for p, y in zip(paths, labels, strict=True) if y >= 0.5], root)
+    pick = [i for i, p in enumerate(paths) if p in boxes and labels[i] >= 0.5]
+    if not pick:
+        return None
+    available, pick = len(pick), pick[:limit]
+    records = []
+    for start in range(0, len(pick), batch):
+        chunk = pick[start:start + batch]
+        cams, _ = compute_cams(model, np.asarray(array[np.asarray(rows)[chunk]]), method)
+        for i, cam in zip(chunk, cams, strict=True):
+            b, h, w = boxes[paths[i]]
+            chance_point, chance_energy = chance_levels(b, h, w, tolerance)
+            records.append({"path": paths[i], "member": "", "method": method, **image_scores(cam, b, h, w, tolerance),
+                            "chance_point": chance_point, "chance_energy": chance_energy, "road": np.nan,
+                            "road_random": np.nan})
+    row = summarise(pd.DataFrame(records)).iloc[0]
+    keys = ("pointing", "pointing_lo", "pointing_hi", "pointing_chance", "energy", "energy_lo", "energy_hi",
+            "energy_chance")
+    return {"method": method, "tolerance": float(tolerance), "level": LEVEL, "images": int(row["images"]),
+            "available": available,
+            **{k: float(row[k]) for k in keys}}
+
+
+def describe_localisation(record: dict | None) -> tuple[str, str]:
+    """``(pointing, energy)`` for a table cell: value, interval and chance of :func:`validation_localisation`'s
+    record; two empty strings without one."""
+    if not record:
+        return "", ""
+    n = record["images"]
+    pointing = (f"{_f(record['pointing'])} ({interval(record['pointing_lo'], record['pointing_hi'])}; chance "
+                f"{_f(record['pointing_chance'])}; {n} image{'s' if n != 1 else ''})")
+    energy = (f"{_f(record['energy'])} ({interval(record['energy_lo'], record['energy_hi'])}; chance "
+              f"{_f(record['energy_chance'])})" if math.isfinite(record["energy"]) else
+              f"none (no map had mass; chance {_f(record['energy_chance'])})")
+    return pointing, energy
 
 
 def _mean_ci(x: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:

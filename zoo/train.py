@@ -387,6 +387,8 @@ class Trainer:
             "n_calibration_studies": 0 if cal_st is None else len(cal_st),
         }
         if self.is_main:
+            if (loc := self._val_localisation(net, data)) is not None:
+                metrics["val_localisation"] = loc
             train_st = studies(self.dataset.train)
             net.threshold, net.metrics, net.calibration = thr, metrics, cal.to_dict()
             net.training_config = {
@@ -418,6 +420,34 @@ class Trainer:
             self.checkpoint.clear()
         acc.wait_for_everyone()
         return metrics
+
+    def _val_localisation(self, net: BoneClassifier, data: TrainData) -> dict | None:
+        """Where the finished member's Grad-CAM points on its abnormal validation images that have boxes (the
+        ``--boxes`` file, else the data folder's own annotations.coco.json): the pointing game and energy share of
+        :func:`zoo.localisation.validation_localisation`, with the file's name; None without boxes for them. Only
+        scored: validation never trains on boxes."""
+        from zoo.localisation import data_annotations, load_annotations, validation_localisation
+
+        path = self.cfg.boxes or data_annotations(self.dataset.root)
+        if not path:
+            return None
+        try:
+            coco = load_annotations(path, flag="--boxes" if self.cfg.boxes else "annotations")
+        except (ImportError, OSError, ValueError) as exc:  # the data folder's own file: training goes on without
+            self.log(f"validation localisation skipped: {exc}")
+            return None
+        if self.accelerator.num_processes > 1:  # the CAMs' backward on a copy: never through DDP's gradient hooks
+            import copy
+
+            net = copy.deepcopy(net)
+        record = validation_localisation(net, self.images.array, data.val_ds.rows, data.val_df["path"].tolist(),
+                                         data.val_df["label"].to_numpy(), coco, self.dataset.root)
+        if record is not None:
+            record["file"] = Path(path).name
+            self.log(f"validation localisation on {record['images']} abnormal images with boxes: pointing game "
+                     f"{record['pointing']:.3f} (chance {record['pointing_chance']:.3f}), energy share "
+                     f"{record['energy']:.3f} (chance {record['energy_chance']:.3f})")
+        return record
 
     def _export_graphs(self, data: TrainData) -> None:
         """The saved member's ONNX graphs, int8 calibrated and checked on its validation images (zoo.onnx); a failure

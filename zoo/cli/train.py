@@ -54,7 +54,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "trains into it (a second run on it is refused, naming the first) (default %(default)s)")
     a("--resume", action="store_true", help="continue interrupted members from their checkpoint; skip finished ones. "
       "Refused, naming what changed, when a member was trained with other settings or other data (its "
-      "fingerprint.json: the resolved config and a hash of image paths, sizes, times and labels)")
+      "fingerprint.json: the resolved config, a hash of image paths, sizes, times and labels, and the --boxes file's "
+      "hash with --box-weight and --box-warmup)")
     a("--semi-supervised", action="store_true", help="use the unlabelled training studies: train, pseudo-label "
       "the ones the calibrated ensemble is confident about (soft targets), train again with them; round 1 is kept "
       "in OUT/round1/")
