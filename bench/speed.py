@@ -151,9 +151,10 @@ def compare_graph_runtimes(args, pred: list[str], n: int, out_dir: Path) -> list
     return rows
 
 
-def child(kind: str, args: dict, log_dir: Path) -> dict:
-    """Run one case in a fresh interpreter; its wall, CPU times and peak RSS (its stderr goes to log_dir)."""
-    cmd = [sys.executable, __file__, "--_case", kind, "--_args", json.dumps(args)]
+def child(kind: str, args: dict, log_dir: Path, script: Path = Path(__file__)) -> dict:
+    """Run one case in a fresh interpreter (``script --_case KIND``: this bench's, or another's that dispatches its
+    own cases); its wall, CPU times and peak RSS (its stderr goes to log_dir)."""
+    cmd = [sys.executable, str(script), "--_case", kind, "--_args", json.dumps(args)]
     t0 = time.perf_counter()
     log = open(log_dir / f"{kind}.stderr", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,

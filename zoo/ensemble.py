@@ -412,6 +412,11 @@ class Ensemble:
         :attr:`combiner`). Studies with no readable image get NaN.
         Extra keyword arguments go to :meth:`predict_images`; its errors are in ``result.attrs["errors"]``."""
         img, errors = self.predict_images(images, **kwargs)
+        return self.studies(img, errors, aggregate)
+
+    def studies(self, img: pd.DataFrame, errors: dict[str, str], aggregate: str = "mean") -> pd.DataFrame:
+        """:meth:`predict_studies` from per-image probabilities already computed (:meth:`predict_images`'s table and
+        errors, or :func:`zoo.sharding.predict_chunked`'s)."""
         st = self.with_groups(aggregate_studies(img, self.names, aggregate))
         st["ensemble"] = self.combine(st)
         st.attrs["errors"] = errors
