@@ -107,3 +107,39 @@ def test_resume_continues_an_interrupted_run_and_refuses_what_does_not_match(run
 def test_chunk_size_must_be_positive(run, tmp_path):
     p = run_script("predict.py", "--data", run["data"], "--models", run["out"], "--chunk-size", "0", cwd=tmp_path)
     assert p.returncode == 2 and "--chunk-size" in p.stderr and ">= 1" in p.stderr
+
+
+def _mapped_rss(path: str) -> int:
+    """Bytes of ``path``'s memory maps resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) >= 6 and os.path.realpath(head[-1]) == os.path.realpath(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_an_epoch_over_a_cache_entry_does_not_keep_its_pages_resident(synthetic_root, tmp_path):
+    """Items read from a cache entry (training's and prediction's ArrayDataset) are read, not mapped, and decoded
+    rows are written, not mapped: an epoch over a large entry, or its decoding, leaves none of its pages in the
+    process's RSS (through the memory map they all stayed, so peak RSS grew with the dataset)."""
+    from zoo.data import load_images
+    from zoo.inference import ArrayDataset
+
+    paths = sorted(str(p) for p in (synthetic_root / "train").rglob("*.png"))[:96]
+    arr = load_images(paths, 128, tmp_path / "cache", quiet=True)
+    entry = arr.array.data if hasattr(arr.array, "data") and hasattr(arr.array, "order") else arr.array
+    ds = ArrayDataset(arr, np.arange(len(paths))[::-1])  # the shuffled order of an epoch
+    items = np.stack([ds[i][0][0].numpy() for i in range(len(ds))])
+    assert _mapped_rss(entry.filename) == 0  # read, not mapped
+    every = np.array(arr.array)  # the same rows copied through the memory map, as the old dataset read them:
+    assert _mapped_rss(entry.filename) >= 0.9 * entry.nbytes  # resident (the measure sees them)
+    assert np.array_equal(items, every[ds.rows])
+
+    with pytest.warns(UserWarning, match="over the"):  # decoded into a temporary mapped file, not cached
+        big = load_images(paths, 128, tmp_path / "cache", quiet=True, max_gb=1e-6)
+    assert _mapped_rss(big.array.filename) == 0  # written, not through the map (whose dirty pages stayed resident)
+    assert np.array_equal(big.read(np.arange(len(paths))), every)

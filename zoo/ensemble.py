@@ -403,7 +403,7 @@ class Ensemble:
 
     def _graph_probs(self, runner, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
         bs = batch_size if batch_size > 0 else 4  # what zoo.inference.auto_batch_size picks on CPU
-        batches = (np.asarray(arr.array[rows[i:i + bs]])[:, None] for i in range(0, len(rows), bs))
+        batches = (arr.read(rows[i:i + bs])[:, None] for i in range(0, len(rows), bs))
         return runner.predict(batches, tta=tta)
 
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
