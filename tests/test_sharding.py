@@ -104,9 +104,14 @@ def test_resume_continues_an_interrupted_run_and_refuses_what_does_not_match(run
     assert not parts.exists()
 
 
-def test_chunk_size_must_be_positive(run, tmp_path):
-    p = run_script("predict.py", "--data", run["data"], "--models", run["out"], "--chunk-size", "0", cwd=tmp_path)
+def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
+    """A usage error (found before scoring) leaves no parts folder behind, so fixing it needs no --resume."""
+    args = ["--data", run["data"], "--models", run["out"], "-output", tmp_path / "p.csv"]
+    p = run_script("predict.py", *args, "--chunk-size", "0", cwd=tmp_path)
     assert p.returncode == 2 and "--chunk-size" in p.stderr and ">= 1" in p.stderr
+    p = run_script("predict.py", *args, "--triage", "0.1", "--no-calibrate", "--chunk-size", "16", cwd=tmp_path)
+    assert p.returncode == 2 and "drop --no-calibrate" in p.stderr
+    assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "p.csv").exists()
 
 
 def _mapped_rss(path: str) -> int:

@@ -268,6 +268,13 @@ def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) ->
     OUTPUT.parts/, shared out over ``procs`` (:mod:`zoo.sharding`). None on a process other than the main one (its
     chunks were gathered by the main process)."""
     ens = plan.ensemble
+    if not args.calibrate and args.triage is not None:  # what the user must fix, found before any image is scored
+        raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
+    if args.calibrate:
+        try:
+            ens.fit_calibration(args.triage, args.threshold)  # kept by the ensemble for calibrate() below
+        except MemberError as exc:
+            raise UsageError(str(exc)) from None
     try:
         got = predict_chunked(ens, plan.dataset.test, parts_dir(args.output), procs or Processes(),
                               chunk_size=args.chunk_size, resume=args.resume, tta=args.tta, quiet=args.quiet,
@@ -285,13 +292,8 @@ def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) ->
               f"{args.missing_value}" + (" and no --binary verdict" if args.binary else "")
               + f": {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
     if not args.calibrate:
-        if args.triage is not None:
-            raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
         return Prediction(st, ens, args.threshold if args.threshold is not None else ens.threshold)
-    try:
-        calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)
-    except MemberError as exc:
-        raise UsageError(str(exc)) from None
+    calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)  # fitted above
     if calibrated.warning:
         print(f"warning: {calibrated.warning}", file=sys.stderr)
     st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included

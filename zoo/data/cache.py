@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import socket
@@ -71,7 +72,7 @@ class ImageArray:
         memory while it is mapped, so an epoch over a large cache entry would grow RSS with the dataset; read this
         way they live in the page cache only (shared, evictable) and RSS stays flat."""
         data, order = (self.array.data, self.array.order) if isinstance(self.array, RowView) else (self.array, None)
-        if not (isinstance(data, np.memmap) and data.filename and data.flags.c_contiguous and data.ndim == 3):
+        if not _whole_file_map(data):
             return np.array(self.array[idx])
         rows = np.arange(len(self.paths))[idx] if isinstance(idx, slice) else \
             np.atleast_1d(np.asarray(idx, dtype=np.int64))
@@ -90,6 +91,17 @@ class ImageArray:
         finally:
             os.close(fd)
         return out[0] if not isinstance(idx, slice) and np.ndim(idx) == 0 else out
+
+
+def _whole_file_map(data) -> bool:
+    """``data`` is the whole of a memory-mapped array file, rows from ``data.offset`` on (a slice of a memmap keeps
+    the file's offset, not its own: it is read through the map instead)."""
+    if not (isinstance(data, np.memmap) and data.filename and data.ndim == 3 and data.flags.c_contiguous
+            and getattr(data, "_mmap", None) is not None):
+        return False
+    start = data.offset - data.offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map of the file begins
+    base = np.frombuffer(data._mmap, dtype=np.uint8).ctypes.data
+    return data.ctypes.data - base == data.offset - start
 
 
 class RowView:
