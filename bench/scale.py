@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import DATA, ROOT, child, zoo_predict, zoo_train  # noqa: E402  (one child runner for the benches)
+from speed import DATA, ROOT, case_or_skip, child, zoo_predict, zoo_train  # noqa: E402  (one child runner for the benches)
 
 CASES = {"zoo_predict": zoo_predict, "zoo_train": zoo_train}
 
@@ -77,12 +77,8 @@ def main() -> int:
     p.add_argument("--_case", help=argparse.SUPPRESS)
     p.add_argument("--_args", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args._case:
-        print(json.dumps(CASES[args._case](json.loads(args._args))))
-        return 0
-    if not Path(args.data).is_dir():
-        print(f"skip: {args.data} not present")
-        return 0
+    if (done := case_or_skip(args, CASES)) is not None:
+        return done
     import pandas as pd
 
     from zoo.model import BoneClassifier

@@ -171,6 +171,18 @@ def child(kind: str, args: dict, log_dir: Path, script: Path = Path(__file__)) -
     return {**res, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
 
 
+def case_or_skip(args, cases: dict) -> int | None:
+    """In a child (``--_case``): run that case, print its JSON result and return 0; in the parent: 0 with a ``skip``
+    line where ``--data`` is absent; else None (go on)."""
+    if args._case:
+        print(json.dumps(cases[args._case](json.loads(args._args))))
+        return 0
+    if not Path(args.data).is_dir():
+        print(f"skip: {args.data} not present")
+        return 0
+    return None
+
+
 def prepare(args) -> tuple[Path, list[str], list[str], dict]:
     """A competition-layout folder of links to the chosen images, and an untrained member."""
     import pandas as pd
@@ -220,12 +232,8 @@ def main() -> int:
     p.add_argument("--_case", help=argparse.SUPPRESS)
     p.add_argument("--_args", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args._case:
-        print(json.dumps(CASES[args._case](json.loads(args._args))))
-        return 0
-    if not Path(args.data).is_dir():
-        print(f"skip: {args.data} not present")
-        return 0
+    if (done := case_or_skip(args, CASES)) is not None:
+        return done
     import pandas as pd
 
     from zoo.runtime import machine_summary

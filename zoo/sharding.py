@@ -110,13 +110,10 @@ def _weights_hash(m) -> str:
 
 def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int) -> dict:
     """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it)."""
+    from zoo.data.cache import hash_files
+
     h = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{os.path.abspath(p)}|missing\n".encode())
+    hash_files(h, [os.path.abspath(p) for p in paths])
     members = [{"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
                 "backend": ens.choice(m).backend} for m in ens.members]
     return {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},

@@ -130,15 +130,21 @@ class RowView:
         return np.asarray(self).astype(dtype)
 
 
-def _key(files: list[str], size: int) -> str:
-    """From the sorted set of absolute paths with their size and mtime, and the target size: order does not count."""
-    h = hashlib.sha1(f"v2|{size}".encode())
-    for p in files:
+def hash_files(h, paths: list[str]) -> None:
+    """Update hash ``h`` with each file's path, size and mtime, in order (``|PATH|missing`` for one that is gone):
+    what says the files are the ones seen before."""
+    for p in paths:
         try:
             st = os.stat(p)
             h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError:
             h.update(f"|{p}|missing".encode())
+
+
+def _key(files: list[str], size: int) -> str:
+    """From the sorted set of absolute paths with their size and mtime, and the target size: order does not count."""
+    h = hashlib.sha1(f"v2|{size}".encode())
+    hash_files(h, files)
     return h.hexdigest()[:20]
 
 
