@@ -10,9 +10,9 @@ every image is scored in the same batches however many there are. Each process w
 atomically, to ``OUTPUT.parts/chunk-NNNNNN.npz`` (per-image probabilities, unreadable files, the fingerprint's
 digest); the main process first writes ``manifest.json`` there, the fingerprint of everything the probabilities
 depend on (each member's weights hash, image size and backend; the image list with each file's size and mtime;
-TTA; precision and device; the chunk size). Then every process's chunks are gathered once onto the main process
-(:func:`accelerate.utils.gather_object`, on NCCL or gloo), which checks that each chunk arrived exactly once and
-alone writes the CSV, report and CAMs.
+TTA; the PyTorch members' precision; the chunk size). Then every process's chunks are gathered once onto the main
+process (:func:`accelerate.utils.gather_object`, on NCCL or gloo), which checks that each chunk arrived exactly
+once and alone writes the CSV, report and CAMs.
 
 A kill loses at most the chunks in flight (one per process). ``--resume`` reuses the finished chunks of a parts
 folder whose manifest matches and scores the rest; a mismatch is refused with what differs, and without
@@ -117,8 +117,18 @@ def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int) -> dict:
     members = [{"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
                 "backend": ens.choice(m).backend} for m in ens.members]
     return {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
-            "tta": bool(tta), "precision": ens.precision, "device": ens.members[0].device,
-            "chunk_size": int(chunk_size)}
+            "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size)}
+
+
+def _torch_precision(ens) -> str | None:
+    """The precision the PyTorch members compute in on this process's device (``auto`` resolved: bf16 on one
+    machine, fp32 on another), None when every member runs on a graph. The device itself is not part of the
+    fingerprint: a run resumed with another number of processes names other devices for the same computation."""
+    if all(ens.choice(m).runner is not None for m in ens.members):
+        return None
+    from zoo.runtime import resolve_precision
+
+    return resolve_precision(ens.precision, ens.device)
 
 
 def digest(fp: dict) -> str:
@@ -139,8 +149,8 @@ def open_parts(parts: Path, fp: dict, resume: bool) -> str:
         if old != fp:
             differ = sorted(k for k in fp.keys() | old.keys() if old.get(k) != fp.get(k))
             raise PartsError(f"cannot resume from {parts}: the interrupted prediction differs in "
-                             f"{', '.join(differ)} (members' weights or backends, the image list, --tta, --precision, "
-                             f"--device or --chunk-size); rerun with the options it had, or remove {parts} to start "
+                             f"{', '.join(differ)} (members' weights or backends, the image list, --tta, --precision "
+                             f"or --chunk-size); rerun with the options it had, or remove {parts} to start "
                              "over")
     else:
         parts.mkdir(parents=True)
