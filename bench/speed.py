@@ -151,9 +151,10 @@ def compare_graph_runtimes(args, pred: list[str], n: int, out_dir: Path) -> list
     return rows
 
 
-def child(kind: str, args: dict, log_dir: Path) -> dict:
-    """Run one case in a fresh interpreter; its wall, CPU times and peak RSS (its stderr goes to log_dir)."""
-    cmd = [sys.executable, __file__, "--_case", kind, "--_args", json.dumps(args)]
+def child(kind: str, args: dict, log_dir: Path, script: Path = Path(__file__)) -> dict:
+    """Run one case in a fresh interpreter (``script --_case KIND``: this bench's, or another's that dispatches its
+    own cases); its wall, CPU times and peak RSS (its stderr goes to log_dir)."""
+    cmd = [sys.executable, str(script), "--_case", kind, "--_args", json.dumps(args)]
     t0 = time.perf_counter()
     log = open(log_dir / f"{kind}.stderr", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -168,6 +169,18 @@ def child(kind: str, args: dict, log_dir: Path) -> dict:
         raise RuntimeError(f"{kind} failed (exit {proc.returncode}); see {log.name}")
     res = json.loads(lines[-1])
     return {**res, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
+
+
+def case_or_skip(args, cases: dict) -> int | None:
+    """In a child (``--_case``): run that case, print its JSON result and return 0; in the parent: 0 with a ``skip``
+    line where ``--data`` is absent; else None (go on)."""
+    if args._case:
+        print(json.dumps(cases[args._case](json.loads(args._args))))
+        return 0
+    if not Path(args.data).is_dir():
+        print(f"skip: {args.data} not present")
+        return 0
+    return None
 
 
 def prepare(args) -> tuple[Path, list[str], list[str], dict]:
@@ -219,12 +232,8 @@ def main() -> int:
     p.add_argument("--_case", help=argparse.SUPPRESS)
     p.add_argument("--_args", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args._case:
-        print(json.dumps(CASES[args._case](json.loads(args._args))))
-        return 0
-    if not Path(args.data).is_dir():
-        print(f"skip: {args.data} not present")
-        return 0
+    if (done := case_or_skip(args, CASES)) is not None:
+        return done
     import pandas as pd
 
     from zoo.runtime import machine_summary

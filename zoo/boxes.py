@@ -70,7 +70,7 @@ class BoxDataset(ArrayDataset):
     def __getitem__(self, i: int):
         from torchvision import tv_tensors
 
-        x = torch.from_numpy(np.array(self.images.array[self.rows[i]]))[None]
+        x = torch.from_numpy(self.images.read(self.rows[i]))[None]
         m = self.masks.get(i)
         m = torch.zeros_like(x) if m is None else torch.from_numpy(m.astype(np.uint8))[None]
         if self.augment is not None:

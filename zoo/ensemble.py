@@ -403,7 +403,7 @@ class Ensemble:
 
     def _graph_probs(self, runner, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
         bs = batch_size if batch_size > 0 else 4  # what zoo.inference.auto_batch_size picks on CPU
-        batches = (np.asarray(arr.array[rows[i:i + bs]])[:, None] for i in range(0, len(rows), bs))
+        batches = (arr.read(rows[i:i + bs])[:, None] for i in range(0, len(rows), bs))
         return runner.predict(batches, tta=tta)
 
     def predict_studies(self, images: pd.DataFrame, aggregate: str = "mean", **kwargs) -> pd.DataFrame:
@@ -412,6 +412,11 @@ class Ensemble:
         :attr:`combiner`). Studies with no readable image get NaN.
         Extra keyword arguments go to :meth:`predict_images`; its errors are in ``result.attrs["errors"]``."""
         img, errors = self.predict_images(images, **kwargs)
+        return self.studies(img, errors, aggregate)
+
+    def studies(self, img: pd.DataFrame, errors: dict[str, str], aggregate: str = "mean") -> pd.DataFrame:
+        """:meth:`predict_studies` from per-image probabilities already computed (:meth:`predict_images`'s table and
+        errors, or :func:`zoo.sharding.predict_chunked`'s)."""
         st = self.with_groups(aggregate_studies(img, self.names, aggregate))
         st["ensemble"] = self.combine(st)
         st.attrs["errors"] = errors

@@ -74,7 +74,7 @@ def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method
     n = 0
     groups = image_predictions.reset_index(drop=True).groupby("id", sort=True).indices
     for idx in tqdm(groups.values(), desc="CAMs", unit="study", disable=True if quiet else None, leave=False):
-        study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.array[idx], arr.ok[idx], arr.errors)
+        study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.read(idx), arr.ok[idx], arr.errors)
                  for size, arr in arrays.items()}
         ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study)
         names = overlay_names(str(image_predictions["id"].iloc[idx[0]]), ex.paths)

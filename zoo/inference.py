@@ -41,7 +41,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(np.array(self.images.array[self.rows[i]]))[None]
+        x = torch.from_numpy(self.images.read(self.rows[i]))[None]
         if self.augment is not None:
             x = self.augment(x)
         return x, self.labels[i], i

@@ -316,7 +316,7 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
     groups = pos.reset_index(drop=True).groupby("id", sort=True).indices
     for idx in tqdm(groups.values(), desc="localisation", unit="study", disable=True if opt.quiet else None,
                     leave=False):
-        study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.array[idx], arr.ok[idx], arr.errors)
+        study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.read(idx), arr.ok[idx], arr.errors)
                  for size, arr in arrays.items()}
         for method in methods:
             ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study)

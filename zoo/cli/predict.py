@@ -3,6 +3,8 @@
   python predict.py --data DIR -output preds.csv                 # every member under weights/
   python predict.py --data DIR --models 'regnet*' --ensemble weighted --tta --evaluate -output preds.csv
   python predict.py --data DIR --models hf://ORG/NAME -output preds.csv
+  accelerate launch --multi_gpu --num_processes 4 predict.py --data DIR -output preds.csv   # sharded over 4 GPUs
+  python predict.py --data ARCHIVE -output preds.csv --resume    # continue an interrupted run from its chunks
 
 label is the probability that the study is abnormal (mean of its images' probabilities by default).
 """
@@ -10,7 +12,10 @@ label is the probability that the study is abnormal (mean of its images' probabi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from zoo.data import LayoutError, load_dataset, report_unreadable
 from zoo.ensemble import BACKENDS, Calibrated, Ensemble, MemberError, MemberSource
 from zoo.metrics import AGGREGATES, fmt, is_abnormal, metrics_table, plot_roc
 from zoo.runtime import PRECISIONS, tune_allocator
+from zoo.sharding import DEFAULT_CHUNK_SIZE, PartsError, Processes, parts_dir, predict_chunked, processes
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -81,9 +87,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/bone-zoo/images; '' = in memory)")
     a("--cache-max-gb", type=float, default=None, help="bound of the decoded-image cache on disk, least recently "
       "used entries evicted (default: BONE_ZOO_CACHE_MAX_GB or 20)")
+    a("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE, help="images decoded and scored at a time: "
+      "memory is bounded by one chunk, whatever the size of the archive. Each finished chunk is written atomically "
+      "to OUTPUT.parts/ (removed once the CSV is written), so an interrupted run loses at most the chunk in flight "
+      "and --resume continues it. Under accelerate launch / torchrun the chunks are shared out over the processes "
+      "(chunk i to process i mod N) and gathered by the main process, which alone writes the CSV, report and CAMs "
+      "(default %(default)s)")
+    a("--resume", action="store_true", help="continue the interrupted prediction whose finished chunks are in "
+      "OUTPUT.parts/: only the missing chunks are scored, and the CSV is the one an uninterrupted run writes. It must "
+      "be the same prediction (members' weights and backends, test images, --tta, --precision, "
+      "--chunk-size), else it is refused with what differs. Without --resume an existing OUTPUT.parts/ is refused, "
+      "never silently reused")
     a("--quiet", action="store_true", help="no progress bars")
     evaluation.add_evaluation_args(p)  # --strata, --annotations, --loc-methods, --road-samples, --pointing-tolerance
     return p
+
+
+def _chunk_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of images >= 1, not {text!r}")
+    return n
 
 
 class UsageError(Exception):
@@ -236,12 +263,28 @@ def plan(args: argparse.Namespace) -> Plan:
     return Plan(dataset, ens, strata, coco)
 
 
-def run(args: argparse.Namespace, plan: Plan) -> Prediction:
-    """Score the test studies, calibrated unless --no-calibrate, with the triage when asked for."""
+def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) -> Prediction | None:
+    """Score the test studies, calibrated unless --no-calibrate, with the triage when asked for: chunk by chunk into
+    OUTPUT.parts/, shared out over ``procs`` (:mod:`zoo.sharding`). None on a process other than the main one (its
+    chunks were gathered by the main process)."""
     ens = plan.ensemble
-    st = ens.predict_studies(plan.dataset.test, aggregate=args.aggregate, batch_size=args.batch_size, tta=args.tta,
-                             workers=args.workers, cache_dir=args.cache_dir, quiet=args.quiet,
-                             max_gb=args.cache_max_gb)
+    if not args.calibrate and args.triage is not None:  # what the user must fix, found before any image is scored
+        raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
+    if args.calibrate:
+        try:
+            ens.fit_calibration(args.triage, args.threshold)  # kept by the ensemble for calibrate() below
+        except MemberError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        got = predict_chunked(ens, plan.dataset.test, parts_dir(args.output), procs or Processes(),
+                              chunk_size=args.chunk_size, resume=args.resume, tta=args.tta, quiet=args.quiet,
+                              note=lambda line: print(f"note: {line}", file=sys.stderr), batch_size=args.batch_size,
+                              workers=args.workers, cache_dir=args.cache_dir, max_gb=args.cache_max_gb)
+    except PartsError as exc:
+        raise UsageError(str(exc)) from None
+    if got is None:
+        return None
+    st = ens.studies(*got, aggregate=args.aggregate)
     report_unreadable(st.attrs["errors"])
     missing = st["ensemble"].isna()
     if missing.any():
@@ -249,13 +292,8 @@ def run(args: argparse.Namespace, plan: Plan) -> Prediction:
               f"{args.missing_value}" + (" and no --binary verdict" if args.binary else "")
               + f": {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
     if not args.calibrate:
-        if args.triage is not None:
-            raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
         return Prediction(st, ens, args.threshold if args.threshold is not None else ens.threshold)
-    try:
-        calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)
-    except MemberError as exc:
-        raise UsageError(str(exc)) from None
+    calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)  # fitted above
     if calibrated.warning:
         print(f"warning: {calibrated.warning}", file=sys.stderr)
     st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
@@ -302,19 +340,47 @@ def report(args: argparse.Namespace, plan: Plan, pred: Prediction, sub: pd.DataF
 
 
 def main(args: argparse.Namespace) -> int:
-    """plan (read and check everything), run (score the studies), write the CSV, then report (overlays, report.md)."""
+    """plan (read and check everything), run (score the studies), write the CSV, then report (overlays, report.md).
+
+    Under ``accelerate launch`` / ``torchrun`` every process plans and scores its share of the chunks; the main
+    process alone prints, writes the CSV and reports (the others run silenced: no line is printed twice)."""
     tune_allocator()
+    procs, args.device = processes(args.device)
+    try:
+        with _silenced(not procs.is_main):
+            return _main(args, procs)
+    finally:
+        procs.close()
+
+
+def _main(args: argparse.Namespace, procs: Processes) -> int:
     try:
         p = plan(args)
-        pred = run(args, p)
+        pred = run(args, p, procs)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if pred is None:  # another process's share, gathered by the main process
+        return 0
     sub = submission(args, pred)
     out = write_csv(sub, args.output, float_format="%.6f")
+    shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # the CSV holds it all now
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
     report(args, p, pred, sub, out)
     return 0
+
+
+@contextlib.contextmanager
+def _silenced(silent: bool):
+    """Nothing printed (stdout, stderr, warnings, progress bars) when ``silent``: a process other than the main one
+    says nothing the main one does not already say. An uncaught error still prints its traceback."""
+    if not silent:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 if __name__ == "__main__":

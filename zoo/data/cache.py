@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import socket
@@ -65,6 +66,43 @@ class ImageArray:
     def index(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
 
+    def read(self, idx) -> np.ndarray:
+        """Row ``idx`` (an int) or rows (a sequence of ints) as an in-memory copy. Rows of a cache file are read
+        with ``pread``, not through its memory map: pages touched through a map stay in the process's resident
+        memory while it is mapped, so an epoch over a large cache entry would grow RSS with the dataset; read this
+        way they live in the page cache only (shared, evictable) and RSS stays flat."""
+        data, order = (self.array.data, self.array.order) if isinstance(self.array, RowView) else (self.array, None)
+        if not _whole_file_map(data):
+            return np.array(self.array[idx])
+        rows = np.arange(len(self.paths))[idx] if isinstance(idx, slice) else \
+            np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        stored = rows if order is None else order[rows]
+        row_bytes = data.shape[1] * data.shape[2]
+        out = np.empty((len(stored), *data.shape[1:]), dtype=np.uint8)
+        fd = os.open(data.filename, os.O_RDONLY)
+        try:
+            for j, r in enumerate(stored):
+                if r < 0 or r >= data.shape[0]:
+                    raise IndexError(f"row {r} out of range for {data.shape[0]} images")
+                buf = os.pread(fd, row_bytes, data.offset + int(r) * row_bytes)
+                if len(buf) != row_bytes:
+                    raise OSError(f"{data.filename}: short read at row {r} (truncated cache entry)")
+                out[j] = np.frombuffer(buf, dtype=np.uint8).reshape(data.shape[1:])
+        finally:
+            os.close(fd)
+        return out[0] if not isinstance(idx, slice) and np.ndim(idx) == 0 else out
+
+
+def _whole_file_map(data) -> bool:
+    """``data`` is the whole of a memory-mapped array file, rows from ``data.offset`` on (a slice of a memmap keeps
+    the file's offset, not its own: it is read through the map instead)."""
+    if not (isinstance(data, np.memmap) and data.filename and data.ndim == 3 and data.flags.c_contiguous
+            and getattr(data, "_mmap", None) is not None):
+        return False
+    start = data.offset - data.offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map of the file begins
+    base = np.frombuffer(data._mmap, dtype=np.uint8).ctypes.data
+    return data.ctypes.data - base == data.offset - start
+
 
 class RowView:
     """The rows of a cache entry (stored in its own order) in the caller's order, read from the memory map on access:
@@ -92,34 +130,64 @@ class RowView:
         return np.asarray(self).astype(dtype)
 
 
-def _key(files: list[str], size: int) -> str:
-    """From the sorted set of absolute paths with their size and mtime, and the target size: order does not count."""
-    h = hashlib.sha1(f"v2|{size}".encode())
-    for p in files:
+def hash_files(h, paths: list[str]) -> None:
+    """Update hash ``h`` with each file's path, size and mtime, in order (``|PATH|missing`` for one that is gone):
+    what says the files are the ones seen before."""
+    for p in paths:
         try:
             st = os.stat(p)
             h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError:
             h.update(f"|{p}|missing".encode())
+
+
+def _key(files: list[str], size: int) -> str:
+    """From the sorted set of absolute paths with their size and mtime, and the target size: order does not count."""
+    h = hashlib.sha1(f"v2|{size}".encode())
+    hash_files(h, files)
     return h.hexdigest()[:20]
+
+
+class _RowWriter:
+    """``writer[i] = image``: row ``i`` of a memory-mapped .npy file written with ``pwrite``, not through the map
+    (whose dirty pages would stay in the process's resident memory: decoding a large set would grow RSS with it)."""
+
+    def __init__(self, arr: np.memmap):
+        self.offset, self.shape = arr.offset, arr.shape[1:]
+        self.row_bytes = int(np.prod(self.shape))
+        self.fd = os.open(arr.filename, os.O_WRONLY)
+
+    def __setitem__(self, i: int, image: np.ndarray) -> None:
+        data = np.ascontiguousarray(image, dtype=np.uint8)
+        if data.shape != self.shape:
+            raise ValueError(f"row of shape {data.shape}, expected {self.shape}")
+        os.pwrite(self.fd, data.tobytes(), self.offset + int(i) * self.row_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _decode_all(paths: list[str], size: int, out: np.ndarray, workers: int, quiet: bool) -> dict[str, str]:
     errors: dict[str, str] = {}
     truncated: list[str] = []
+    target = _RowWriter(out) if isinstance(out, np.memmap) and out.filename else out
 
     def one(i: int) -> None:
         try:  # no warnings.catch_warnings here: it is not thread-safe and can swallow later warnings
-            out[i], truncated_file = load_resized(paths[i], size)
+            target[i], truncated_file = load_resized(paths[i], size)
             if truncated_file:
                 truncated.append(paths[i])
         except ImageReadError as exc:
             errors[paths[i]] = str(exc)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=f"decode {size}px", unit="img",
-                      disable=quiet, leave=False):
-            pass
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for _ in tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=f"decode {size}px", unit="img",
+                          disable=quiet, leave=False):
+                pass
+    finally:
+        if target is not out:
+            target.close()
     if truncated:
         warnings.warn(f"{len(truncated)} truncated image(s) read with Pillow's truncated mode (missing part is black):"
                       f" {examples(truncated)}", TruncatedImageWarning,

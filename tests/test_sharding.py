@@ -1,0 +1,150 @@
+"""predict.py at scale (zoo.sharding): sharded over processes, chunked with a bounded decode window, resumable."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, free_port, run_script
+
+from zoo import ensemble as ensemble_module
+from zoo.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    assert trained_run["proc"].returncode == 0, trained_run["proc"].stderr[-2000:]
+    return trained_run
+
+
+def test_two_processes_write_the_one_process_csv_and_only_the_main_one_writes(run, tmp_path):
+    """2 CPU processes (torchrun, gloo) on the members' exported graphs (backend auto): chunks shared out, gathered
+    exactly once per image; the CSV equals the 1-process one and the main process alone prints and writes."""
+    args = ["--data", run["data"], "--models", run["out"], "--evaluate"]
+    one = run_script("predict.py", *args, "--output", tmp_path / "one" / "p.csv", "--quiet", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(ROOT / "predict.py"), *map(str, args), "--output", str(tmp_path / "two" / "p.csv"), "--device", "cpu",
+           "--chunk-size", "16"]  # 88 test images: 6 chunks, 3 per process
+    two = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = pd.read_csv(tmp_path / "one" / "p.csv"), pd.read_csv(tmp_path / "two" / "p.csv")
+    assert a["id"].tolist() == b["id"].tolist() and b["id"].is_unique
+    assert np.abs(a["label"].to_numpy() - b["label"].to_numpy()).max() <= 1e-6
+    assert two.stderr.count("wrote ") == 2 and two.stderr.count("p.csv (40 studies)") == 1  # CSV line, report line
+    assert two.stderr.count(": backend ") == 2  # one line per member, not per process
+    assert two.stdout.count("| ensemble ") == 1  # the report's table, printed once
+    assert sorted(f.name for f in (tmp_path / "two").iterdir()) == sorted(f.name for f in (tmp_path / "one").iterdir())
+    assert not (tmp_path / "two" / "p.csv.parts").exists()  # removed after the CSV was written
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _count_chunks(monkeypatch, fail_after: int | None = None) -> list[int]:
+    """Spy on the per-chunk scoring (Ensemble.predict_images) and on each decode (load_images): the list of image
+    counts each was given; ``fail_after`` chunks done, the next one raises (a kill in the chunk loop)."""
+    calls, decoded = [], []
+    predict, load = ensemble_module.Ensemble.predict_images, ensemble_module.load_images
+
+    def spy(self, images, *a, **k):
+        if fail_after is not None and len(calls) == fail_after:
+            raise Interrupted("killed")
+        calls.append(len(images))
+        return predict(self, images, *a, **k)
+
+    def spy_load(paths, *a, **k):
+        decoded.append(len(paths))
+        return load(paths, *a, **k)
+
+    monkeypatch.setattr(ensemble_module.Ensemble, "predict_images", spy)
+    monkeypatch.setattr(ensemble_module, "load_images", spy_load)
+    return calls, decoded
+
+
+def test_resume_continues_an_interrupted_run_and_refuses_what_does_not_match(run, tmp_path, monkeypatch):
+    """Torch backend, 3 chunks of 32 images: interrupted after 2 (one then damaged), --resume scores only the other
+    2 and the CSV is the uninterrupted run's, byte for byte; a stale parts folder is never silently reused and a
+    different prediction's is refused with what differs; every decode is one chunk, never the whole test set."""
+    n_images = len(load_dataset(run["data"]).test)
+    args = ["--data", run["data"], "--models", run["out"] / "regnetx_002", "--backend", "torch", "--chunk-size", "32",
+            "--quiet"]
+    with monkeypatch.context() as m:
+        calls, decoded = _count_chunks(m)
+        ref = run_script("predict.py", *args, "--output", tmp_path / "ref.csv", cwd=tmp_path)
+        assert ref.returncode == 0, ref.stderr
+    assert calls == [32, 32, n_images - 64] and max(decoded) <= 32  # a bounded decode window
+    out = tmp_path / "p.csv"
+    parts = tmp_path / "p.csv.parts"
+    with monkeypatch.context() as m:
+        _count_chunks(m, fail_after=2)
+        killed = run_script("predict.py", *args, "--output", out, cwd=tmp_path)
+    assert killed.returncode == 1 and "Interrupted" in killed.stderr and not out.exists()
+    assert sorted(p.name for p in parts.glob("chunk-*.npz")) == ["chunk-000000.npz", "chunk-000001.npz"]
+
+    again = run_script("predict.py", *args, "--output", out, cwd=tmp_path)  # no --resume: refused, nothing touched
+    assert again.returncode == 2 and "--resume" in again.stderr and "remove the folder" in again.stderr
+    assert len(list(parts.glob("chunk-*.npz"))) == 2 and not out.exists()
+    other = run_script("predict.py", *args, "--output", out, "--resume", "--tta", cwd=tmp_path)
+    assert other.returncode == 2 and "differs in tta" in other.stderr and f"remove {parts}" in other.stderr
+    assert not out.exists()
+
+    (parts / "chunk-000001.npz").write_bytes(b"torn")  # damaged: scored again, not trusted
+    with monkeypatch.context() as m:
+        calls, _ = _count_chunks(m)
+        resumed = run_script("predict.py", *args, "--output", out, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 of 3 chunk(s) were finished" in resumed.stderr
+    assert calls == [32, n_images - 64]  # chunk 0 reused; 1 (damaged) and 2 scored
+    assert out.read_bytes() == (tmp_path / "ref.csv").read_bytes()
+    assert not parts.exists()
+
+
+def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
+    """A usage error (found before scoring) leaves no parts folder behind, so fixing it needs no --resume."""
+    args = ["--data", run["data"], "--models", run["out"], "-output", tmp_path / "p.csv"]
+    p = run_script("predict.py", *args, "--chunk-size", "0", cwd=tmp_path)
+    assert p.returncode == 2 and "--chunk-size" in p.stderr and ">= 1" in p.stderr
+    p = run_script("predict.py", *args, "--triage", "0.1", "--no-calibrate", "--chunk-size", "16", cwd=tmp_path)
+    assert p.returncode == 2 and "drop --no-calibrate" in p.stderr
+    assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "p.csv").exists()
+
+
+def _mapped_rss(path: str) -> int:
+    """Bytes of ``path``'s memory maps resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) >= 6 and os.path.realpath(head[-1]) == os.path.realpath(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_an_epoch_over_a_cache_entry_does_not_keep_its_pages_resident(synthetic_root, tmp_path):
+    """Items read from a cache entry (training's and prediction's ArrayDataset) are read, not mapped, and decoded
+    rows are written, not mapped: an epoch over a large entry, or its decoding, leaves none of its pages in the
+    process's RSS (through the memory map they all stayed, so peak RSS grew with the dataset)."""
+    from zoo.data import load_images
+    from zoo.inference import ArrayDataset
+
+    paths = sorted(str(p) for p in (synthetic_root / "train").rglob("*.png"))[:96]
+    arr = load_images(paths, 128, tmp_path / "cache", quiet=True)
+    entry = arr.array.data if hasattr(arr.array, "data") and hasattr(arr.array, "order") else arr.array
+    ds = ArrayDataset(arr, np.arange(len(paths))[::-1])  # the shuffled order of an epoch
+    items = np.stack([ds[i][0][0].numpy() for i in range(len(ds))])
+    assert _mapped_rss(entry.filename) == 0  # read, not mapped
+    every = np.array(arr.array)  # the same rows copied through the memory map, as the old dataset read them:
+    assert _mapped_rss(entry.filename) >= 0.9 * entry.nbytes  # resident (the measure sees them)
+    assert np.array_equal(items, every[ds.rows])
+
+    with pytest.warns(UserWarning, match="over the"):  # decoded into a temporary mapped file, not cached
+        big = load_images(paths, 128, tmp_path / "cache", quiet=True, max_gb=1e-6)
+    assert _mapped_rss(big.array.filename) == 0  # written, not through the map (whose dirty pages stayed resident)
+    assert np.array_equal(big.read(np.arange(len(paths))), every)

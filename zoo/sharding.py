@@ -1,0 +1,237 @@
+"""Prediction over large image lists: in chunks, sharded over processes, resumable.
+
+``predict.py`` scores its test images chunk by chunk (``--chunk-size`` images in their table order): each chunk is
+decoded (its own cache entry), scored by every member on its backend (:meth:`zoo.ensemble.Ensemble.predict_images`)
+and released before the next, so memory does not grow with the archive beyond the per-image probability table.
+
+Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) chunk ``i`` is scored by process ``i mod N``; one
+process scores all of them, with no process group. Chunk boundaries do not depend on the number of processes, so
+every image is scored in the same batches however many there are. Each process writes each chunk it finishes,
+atomically, to ``OUTPUT.parts/chunk-NNNNNN.npz`` (per-image probabilities, unreadable files, the fingerprint's
+digest); the main process first writes ``manifest.json`` there, the fingerprint of everything the probabilities
+depend on (each member's weights hash, image size and backend; the image list with each file's size and mtime;
+TTA; the PyTorch members' precision; the chunk size). Then every process's chunks are gathered once onto the main
+process (:func:`accelerate.utils.gather_object`, on NCCL or gloo), which checks that each chunk arrived exactly
+once and alone writes the CSV, report and CAMs.
+
+A kill loses at most the chunks in flight (one per process). ``--resume`` reuses the finished chunks of a parts
+folder whose manifest matches and scores the rest; a mismatch is refused with what differs, and without
+``--resume`` an existing parts folder is refused (never silently reused). ``predict.py`` removes the folder once the
+CSV is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from zoo.atomic import atomic_path, write_text
+
+DEFAULT_CHUNK_SIZE = 4096  # images per chunk: ~0.3 GB decoded at 256 px, ~1 GB at 512 px
+MANIFEST = "manifest.json"
+FINGERPRINT_VERSION = 1
+
+
+class PartsError(Exception):
+    """A parts folder that cannot be used as asked (exists without --resume, or another prediction's)."""
+
+
+@dataclass
+class Processes:
+    """This process's place among the prediction's processes: ``rank`` of ``world`` (1: no process group)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, items: list) -> list:
+        """Every process's ``items`` concatenated, on every process (:func:`accelerate.utils.gather_object`)."""
+        if self.world == 1:
+            return list(items)
+        from accelerate.utils import gather_object
+
+        return gather_object(list(items))
+
+    def broadcast(self, obj):
+        """The main process's ``obj`` on every process."""
+        if self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj])[0]
+
+    def close(self) -> None:
+        """Leave the process group (after the last collective call)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def processes(device: str = "auto") -> tuple[Processes, str]:
+    """This process's :class:`Processes` and the device it predicts on. One process (no ``WORLD_SIZE`` > 1 in the
+    environment: not launched by ``accelerate launch`` / ``torchrun``): ``device`` as given, no process group, and
+    neither torch nor accelerate is imported. Several: accelerate's ``PartialState`` joins the group (NCCL on GPUs,
+    gloo on CPU) and ``auto`` becomes this process's own device (``cuda:LOCAL_RANK``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(), device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    return Processes(state.process_index, state.num_processes), str(state.device) if device == "auto" else device
+
+
+def parts_dir(output: str | Path) -> Path:
+    """The parts folder of a prediction written to ``output``: ``OUTPUT.parts`` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + ".parts")
+
+
+def _weights_hash(m) -> str:
+    recorded = m.config.get("weights_sha256")
+    if recorded:  # verified against the file when the member was loaded (zoo.members.read_verified)
+        return recorded
+    with open(m.folder / "model.safetensors", "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int) -> dict:
+    """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it)."""
+    from zoo.data.cache import hash_files
+
+    h = hashlib.sha256()
+    hash_files(h, [os.path.abspath(p) for p in paths])
+    members = [{"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
+                "backend": ens.choice(m).backend} for m in ens.members]
+    return {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
+            "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size)}
+
+
+def _torch_precision(ens) -> str | None:
+    """The precision the PyTorch members compute in on this process's device (``auto`` resolved: bf16 on one
+    machine, fp32 on another), None when every member runs on a graph. The device itself is not part of the
+    fingerprint: a run resumed with another number of processes names other devices for the same computation."""
+    if all(ens.choice(m).runner is not None for m in ens.members):
+        return None
+    from zoo.runtime import resolve_precision
+
+    return resolve_precision(ens.precision, ens.device)
+
+
+def digest(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+def open_parts(parts: Path, fp: dict, resume: bool) -> str:
+    """Check (``resume``) or create the parts folder for fingerprint ``fp``; returns its digest, which every part
+    records. Raises :class:`PartsError` with what to do."""
+    if parts.exists():
+        if not resume:
+            raise PartsError(f"{parts} holds the finished chunks of an interrupted prediction: add --resume to "
+                             f"continue it, or remove the folder to start over")
+        try:
+            old = json.loads((parts / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise PartsError(f"{parts / MANIFEST}: unreadable ({exc}); remove {parts} to start over") from None
+        if old != fp:
+            differ = sorted(k for k in fp.keys() | old.keys() if old.get(k) != fp.get(k))
+            raise PartsError(f"cannot resume from {parts}: the interrupted prediction differs in "
+                             f"{', '.join(differ)} (members' weights or backends, the image list, --tta, --precision "
+                             f"or --chunk-size); rerun with the options it had, or remove {parts} to start "
+                             "over")
+    else:
+        parts.mkdir(parents=True)
+        write_text(parts / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
+    return digest(fp)
+
+
+def _part(parts: Path, i: int) -> Path:
+    return parts / f"chunk-{i:06d}.npz"
+
+
+def write_part(path: Path, probs: np.ndarray, errors: dict[str, str], key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # another node's folder (no shared file system)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, probs=probs, errors=np.array(json.dumps(errors)), digest=np.array(key))
+
+
+def read_part(path: Path, key: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict[str, str]] | None:
+    """A finished chunk written under fingerprint digest ``key`` with ``shape`` probabilities; None if absent,
+    damaged or another prediction's (it is then scored again)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["digest"]) != key or z["probs"].shape != shape:
+                return None
+            return z["probs"].astype(np.float64), json.loads(str(z["errors"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    resume: bool = False, tta: bool = False, quiet: bool = False,
+                    note: Callable[[str], None] | None = None,
+                    **kwargs) -> tuple[pd.DataFrame, dict[str, str]] | None:
+    """:meth:`Ensemble.predict_images` of ``images`` chunk by chunk, sharded over ``procs``, each chunk written to
+    ``parts`` (see the module docstring). On the main process: the image table with one probability column per
+    member and ``{path: error}`` of the unreadable files; None on the others. ``kwargs`` go to ``predict_images``
+    (batch size, workers, cache). Raises :class:`PartsError` (on every process) where ``parts`` cannot be used."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    images = images.reset_index(drop=True)
+    names = ens.names
+    key = problem = None
+    if procs.is_main:
+        try:
+            key = open_parts(parts, fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size), resume)
+        except PartsError as exc:
+            problem = str(exc)
+    key, problem = procs.broadcast((key, problem))
+    if problem:
+        raise PartsError(problem)
+    n_chunks = math.ceil(len(images) / chunk_size)
+    mine = range(procs.rank, n_chunks, procs.world)
+    done, reused = [], 0
+    bar = tqdm(mine, desc="chunks", unit="chunk", leave=False, disable=True if quiet or not procs.is_main else None)
+    for i in bar:
+        rows = images.iloc[i * chunk_size:(i + 1) * chunk_size]
+        path = _part(parts, i)
+        got = read_part(path, key, (len(rows), len(names))) if resume else None
+        if got is None:
+            img, errors = ens.predict_images(rows, tta=tta, quiet=quiet or not procs.is_main, **kwargs)
+            got = img[names].to_numpy(dtype=np.float64), errors
+            write_part(path, *got, key)
+        else:
+            reused += 1
+        done.append((i, *got))
+    gathered = procs.gather(done)
+    reused = sum(procs.gather([reused]))
+    if not procs.is_main:
+        return None
+    if resume and note is not None:
+        note(f"--resume: {reused} of {n_chunks} chunk(s) were finished in {parts}; "
+             f"scored the other {n_chunks - reused}")
+    order = sorted(i for i, *_ in gathered)
+    if order != list(range(n_chunks)):
+        raise RuntimeError(f"gathered chunks {order} of {n_chunks}: a chunk missing or repeated")
+    probs = np.concatenate([p for _, p, _ in sorted(gathered, key=lambda g: g[0])]) if gathered else \
+        np.zeros((0, len(names)))
+    out = images.copy()
+    for j, name in enumerate(names):
+        out[name] = probs[:, j]
+    errors = {}
+    for _, _, e in sorted(gathered, key=lambda g: g[0]):
+        errors.update(e)
+    return out, errors
