@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.members import MemberError, read_member_config, read_verified
+from zoo.members import GRAPH_BACKENDS, MemberError, read_member_config, read_verified
 
-GRAPHS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "openvino": "onnx", "openvino-int8": "onnx-int8"}  # -> graph
+GRAPHS = dict(zip(GRAPH_BACKENDS, ("onnx", "onnx-int8", "onnx", "onnx-int8")))  # backend -> the graph it runs
 BACKENDS = ("auto", "torch", *GRAPHS)
 # the largest change of a validation study's probability against the torch path (zoo.onnx.graph_check) that keeps a
 # triage certified on the torch scores: a rule, not a theorem (the guarantee holds exactly for the scores it was
@@ -41,12 +41,28 @@ BACKENDS = ("auto", "torch", *GRAPHS)
 CERTIFIED_DRIFT = 0.005
 
 
+GRAPH_BATCH = 4  # images per graph run in predict.py (without --batch-size) and at export: what
+# zoo.inference.auto_batch_size picks on CPU
+
+
 def graph_runtime() -> str:
     """``openvino`` or ``onnx``: the runtime ``auto`` runs graphs on (see the module docstring for why)."""
     forced = os.environ.get("BONE_ZOO_GRAPH_RUNTIME", "")
     if forced in ("onnxruntime", "onnx"):
         return "onnx"
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+    return installed_runtimes()[-1]
+
+
+def installed_runtimes() -> list[str]:
+    """The graph runtimes here: ``onnx`` (ONNX Runtime, a core dependency) and ``openvino`` where installed."""
+    return ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") is not None else [])
+
+
+def auto_backends(record: dict, runtime: str) -> list[str]:
+    """The graph backends ``auto`` tries, in order, for a member whose export record (:func:`zoo.onnx.export_record`)
+    is ``record``, on ``runtime``: the int8 graph if its accuracy check passed, then the fp32 graph."""
+    graphs = (["onnx-int8"] if (record.get("int8") or {}).get("passed") else []) + ["onnx"]
+    return [g if runtime == "onnx" else f"openvino{g[4:]}" for g in graphs]
 
 
 @dataclass
@@ -121,19 +137,18 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
         return Choice("torch", why=f"auto: {exc}")
     from zoo.onnx import export_record
 
-    check = export_record(folder).get("int8") or {}
-    runtime = graph_runtime()
+    record = export_record(folder)
+    check = record.get("int8") or {}
     skipped = []
     if not check:
         skipped.append("no int8 graph checked for these weights")
     elif not check.get("passed"):
         skipped.append(f"int8 failed its accuracy check (validation AUC change {check.get('auc_change')})")
-    for graph in (["onnx-int8"] if check.get("passed") else []) + ["onnx"]:
-        backend = graph if runtime == "onnx" else f"openvino{graph[4:]}"
+    for backend in auto_backends(record, graph_runtime()):
         try:
             runner = open_backend(folder, backend)
         except (FileNotFoundError, MemberError, ImportError) as exc:
-            skipped.append(f"{graph}: {_short(exc)}")
+            skipped.append(f"{GRAPHS[backend]}: {_short(exc)}")
             continue
         return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
                       drift(folder, backend))
