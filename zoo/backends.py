@@ -15,10 +15,13 @@ it. Test-time augmentation runs on every backend (the graphs are run on the flip
 (``torch``, ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``) use that one or fail with what to do.
 
 The choice never depends on ``--triage``: ``predict.py``, ``predict.py --triage`` and the demo give a member the same
-scores. A triage certificate, though, was earned on the torch path's scores of the calibration split (training's
-``calibration_predictions.csv``); :func:`drift` says how far a backend's scores were measured from that path at
-export, and :meth:`zoo.ensemble.Ensemble.fit_calibration` claims the certificate only when every member's drift is
-at most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
+scores. A triage certificate holds for the scores of the calibration split it was fitted on: the export stores each
+installed runtime's ``auto`` backend's own scores of those studies (:mod:`zoo.graph_scores`), and the ensemble fits
+on them where they are fresh, so the certificate holds on that backend. Where they are not (an older export, a forced
+backend, another runtime), it fits on the torch path's (training's ``calibration_predictions.csv``); :func:`drift`
+says how far a backend's scores were measured from that path at export, and
+:meth:`zoo.ensemble.Ensemble.fit_calibration` then claims the certificate only when every such member's drift is at
+most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class Choice:
         moved = ("were not measured against them at export" if self.drift != self.drift else
                  f"moved validation probabilities by up to {self.drift:.4f} from them (more than {CERTIFIED_DRIFT})")
         return (f"member {name} runs on {self.backend}, whose scores {moved}, and the triage was certified on the "
-                "PyTorch scores of training; predict with --backend torch for a certified triage")
+                "PyTorch scores of training; predict with --backend torch (or the backend whose own scores the export "
+                "stored) for a certified triage")
 
 
 def drift(folder: Path, backend: str) -> float:

@@ -88,7 +88,7 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
     the images training's torch path scored for that split's predictions file) with each installed runtime's
     ``auto`` backend of the member in ``folder``, write the files and record them in config.json's export record
     (which :func:`zoo.onnx.export_member` wrote just before for these weights). Returns ``{backend: record}``; {}
-    when the member has no fresh export. Score files of backends not scored now are removed."""
+    when the member has no fresh export or no split has images. Score files not recorded now are removed."""
     from zoo.atomic import write_csv
     from zoo.backends import auto_backends, installed_runtimes, open_backend
     from zoo.onnx import export_record, write_export_record
@@ -97,9 +97,10 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
     record = export_record(folder)
     if not record:
         return {}
+    splits = {k: v for k, v in splits.items() if v is not None and v[0] is not None and len(v[0])}
     scores: dict[str, dict] = {}
     size = None
-    for runtime in installed_runtimes():
+    for runtime in installed_runtimes() if splits else []:
         for backend in auto_backends(record, runtime):
             try:
                 runner = open_backend(folder, backend)
@@ -110,8 +111,6 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
                      "runtime": runtime_version(backend),
                      "probe": [float(p) for p in runner.predict([probe_images(size)])], "files": {}}
             for split, (images, frame) in splits.items():
-                if images is None or not len(images):
-                    continue
                 name = score_file(split, backend)
                 write_csv(score_studies(runner, images, frame), folder / name)
                 written = pd.read_csv(folder / name, dtype={"id": str})  # the digest of what a reader will see
@@ -130,7 +129,7 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
 def describe_scores(scores: dict) -> str:
     """One line on what :func:`store` wrote."""
     if not scores:
-        return "no graph scores stored (no fresh graph to score)"
+        return "no graph scores stored (no fresh graph, or no validation images to score)"
     parts = []
     for backend, entry in scores.items():
         counts = ", ".join(f"{split} {f['n_studies']}" for split, f in entry["files"].items())

@@ -1,7 +1,9 @@
 """``bone-zoo export MEMBERS --onnx [--int8 ...]``: ONNX graphs beside each member's weights, for members trained
 before training exported them itself (or with ``--no-export``). The same export as training's (zoo.onnx.export_member):
 ``--int8`` calibrates and checks the int8 graph on the member's own validation images, found in the dataset it was
-trained on (``--calibration-data``), and records the check in config.json and the card."""
+trained on (``--calibration-data``), and records the check in config.json and the card. With those images the
+graphs ``--backend auto`` runs also score the validation and calibration studies (zoo.graph_scores), so a triage
+on that backend is certified on its own scores."""
 
 from __future__ import annotations
 
