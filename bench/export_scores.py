@@ -9,7 +9,8 @@ untimed warm-up of each step: the export as training runs it (``zoo.onnx.export_
 quantisation and their checks on the validation images) and then ``store`` on every installed runtime, and ``store``
 with ONNX Runtime alone. ``--untrained`` builds a member with random weights whose validation and calibration
 splits are the first studies of ``--data``'s training split, its torch predictions computed here (untimed).
-Prints one markdown row per case (median of ``--repeats``); the numbers go to bench/README.md by hand.
+Prints one markdown row per case (median wall and process CPU seconds of ``--repeats``); the numbers go to
+bench/README.md by hand.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def _untrained(folder: Path, backbone: str, size: int, data: str, n_val: int, n_
         write_csv(st[["id", "part", "label", folder.name]].rename(columns={folder.name: "prob"}), folder / file)
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
+def _time(fn) -> tuple[float, float]:
+    """(wall s, CPU s of this process, every thread) of ``fn()``: on a shared machine the CPU time is the steadier."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> int:
@@ -92,9 +94,10 @@ def main() -> int:
     cfg = read_member_config(args.member) if args.member else {"backbone": args.untrained, "img_size": args.img_size}
     print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs; member "
           f"{cfg['backbone']} at {cfg['img_size']} px; images: " + ", ".join(f"{k} {v}" for k, v in n.items()))
-    print("| step | median s | runs |\n|---|---|---|")
+    print("| step | median wall s | median CPU s | runs (wall / CPU) |\n|---|---|---|---|")
     for k, ts in times.items():
-        print(f"| {k} | {statistics.median(ts):.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
+        wall, cpu = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
+        print(f"| {k} | {wall:.2f} | {cpu:.2f} | {', '.join(f'{w:.2f} / {c:.2f}' for w, c in ts)} |")
     return 0
 
 
