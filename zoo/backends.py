@@ -15,10 +15,13 @@ it. Test-time augmentation runs on every backend (the graphs are run on the flip
 (``torch``, ``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8``) use that one or fail with what to do.
 
 The choice never depends on ``--triage``: ``predict.py``, ``predict.py --triage`` and the demo give a member the same
-scores. A triage certificate, though, was earned on the torch path's scores of the calibration split (training's
-``calibration_predictions.csv``); :func:`drift` says how far a backend's scores were measured from that path at
-export, and :meth:`zoo.ensemble.Ensemble.fit_calibration` claims the certificate only when every member's drift is
-at most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
+scores. A triage certificate holds for the scores of the calibration split it was fitted on: the export stores each
+installed runtime's ``auto`` backend's own scores of those studies (:mod:`zoo.graph_scores`), and the ensemble fits
+on them where they are fresh, so the certificate holds on that backend. Where they are not (an older export, a forced
+backend, another runtime), it fits on the torch path's (training's ``calibration_predictions.csv``); :func:`drift`
+says how far a backend's scores were measured from that path at export, and
+:meth:`zoo.ensemble.Ensemble.fit_calibration` then claims the certificate only when every such member's drift is at
+most :data:`CERTIFIED_DRIFT` (else the triage says which member and what to run instead).
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.members import MemberError, read_member_config, read_verified
+from zoo.members import GRAPH_BACKENDS, MemberError, read_member_config, read_verified
 
-GRAPHS = {"onnx": "onnx", "onnx-int8": "onnx-int8", "openvino": "onnx", "openvino-int8": "onnx-int8"}  # -> graph
+GRAPHS = dict(zip(GRAPH_BACKENDS, ("onnx", "onnx-int8", "onnx", "onnx-int8")))  # backend -> the graph it runs
 BACKENDS = ("auto", "torch", *GRAPHS)
 # the largest change of a validation study's probability against the torch path (zoo.onnx.graph_check) that keeps a
 # triage certified on the torch scores: a rule, not a theorem (the guarantee holds exactly for the scores it was
@@ -41,12 +44,28 @@ BACKENDS = ("auto", "torch", *GRAPHS)
 CERTIFIED_DRIFT = 0.005
 
 
+GRAPH_BATCH = 4  # images per graph run in predict.py (without --batch-size) and at export: what
+# zoo.inference.auto_batch_size picks on CPU
+
+
 def graph_runtime() -> str:
     """``openvino`` or ``onnx``: the runtime ``auto`` runs graphs on (see the module docstring for why)."""
     forced = os.environ.get("BONE_ZOO_GRAPH_RUNTIME", "")
     if forced in ("onnxruntime", "onnx"):
         return "onnx"
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnx"
+    return installed_runtimes()[-1]
+
+
+def installed_runtimes() -> list[str]:
+    """The graph runtimes here: ``onnx`` (ONNX Runtime, a core dependency) and ``openvino`` where installed."""
+    return ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") is not None else [])
+
+
+def auto_backends(record: dict, runtime: str) -> list[str]:
+    """The graph backends ``auto`` tries, in order, for a member whose export record (:func:`zoo.onnx.export_record`)
+    is ``record``, on ``runtime``: the int8 graph if its accuracy check passed, then the fp32 graph."""
+    graphs = (["onnx-int8"] if (record.get("int8") or {}).get("passed") else []) + ["onnx"]
+    return [g if runtime == "onnx" else f"openvino{g[4:]}" for g in graphs]
 
 
 @dataclass
@@ -73,7 +92,8 @@ class Choice:
         moved = ("were not measured against them at export" if self.drift != self.drift else
                  f"moved validation probabilities by up to {self.drift:.4f} from them (more than {CERTIFIED_DRIFT})")
         return (f"member {name} runs on {self.backend}, whose scores {moved}, and the triage was certified on the "
-                "PyTorch scores of training; predict with --backend torch for a certified triage")
+                "PyTorch scores of training; predict with --backend torch (or the backend whose own scores the export "
+                "stored) for a certified triage")
 
 
 def drift(folder: Path, backend: str) -> float:
@@ -121,19 +141,18 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
         return Choice("torch", why=f"auto: {exc}")
     from zoo.onnx import export_record
 
-    check = export_record(folder).get("int8") or {}
-    runtime = graph_runtime()
+    record = export_record(folder)
+    check = record.get("int8") or {}
     skipped = []
     if not check:
         skipped.append("no int8 graph checked for these weights")
     elif not check.get("passed"):
         skipped.append(f"int8 failed its accuracy check (validation AUC change {check.get('auc_change')})")
-    for graph in (["onnx-int8"] if check.get("passed") else []) + ["onnx"]:
-        backend = graph if runtime == "onnx" else f"openvino{graph[4:]}"
+    for backend in auto_backends(record, graph_runtime()):
         try:
             runner = open_backend(folder, backend)
         except (FileNotFoundError, MemberError, ImportError) as exc:
-            skipped.append(f"{graph}: {_short(exc)}")
+            skipped.append(f"{GRAPHS[backend]}: {_short(exc)}")
             continue
         return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
                       drift(folder, backend))

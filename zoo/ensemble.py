@@ -7,16 +7,17 @@ are fresh, ``onnx``, ``onnx-int8``, ``openvino``) runs without it; :mod:`zoo.bac
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from zoo.backends import BACKENDS, Choice, choose
+from zoo.backends import BACKENDS, GRAPH_BATCH, Choice, choose
 from zoo.combiners import create_combiner
 from zoo.data import ImageArray, load_images
+from zoo.graph_scores import Stored, stored
 from zoo.loader import Member
 from zoo.members import MemberError, resolve_member_dirs, unique_names
 from zoo.metrics import aggregate_studies, best_threshold
@@ -34,13 +35,22 @@ class MemberSource:
     cache_dir: str | None = None
 
 
+def training_predictions(m: Member, split: str) -> pd.DataFrame | None:
+    """A member's stored study predictions of its ``val`` or ``calibration`` split by the torch path, as training
+    wrote them (val_predictions.csv, calibration_predictions.csv); None where it has none."""
+    return m.val_predictions() if split == "val" else _read_predictions(m.folder / CALIBRATION_FILE)
+
+
 @dataclass
 class Group:
     """What the combiner sees as one voter: a member, or the k fold members of one backbone (``--folds``), whose
-    study score is the mean of theirs and whose validation predictions are their out-of-fold predictions."""
+    study score is the mean of theirs and whose validation predictions are their out-of-fold predictions.
+    ``predictions(member, split)`` reads a member's stored study scores of a split (``val``, ``calibration``): the
+    torch path's by default, the scores of the backend it runs on in an ensemble (:meth:`Ensemble.predictions`)."""
 
     name: str
     members: list[Member]
+    predictions: Callable[[Member, str], pd.DataFrame | None] = training_predictions
     _val: dict[bool, pd.DataFrame | None] = field(default_factory=dict, repr=False)
     _cal: dict[bool, pd.DataFrame | None] = field(default_factory=dict, repr=False)
 
@@ -49,20 +59,20 @@ class Group:
         None when a member has none. Read once per group (fitting the combiner, calibrating and the OOF AUC all
         use it)."""
         if calibrated not in self._val:
-            self._val[calibrated] = self._read_val(calibrated)
+            self._val[calibrated] = self._read(calibrated, "val")
         return self._val[calibrated]
 
     def calibration_predictions(self, calibrated: bool = True) -> pd.DataFrame | None:
         """``id, label, prob`` over the calibration split the members were trained without (each member's
         ``calibration_predictions.csv``; fold members: the mean of their scores); None when a member has none."""
         if calibrated not in self._cal:
-            self._cal[calibrated] = self._read_val(calibrated, CALIBRATION_FILE)
+            self._cal[calibrated] = self._read(calibrated, "calibration")
         return self._cal[calibrated]
 
-    def _read_val(self, calibrated: bool, file: str | None = None) -> pd.DataFrame | None:
+    def _read(self, calibrated: bool, split: str) -> pd.DataFrame | None:
         frames = []
         for m in self.members:
-            f = m.val_predictions() if file is None else _read_predictions(m.folder / file)
+            f = self.predictions(m, split)
             if f is None:
                 return None
             if calibrated:
@@ -144,15 +154,17 @@ class Ensemble:
         groups: dict[str, list[Member]] = {}
         for m in members:
             groups.setdefault(m.group, []).append(m)
-        self.groups = [Group(name, ms) for name, ms in groups.items()]  # the combiner's voters
-        self._fits: dict[tuple, CalibrationFit] = {}  # calibrate()'s fits, per (triage, threshold, split)
-        self.use_combiner(method)
-        self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.backend = backend  # asked for; per member, self.choice(m) says what runs (zoo.backends)
         self.cams = cams  # CAMs will be asked for: auto keeps those members on PyTorch
         self._choices: dict[str, Choice] = {}  # member name -> its backend, chosen on first use
+        self._stored: dict[str, Stored] = {}  # member name -> its backend's fresh stored scores, read on first use
+        # the combiner's voters, fitted on the scores of the backend each member runs on
+        self.groups = [Group(name, ms, self.predictions) for name, ms in groups.items()]
+        self._fits: dict[tuple, CalibrationFit] = {}  # calibrate()'s fits, per (triage, threshold, split)
+        self.use_combiner(method)
+        self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
 
     @classmethod
     def from_paths(cls, specs: Iterable[str], method: str = "mean", *, device: str = "cpu", precision: str = "auto",
@@ -176,10 +188,33 @@ class Ensemble:
             self._choices[m.name] = choose(m.folder, self.backend, self.cams)
         return self._choices[m.name]
 
+    def stored_scores(self, m: Member) -> Stored:
+        """The scores member ``m``'s backend gave its validation and calibration studies at export, where they are
+        what it gives now (:func:`zoo.graph_scores.stored`; none for torch, whose are training's files)."""
+        if m.name not in self._stored:
+            c = self.choice(m)
+            self._stored[m.name] = stored(m.folder, c.backend, c.runner)
+        return self._stored[m.name]
+
+    def predictions(self, m: Member, split: str) -> pd.DataFrame | None:
+        """Member ``m``'s stored study scores of ``split`` (``val``, ``calibration``) that its calibration, the
+        combiner and the triage are fitted on: those of the backend it runs on where they are fresh
+        (:meth:`stored_scores`), else the torch path's of training (:func:`training_predictions`)."""
+        own = self.stored_scores(m).frames.get(split)
+        return own if own is not None else training_predictions(m, split)
+
     def uncertified_backends(self) -> str:
-        """Why a triage certified on the members' torch scores (their calibration_predictions.csv) is not certified
-        on the scores these members' backends give (:meth:`zoo.backends.Choice.uncertified`); "" when it is."""
-        return "; ".join(w for m in self.members if (w := self.choice(m).uncertified(m.name)))
+        """Why a triage fitted on the members' calibration scores is not certified on the scores these members'
+        backends give; "" when it is. A member whose backend's own calibration scores were fitted on keeps it; one
+        fitted on the torch path's (calibration_predictions.csv) keeps it only within the drift rule
+        (:meth:`zoo.backends.Choice.uncertified`)."""
+        out = []
+        for m in self.members:
+            own = self.stored_scores(m)
+            if "calibration" in own.frames or not (w := self.choice(m).uncertified(m.name)):
+                continue
+            out.append(f"{w} (its own {self.choice(m).backend} scores were not used: {own.why})" if own.why else w)
+        return "; ".join(out)
 
     @property
     def names(self) -> list[str]:
@@ -402,7 +437,7 @@ class Ensemble:
         return predict_array(m.model, loader, device, self.precision, tta=tta, quiet=quiet, desc=m.name)
 
     def _graph_probs(self, runner, arr: ImageArray, rows: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
-        bs = batch_size if batch_size > 0 else 4  # what zoo.inference.auto_batch_size picks on CPU
+        bs = batch_size if batch_size > 0 else GRAPH_BATCH
         batches = (arr.read(rows[i:i + bs])[:, None] for i in range(0, len(rows), bs))
         return runner.predict(batches, tta=tta)
 

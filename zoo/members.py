@@ -7,7 +7,8 @@ nothing here imports PyTorch or ``zoo.model``.
 
 A member folder holds ``model.safetensors`` + ``config.json`` (the constructor of ``zoo.BoneClassifier``) +
 ``README.md`` (its model card); a finished training run adds ``metrics.json`` (written last), ``metrics.jsonl``,
-``val_predictions.csv``, ``curves.png`` and (unless ``--no-export``) ``model.onnx`` / ``model.int8.onnx``, which
+``val_predictions.csv``, ``curves.png`` and (unless ``--no-export``) ``model.onnx`` / ``model.int8.onnx`` with
+their scores of the validation (and calibration) studies, ``val_predictions.<backend>.csv`` (zoo.graph_scores), which
 ``python -m zoo export`` writes for older members.
 """
 
@@ -27,9 +28,21 @@ from typing import Any
 
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
 GRAPH_FILES = ("model.onnx", "model.int8.onnx")  # exported graphs (zoo.onnx): fp32, static int8
-# what training adds (calibration_predictions.csv with a calibration split; the graphs unless --no-export)
+GRAPH_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # the runtimes x graphs a member can run on
+
+
+def score_file(split: str, backend: str) -> str:
+    """The file of a graph backend's scores of the member's ``val`` or ``calibration`` studies (zoo.graph_scores)."""
+    if split not in ("val", "calibration") or backend not in GRAPH_BACKENDS:
+        raise ValueError(f"no score file for split {split!r} of backend {backend!r}")
+    return f"{split}_predictions.{backend}.csv"
+
+
+SCORE_FILES = tuple(score_file(s, b) for s in ("val", "calibration") for b in GRAPH_BACKENDS)
+# what training adds (calibration_predictions.csv with a calibration split; the graphs, and their scores of those
+# studies, unless --no-export)
 TRAINING_FILES = ("metrics.json", "metrics.jsonl", "val_predictions.csv", "calibration_predictions.csv",
-                  "curves.png", *GRAPH_FILES)
+                  "curves.png", *GRAPH_FILES, *SCORE_FILES)
 HUB_PREFIX = "hf://"
 
 

@@ -21,11 +21,12 @@ import pandas as pd
 
 from zoo import leaderboard
 from zoo.atomic import write_csv, write_text
-from zoo.members import MEMBER_FILES, TRAINING_FILES, finished_members, member_subfolders
+from zoo.members import MEMBER_FILES, SCORE_FILES, TRAINING_FILES, finished_members, member_subfolders
 
 RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "roc.png")  # written by write_results (and pushed)
 OOF_FILE = "oof_predictions.csv"
-PREDICTION_FILES = ("val_predictions.csv", "calibration_predictions.csv")  # hold study ids (pseudonymised on push)
+# hold study ids (pseudonymised on push)
+PREDICTION_FILES = ("val_predictions.csv", "calibration_predictions.csv", *SCORE_FILES)
 SALT_FILE = ".study-id-salt"  # the run's secret for study pseudonyms: written by the trainer, never pushed
 NO_MEMBERS = "(no finished members)"
 

@@ -450,20 +450,37 @@ class Trainer:
         return record
 
     def _export_graphs(self, data: TrainData) -> None:
-        """The saved member's ONNX graphs, int8 calibrated and checked on its validation images (zoo.onnx); a failure
-        leaves a complete member that predicts on PyTorch, and says how to export it later."""
+        """The saved member's ONNX graphs, int8 calibrated and checked on its validation images (zoo.onnx), and their
+        scores of its validation and calibration images (zoo.graph_scores); a failure leaves a complete member that
+        predicts on PyTorch (or, when only the scores failed, on its graphs under the drift rule), and says how to
+        export it later."""
+        from zoo.graph_scores import describe_scores, store
         from zoo.onnx import describe_export, export_member
 
+        retry = f"bone-zoo export {self.out} --onnx --int8 --calibration-data DIR"
+        val = self.images.read(data.val_ds.rows)
         t0 = time.perf_counter()
         try:
-            record = export_member(self.out, np.asarray(self.images.array[data.val_ds.rows]), data.val_df)
+            record = export_member(self.out, val, data.val_df)
         except (ImportError, RuntimeError, ValueError, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            tqdm.write(f"[{self.cfg.backbone}] warning: ONNX export failed ({first}); the member is saved and "
-                       f"predicts on PyTorch. Retry: bone-zoo export {self.out} --onnx --int8 --calibration-data DIR",
-                       file=sys.stderr)
+            tqdm.write(f"[{self.cfg.backbone}] warning: ONNX export failed ({_first_line(exc)}); the member is saved "
+                       f"and predicts on PyTorch. Retry: {retry}", file=sys.stderr)
             return
-        self.log(f"exported {describe_export(record)} in {time.perf_counter() - t0:.1f}s")
+        t1 = time.perf_counter()
+        self.log(f"exported {describe_export(record)} in {t1 - t0:.1f}s")
+        try:
+            cal = None if data.cal_ds is None else (self.images.read(data.cal_ds.rows), data.cal_df)
+            scores = store(self.out, {"val": (val, data.val_df), "calibration": cal})
+        except (ImportError, RuntimeError, ValueError, OSError) as exc:
+            tqdm.write(f"[{self.cfg.backbone}] warning: scoring the validation studies with the graphs failed "
+                       f"({_first_line(exc)}); a triage on them is certified only within the drift rule. Retry: "
+                       f"{retry}", file=sys.stderr)
+            return
+        self.log(f"{describe_scores(scores)} in {time.perf_counter() - t1:.1f}s")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def augmentation(cfg: TrainConfig):

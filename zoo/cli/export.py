@@ -1,7 +1,9 @@
 """``bone-zoo export MEMBERS --onnx [--int8 ...]``: ONNX graphs beside each member's weights, for members trained
 before training exported them itself (or with ``--no-export``). The same export as training's (zoo.onnx.export_member):
 ``--int8`` calibrates and checks the int8 graph on the member's own validation images, found in the dataset it was
-trained on (``--calibration-data``), and records the check in config.json and the card."""
+trained on (``--calibration-data``), and records the check in config.json and the card. With those images the
+graphs ``--backend auto`` runs also score the validation and calibration studies (zoo.graph_scores), so a triage
+on that backend is certified on its own scores."""
 
 from __future__ import annotations
 
@@ -26,15 +28,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validation_images(folder, data: str, size: int):
-    """The member's validation images (uint8 ``(n, S, S)``) and their rows (id, label) from the dataset ``data``;
-    None when none of its validation studies are in it."""
+def validation_images(folder, data: str, size: int, file: str = "val_predictions.csv"):
+    """The member's validation images (uint8 ``(n, S, S)``) and their rows (id, part, label) from the dataset
+    ``data``; with ``file`` another of its prediction files' studies (its calibration split:
+    calibration_predictions.csv). None when none of those studies are in it."""
     import pandas as pd
 
     from zoo.data import load_dataset, load_images
 
     ds = load_dataset(data)
-    ids = set(pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})["id"])
+    ids = set(pd.read_csv(folder / file, dtype={"id": str})["id"])
     frame = ds.train[ds.train["id"].isin(ids)].reset_index(drop=True)
     if frame.empty:
         return None
@@ -44,6 +47,7 @@ def validation_images(folder, data: str, size: int):
 
 
 def main(args: argparse.Namespace) -> int:
+    from zoo.graph_scores import describe_scores, store
     from zoo.members import MemberError, members_in, read_member_config
     from zoo.onnx import describe_export, export_member
 
@@ -67,8 +71,21 @@ def main(args: argparse.Namespace) -> int:
                 images, frame = found
             # the one verified load inside: weights that are not config.json's are never exported
             record = export_member(folder, images, frame, int8=args.int8, calibration_images=args.calibration_images)
+            scores = store(folder, {"val": (images, frame), **_calibration_split(folder, args.calibration_data)})
         except MemberError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"{folder}: wrote {describe_export(record)}; dynamic batch checked at 1 and 3 against PyTorch")
+        print(f"{folder}: wrote {describe_export(record)}; dynamic batch checked at 1 and 3 against PyTorch; "
+              f"{describe_scores(scores)}")
     return 0
+
+
+def _calibration_split(folder, data: str | None) -> dict:
+    """``{"calibration": (images, rows)}`` of the member's held-out calibration split in ``data`` when it has one
+    (calibration_predictions.csv) and ``data`` is given, else {}."""
+    from zoo.members import read_member_config
+
+    if not data or not (folder / "calibration_predictions.csv").is_file():
+        return {}
+    found = validation_images(folder, data, int(read_member_config(folder)["img_size"]), "calibration_predictions.csv")
+    return {"calibration": found} if found is not None else {}
