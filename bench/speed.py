@@ -26,6 +26,208 @@ DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
 MEAN, STD = 0.449, 0.226
 
 
+# -- where the peak comes from: RSS sampled in the child, by phase ---------------------------------------------------
+class RssSampler:
+    """The process's resident set size sampled every ``interval`` s in a thread, attributed to the phase running then
+    (phases nest: ``export > int8 quantisation``). :meth:`wrap` turns a function or method into a phase, so the bench
+    measures the project's own code unchanged. ``table()``: per phase, in order of first entry, the RSS when it was
+    first entered, the peak while it (or a phase inside it) ran, and the RSS when it last returned, in GB."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.interval, self.stack, self.rows = interval, [], {}
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start_rss = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _note(self, rss: int) -> None:
+        for i in range(len(self.stack)):
+            row = self.rows[" > ".join(self.stack[: i + 1])]
+            row["peak"] = max(row["peak"], rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._note(self.rss())
+
+    def enter(self, name: str) -> None:
+        rss = self.rss()
+        self._note(rss)
+        self.stack.append(name)
+        self.rows.setdefault(" > ".join(self.stack), {"start": rss, "peak": rss, "end": rss})
+
+    def leave(self) -> None:
+        rss = self.rss()
+        self._note(rss)
+        self.rows[" > ".join(self.stack)]["end"] = rss
+        self.stack.pop()
+
+    def wrap(self, owner, attr: str, name: str) -> None:
+        import functools
+
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def phase(*args, **kwargs):
+            self.enter(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.leave()
+
+        setattr(owner, attr, phase)
+
+    def table(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join()
+        gb = 2**30
+        return [{"phase": "start-up (interpreter, before the case's imports)", "rss_start_gb": 0.0,
+                 "peak_gb": self.start_rss / gb, "rss_end_gb": self.start_rss / gb}] + [
+            {"phase": ". " * k.count(" > ") + k.rsplit(" > ", 1)[-1], "rss_start_gb": v["start"] / gb,
+             "peak_gb": v["peak"] / gb, "rss_end_gb": v["end"] / gb}
+            for k, v in self.rows.items()]
+
+
+def instrument_training(sampler: RssSampler) -> None:
+    """The phases of train_all.py's run of one member (bone-zoo's own functions, wrapped where they are looked up)."""
+    import zoo.cli.train
+    import zoo.onnx
+    import zoo.train
+
+    for owner, attr, name in [
+        (zoo.cli.train, "main", "train_all.main (imports done)"), (zoo.train, "load_images", "decode images"),
+        (zoo.train.Trainer, "build", "model + optimizer build"), (zoo.train, "train_one_epoch", "training steps"),
+        (zoo.train.Trainer, "validate", "validation"), (zoo.train.Checkpoint, "save", "checkpoint save"),
+        (zoo.train.Trainer, "export", "member export (best weights, validation, save)"),
+        (zoo.train.Trainer, "_export_graphs", "ONNX export"), (zoo.onnx, "export_onnx", "fp32 graph"),
+        (zoo.onnx, "quantize_int8", "int8 quantisation"), (zoo.onnx, "graph_check", "graph check"),
+    ]:
+        sampler.wrap(owner, attr, name)
+
+
+def model_state_gb(backbone: str, size: int) -> float:
+    """Parameters + gradients + Adam's two moments of the network in fp32 (what training holds for the model)."""
+    from zoo.model import BoneClassifier
+
+    return sum(p.numel() for p in BoneClassifier(backbone, img_size=size).parameters()) * 4 * 4 / 2**30
+
+
+# -- the limit: the machine's peak for the operation that dominates, through the same runtimes ---------------------
+GEMM_N = 2048  # M = N = K of the micro-benchmark (17 GFLOP a call): large enough for each runtime's peak
+ENGINES = {"onnx": "onnxruntime fp32", "onnx-int8": "onnxruntime int8", "openvino": "openvino fp32 graph (default "
+           "precision)", "openvino-int8": "openvino int8"}  # predict's backend -> the engine whose peak bounds it
+
+
+def _best_gops(fn, ops: float, seconds: float) -> float:
+    """The best rate of ``fn`` (``ops`` operations a call) over ``seconds`` after two warm-up calls, in G/s."""
+    fn()
+    fn()
+    best, end, n = 0.0, time.perf_counter() + seconds, 0
+    while n < 3 or time.perf_counter() < end:
+        t0 = time.perf_counter()
+        fn()
+        best, n = max(best, ops / (time.perf_counter() - t0)), n + 1
+    return best / 1e9
+
+
+def gemm_graph(path: Path, n: int, int8: bool) -> Path:
+    """An ONNX graph ``y = x @ w`` (``(n, n)`` float in and out); ``int8``: in the QDQ form quantize_static writes
+    (int8 per-tensor weights, uint8 activations, Q/DQ around the MatMul), which the runtimes run as an int8 GEMM."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])
+    if not int8:
+        nodes, inits = [helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")]
+    else:
+        scale = float(np.abs(w).max() / 127)
+        inits = [numpy_helper.from_array(np.round(w / scale).astype(np.int8), "wq"),
+                 numpy_helper.from_array(np.array(scale, np.float32), "ws"),
+                 numpy_helper.from_array(np.array(0, np.int8), "wz"),
+                 numpy_helper.from_array(np.array(8 / 255, np.float32), "xs"),
+                 numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+                 numpy_helper.from_array(np.array(0.25, np.float32), "ys"),
+                 numpy_helper.from_array(np.array(128, np.uint8), "yz")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+                 helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+                 helper.make_node("MatMul", ["xd", "wd"], ["m"]),
+                 helper.make_node("QuantizeLinear", ["m", "ys", "yz"], ["mq"]),
+                 helper.make_node("DequantizeLinear", ["mq", "ys", "yz"], ["y"])]
+    graph = helper.make_graph(nodes, "gemm", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def network_gflop(backbone: str, size: int) -> dict:
+    """GFLOP per image of the network at ``size`` px (torch.utils.flop_counter: 2 per multiply-add of every conv and
+    matmul in a forward pass): inference; training counts 3 forward passes (forward, and a backward of twice its work:
+    gradients of inputs and of weights). The counter's own ``convolution_backward`` formula gives ~5x the forward
+    on RegNet's grouped convolutions, not the 2x the backward of a convolution computes, so it is not used."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.model import BoneClassifier
+
+    with FlopCounterMode(display=False) as fwd, torch.no_grad():
+        BoneClassifier(backbone, img_size=size).eval()(torch.zeros(1, 1, size, size))
+    return {"inference": fwd.get_total_flops() / 1e9, "training": 3 * fwd.get_total_flops() / 1e9}
+
+
+def roofline(a: dict) -> dict:
+    """The peak GEMM rate of each engine the paths run on (torch fp32/bf16/int8, ONNX Runtime fp32/int8, OpenVINO on
+    the fp32 graph at its default precision and on the int8 graph), and the network's GFLOP per image."""
+    import importlib.util
+    import tempfile
+
+    import torch
+
+    n, sec = a["n"], a["seconds"]
+    ops = 2.0 * n**3
+    g = torch.Generator().manual_seed(0)
+    x32 = torch.randn(n, n, generator=g)
+    x16 = x32.bfloat16()
+    x8 = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=g)
+    peaks = {}
+    with torch.inference_mode():
+        peaks["torch fp32"] = _best_gops(lambda: torch.mm(x32, x32), ops, sec)
+        peaks["torch bf16"] = _best_gops(lambda: torch.mm(x16, x16), ops, sec)
+        if hasattr(torch, "_int_mm"):
+            peaks["torch int8 (_int_mm)"] = _best_gops(lambda: torch._int_mm(x8, x8), ops, sec)
+    from zoo.onnx import session
+
+    xin = {"x": x32.numpy()}
+    with tempfile.TemporaryDirectory() as work:
+        for int8 in (False, True):
+            path = gemm_graph(Path(work) / f"gemm{int(int8)}.onnx", n, int8)
+            sess = session(path)
+            peaks[ENGINES["onnx-int8" if int8 else "onnx"]] = _best_gops(lambda s=sess: s.run(None, xin), ops, sec)
+            if importlib.util.find_spec("openvino") is not None:
+                from zoo.backends import openvino_compiled
+
+                req = openvino_compiled(path).create_infer_request()
+                peaks[ENGINES["openvino-int8" if int8 else "openvino"]] = _best_gops(
+                    lambda r=req: r.infer({0: xin["x"]}), ops, sec)
+    return {"images": 0, "loop_s": 0.0, "peaks_gops": peaks, "gflop_per_image": network_gflop(a["backbone"], a["size"])}
+
+
+def limit_columns(df, roof: dict):
+    """Each row's limit (images/s at its engine's peak GEMM rate: peak GOP/s / GOP per image) and its share of it."""
+    per_image = df["group"].map(lambda g: roof["gflop_per_image"]["training" if g == "training" else "inference"])
+    df["limit_images_s"] = df["engine"].map(roof["peaks_gops"]) / per_image
+    df["of_limit"] = df["images_per_s"] / df["limit_images_s"]
+    return df
+
+
 # -- the original tool's loops (re-implemented here from its description) --------------------------------------------
 def _decode_pad(path: str, size: int):
     """PIL decode -> grayscale -> pad to a square -> resize: what the original did per image."""
@@ -89,10 +291,22 @@ def baseline_training(a: dict) -> dict:
 # -- bone-zoo's paths -------------------------------------------------------------------------------------------------
 def zoo_predict(a: dict) -> dict:
     import predict
+    from zoo.ensemble import Ensemble
+    from zoo.runtime import resolve_device, resolve_precision
 
+    made, from_paths = [], Ensemble.from_paths  # the ensemble predict builds: which backend its member ran on
+
+    def recording(*args, **kwargs):
+        made.append(from_paths(*args, **kwargs))
+        return made[-1]
+
+    Ensemble.from_paths = recording
     t0 = time.perf_counter()
-    rc = predict.main(predict.get_args_parser().parse_args(a["argv"]))
-    return {"images": a["n"], "loop_s": time.perf_counter() - t0, "rc": rc}
+    args = predict.get_args_parser().parse_args(a["argv"])
+    rc = predict.main(args)
+    backend = made[0].choice(made[0].members[0]).backend
+    engine = ENGINES.get(backend) or f"torch {resolve_precision(args.precision, resolve_device(args.device))}"
+    return {"images": a["n"], "loop_s": time.perf_counter() - t0, "rc": rc, "engine": engine}
 
 
 def zoo_train(a: dict) -> dict:
@@ -103,8 +317,9 @@ def zoo_train(a: dict) -> dict:
     rc = train_all.main(train_all.get_args_parser().parse_args(a["argv"]))
     member = Path(a["out"]) / a["backbone"]
     log = pd.read_json(member / "metrics.jsonl", lines=True)
-    n = json.loads((member / "config.json").read_text())["training"]["n_train_images"]
-    return {"images": n, "loop_s": float(log["train_s"].iloc[-1]), "rc": rc}
+    training = json.loads((member / "config.json").read_text())["training"]
+    return {"images": training["n_train_images"], "loop_s": float(log["train_s"].iloc[-1]), "rc": rc,
+            "engine": f"torch {training['mixed_precision']}"}
 
 
 def graph_accuracy(a: dict) -> dict:
@@ -130,7 +345,14 @@ def graph_accuracy(a: dict) -> dict:
 
 
 CASES = {"baseline_inference": baseline_inference, "baseline_training": baseline_training,
-         "zoo_predict": zoo_predict, "zoo_train": zoo_train, "graph_accuracy": graph_accuracy}
+         "zoo_predict": zoo_predict, "zoo_train": zoo_train, "graph_accuracy": graph_accuracy, "roofline": roofline}
+def instrument_baseline(sampler: RssSampler) -> None:
+    import zoo.model
+
+    sampler.wrap(zoo.model.BoneClassifier, "__init__", "model build")
+
+
+TRACED = {"baseline_training": instrument_baseline, "zoo_train": instrument_training}  # RSS broken down by phase
 
 
 def compare_graph_runtimes(args, pred: list[str], n: int, out_dir: Path) -> list[dict]:
@@ -175,7 +397,16 @@ def case_or_skip(args, cases: dict) -> int | None:
     """In a child (``--_case``): run that case, print its JSON result and return 0; in the parent: 0 with a ``skip``
     line where ``--data`` is absent; else None (go on)."""
     if args._case:
-        print(json.dumps(cases[args._case](json.loads(args._args))))
+        sampler = None
+        if args._case in TRACED:  # the RSS breakdown by phase; the parent's peak (os.wait4) stays the headline number
+            sampler = RssSampler()
+            TRACED[args._case](sampler)
+            sampler.enter(args._case)
+        res = cases[args._case](json.loads(args._args))
+        if sampler is not None:
+            sampler.leave()
+            res["phases"] = sampler.table()
+        print(json.dumps(res))
         return 0
     if not Path(args.data).is_dir():
         print(f"skip: {args.data} not present")
@@ -221,9 +452,14 @@ def main() -> int:
     p.add_argument("--train-images", type=int, default=128, help="images in the training epoch (default %(default)s)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--backbone", default="regnet_x_800mf")
-    p.add_argument("--cases", nargs="+", default=["inference", "training", "onnx", "graphs", "accuracy"],
-                   help="which groups to run: inference, training, onnx, graphs (ONNX Runtime against OpenVINO, "
-                   "interleaved), accuracy (study AUC of --accuracy-member per backend) (default: all)")
+    p.add_argument("--cases", nargs="+", default=["roofline", "inference", "training", "onnx", "graphs", "accuracy"],
+                   help="which groups to run: roofline (peak GEMM rate of each engine, the network's GFLOP per "
+                   "image, each path's share of the limit it implies), inference, training, onnx, graphs (ONNX "
+                   "Runtime against OpenVINO, interleaved), accuracy (study AUC of --accuracy-member per backend) "
+                   "(default: all)")
+    p.add_argument("--gemm-n", type=int, default=GEMM_N, help="M = N = K of the roofline GEMM (default %(default)s)")
+    p.add_argument("--roofline-seconds", type=float, default=2.0, help="time per engine in the roofline case "
+                   "(default %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="rounds of the interleaved graph runtime comparison "
                    "(default %(default)s)")
     p.add_argument("--accuracy-member", default=None, metavar="DIR", help="a member trained on --data (exported "
@@ -243,13 +479,22 @@ def main() -> int:
     member = str(Path(args.out) / "member" / args.backbone)
     rows = []
 
-    def record(name, group, kind, a, note=""):
-        r = child(kind, a, out_dir)
+    breakdowns = {}
+
+    def record(name, group, kind, a, note="", engine="torch fp32"):
+        r = {"engine": engine, **child(kind, a, out_dir)}  # the original loops run in fp32 on PyTorch
+        if "phases" in r:
+            breakdowns[name] = r.pop("phases")
         rows.append({"case": name, "group": group, **r, "images_per_s": r["images"] / (
             r["wall_s"] if group == "inference" else r["loop_s"]), "note": note})
         print(f"{name}: {rows[-1]['images_per_s']:.2f} img/s, wall {r['wall_s']:.1f}s, user {r['user_s']:.0f}s, "
               f"sys {r['sys_s']:.0f}s, peak {r['peak_rss_gb']:.2f} GB", flush=True)
 
+    roof = None
+    if "roofline" in args.cases:
+        roof = child("roofline", {"n": args.gemm_n, "seconds": args.roofline_seconds, "backbone": args.backbone,
+                                  "size": args.size}, out_dir)
+        print_roofline(roof, args, os.getloadavg()[0])
     pred = ["--data", str(data), "--models", member, "--quiet", "-output", str(Path(args.out) / "p.csv")]
     if "inference" in args.cases:
         record("original loop (batch 1, fp32)", "inference", "baseline_inference",
@@ -278,9 +523,12 @@ def main() -> int:
         g = pd.DataFrame(graph_rows)
         base = g[g["case"].str.contains("ORT fp32")].set_index("round")["images_per_s"]
         g["x_ort_fp32_same_round"] = g["images_per_s"] / g["round"].map(base)
+        cols = ["images_per_s", "x_ort_fp32_same_round", "load_1min"]
+        if roof is not None:
+            g = limit_columns(g, roof)
+            cols += ["limit_images_s", "of_limit"]
         g.to_csv(out_dir / "graphs.csv", index=False)
-        print(g.groupby("case", sort=False)[["images_per_s", "x_ort_fp32_same_round", "load_1min"]].median()
-              .to_markdown(floatfmt=".2f"))
+        print(g.groupby("case", sort=False)[cols].median().to_markdown(floatfmt=".2f"))
     if "accuracy" in args.cases:
         acc_member = args.accuracy_member or str(out_dir / "trained" / "resnet10t")
         if not args.accuracy_member:
@@ -310,13 +558,44 @@ def main() -> int:
         base_row = df[g].iloc[0]
         df.loc[g, "speed_x"] = df.loc[g, "images_per_s"] / base_row["images_per_s"]
         df.loc[g, "rss_x"] = df.loc[g, "peak_rss_gb"] / base_row["peak_rss_gb"]
+    cols = ["group", "case", "images_per_s", "speed_x", "wall_s", "user_s", "sys_s", "peak_rss_gb", "rss_x"]
+    if roof is not None:
+        df = limit_columns(df, roof)
+        cols += ["engine", "limit_images_s", "of_limit"]
     df.to_csv(Path(args.out) / "speed.csv", index=False)
     m = machine_summary()
     print(f"\nmachine: {m}\nimages: {len(test)} predicted, {len(train)} in the training epoch, {args.size} px, "
           f"{args.backbone}")
-    cols = ["group", "case", "images_per_s", "speed_x", "wall_s", "user_s", "sys_s", "peak_rss_gb", "rss_x"]
     print(df[cols].to_markdown(index=False, floatfmt=".2f"))
+    if breakdowns:
+        print_breakdowns(breakdowns, model_state_gb(args.backbone, args.size), os.getloadavg()[0])
     return 0
+
+
+def print_roofline(roof: dict, args, load: float) -> None:
+    """The peak of each engine and the limit it implies for the network at --size."""
+    import pandas as pd
+
+    f = roof["gflop_per_image"]
+    print(f"{args.backbone} at {args.size} px: {f['inference']:.2f} GFLOP per image forward, {f['training']:.2f} "
+          f"a training image (3x; torch.utils.flop_counter); GEMM {args.gemm_n}^3, best of {args.roofline_seconds:g} s "
+          f"per engine, load average {load:.1f}")
+    t = pd.DataFrame({"peak_gops": roof["peaks_gops"]})
+    t["limit_inference_images_s"] = t["peak_gops"] / f["inference"]
+    t["limit_training_images_s"] = t["peak_gops"] / f["training"]
+    print(t.to_markdown(floatfmt=".1f"), flush=True)
+
+
+def print_breakdowns(breakdowns: dict[str, list[dict]], state_gb: float, load: float) -> None:
+    """One table per traced case: where its peak RSS comes from."""
+    import pandas as pd
+
+    print(f"\nWhere the peak comes from (RSS sampled every 5 ms in the case's process; GB; model parameters + "
+          f"gradients + Adam state in fp32: {state_gb:.3f} GB; load average now {load:.1f}):")
+    for name, phases in breakdowns.items():
+        t = pd.DataFrame(phases)
+        t["peak_over_start_gb"] = t["peak_gb"] - t["rss_start_gb"]
+        print(f"\n{name}\n" + t.to_markdown(index=False, floatfmt=".2f"))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,17 @@ def _short(exc: BaseException) -> str:
     return text.splitlines()[0][:120]
 
 
+def openvino_compiled(path: str | Path):
+    """An ONNX graph compiled by OpenVINO for this CPU as the openvino backends run it: its default inference precision
+    (bf16 where the CPU computes it natively, else f32), a latency hint, one thread per core."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError("the openvino backends need OpenVINO: pip install 'bone-zoo[openvino]'") from exc
+    return ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                      "INFERENCE_NUM_THREADS": os.cpu_count() or 1})
+
+
 class OpenVinoMember:
     """A member's exported graph (``onnx`` fp32 or ``onnx-int8``) compiled by OpenVINO for this CPU, with its default
     inference precision (bf16 where the CPU computes it natively, else f32) and a latency hint; the same freshness
@@ -198,13 +209,7 @@ class OpenVinoMember:
 
         path = graph_path(folder, graph)
         check_source(path, file_source(path), folder, graph)
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise ImportError("the openvino backends need OpenVINO: pip install 'bone-zoo[openvino]'") from exc
-        core = ov.Core()
-        self.compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                              "INFERENCE_NUM_THREADS": os.cpu_count() or 1})
+        self.compiled = openvino_compiled(path)
         self.request = self.compiled.create_infer_request()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

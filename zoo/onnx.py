@@ -36,6 +36,10 @@ SOURCE_KEY = "bone_zoo.weights_sha256"  # ONNX metadata_props: the SHA-256 of th
 EXPORT_KEY = "export"  # config.json: the graphs' source weights and the int8 accuracy check (export_member)
 INT8_AUC_TOLERANCE = 0.005  # an int8 graph that moves the validation study AUC by more is not used by default
 CALIBRATION_IMAGES = 64  # validation images that calibrate the int8 ranges (all of them are used for the check)
+# images per calibration run: ONNX Runtime's calibration session (every tensor an output, no graph optimisation) holds
+# ~0.43 GB per image at 512 px (regnet_x_800mf), so batches of 8 made it the peak of a whole training run (+3.4 GB;
+# bench/speed.py's breakdown); min/max ranges do not depend on how the images are batched, nor does the CPU time
+CALIBRATION_BATCH = 1
 
 
 def _record_source(path: Path, weights_sha256: str) -> None:
@@ -130,9 +134,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iter
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # one image per calibration run (CALIBRATION_BATCH)
         def __init__(self):
-            self.it = iter(calibration)
+            self.it = (b[i:i + CALIBRATION_BATCH] for b in calibration for i in range(0, len(b), CALIBRATION_BATCH))
 
         def get_next(self):
             batch = next(self.it, None)
