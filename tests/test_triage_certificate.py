@@ -180,3 +180,23 @@ def test_triage_without_a_calibration_split_says_it_guarantees_nothing():
                    certified=False)
     assert t.threshold <= 1 and not t.certified and "NO GUARANTEE" in t.warning() and "validation" in t.explain()
     assert Triage.fit(np.r_[0.0, 1.0], np.r_[0.2, 0.8], 0.05, certified=True).warning() == ""
+
+
+def test_a_triage_on_tta_scores_is_not_certified(tmp_path):
+    """The calibration studies' stored scores were made without test-time augmentation; --tta test scores average
+    each image with its flip, so they are not exchangeable with them and Learn-then-Test guarantees nothing. The
+    fit without --tta still certifies, and the two fits are kept apart."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 10, 1000)
+    y = (rng.random(1000) < 1 / (1 + np.exp(-z))).astype(float)
+    splits = (np.arange(200), np.arange(200, 600), np.arange(600, 1000))
+    test = pd.DataFrame({"id": [f"s{i}" for i in splits[2]], "label": y[splits[2]]})
+    test["a"] = _member(tmp_path / "a", "a", rng, z, y, splits)
+    ens = Ensemble([Member("a", tmp_path / "a")])
+    test["ensemble"] = ens.combine(test)
+    with _one_thread():
+        plain = ens.calibrate(test, ALPHA)
+        tta = ens.calibrate(test, ALPHA, tta=True)
+    assert plain.certified and plain.warning == ""
+    assert not tta.certified and "NO GUARANTEE" in tta.warning and "--tta" in tta.warning
+    assert ens.calibrate(test, ALPHA).certified  # the --tta fit did not replace the plain one

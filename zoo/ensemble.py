@@ -162,7 +162,7 @@ class Ensemble:
         self._stored: dict[str, Stored] = {}  # member name -> its backend's fresh stored scores, read on first use
         # the combiner's voters, fitted on the scores of the backend each member runs on
         self.groups = [Group(name, ms, self.predictions) for name, ms in groups.items()]
-        self._fits: dict[tuple, CalibrationFit] = {}  # calibrate()'s fits, per (triage, threshold, split)
+        self._fits: dict[tuple, CalibrationFit] = {}  # calibrate()'s fits, per (triage, threshold, split, tta)
         self.use_combiner(method)
         self.precision = precision  # fp32, bf16, fp16 or auto (zoo.inference.resolve_precision)
 
@@ -330,7 +330,7 @@ class Ensemble:
         return _content_order(df) if len(df) else None
 
     def calibrate(self, studies: pd.DataFrame, triage: float | None = None, threshold: float | None = None,
-                  use_calibration_split: bool = True) -> Calibrated:
+                  use_calibration_split: bool = True, tta: bool = False) -> Calibrated:
         """Calibrated study scores: each member's own calibration on its column, the combiner (fitted on the
         validation studies), then an ensemble calibration and, with ``triage``, a :class:`zoo.calibration.Triage` at
         that error rate, for exactly these members and this combiner. ``ensemble_raw`` keeps the raw score.
@@ -344,10 +344,12 @@ class Ensemble:
         they are fitted on the validation studies, and the triage says it guarantees nothing.
         ``use_calibration_split=False`` fits on the validation studies even when there is a split (for scores that
         feed training, e.g. pseudo-labels, which must not see it); the triage is then not certified.
+        ``tta``: ``studies`` were scored with test-time augmentation; the calibration studies' stored scores were not,
+        so the two are not exchangeable and the triage is not certified.
 
         The fit depends only on the members, the combiner and these options, never on ``studies``: it is made once
         per ensemble and options (:meth:`fit_calibration`) and applied to every table after."""
-        fit = self.fit_calibration(triage, threshold, use_calibration_split)
+        fit = self.fit_calibration(triage, threshold, use_calibration_split, tta)
         out = studies.copy()
         out["ensemble_raw"] = out["ensemble"]
         out = self._calibrated(out)
@@ -355,16 +357,16 @@ class Ensemble:
         return Calibrated(**vars(fit), studies=out)
 
     def fit_calibration(self, triage: float | None = None, threshold: float | None = None,
-                        use_calibration_split: bool = True) -> CalibrationFit:
+                        use_calibration_split: bool = True, tta: bool = False) -> CalibrationFit:
         """The ensemble calibration, decision threshold and triage of :meth:`calibrate`, fitted on the members'
         calibration split (else their validation studies) on the first call with these options and kept."""
-        key = (triage, threshold, use_calibration_split)
+        key = (triage, threshold, use_calibration_split, tta)
         if key not in self._fits:
-            self._fits[key] = self._fit_calibration(triage, threshold, use_calibration_split)
+            self._fits[key] = self._fit_calibration(triage, threshold, use_calibration_split, tta)
         return self._fits[key]
 
     def _fit_calibration(self, triage: float | None, threshold: float | None,
-                         use_calibration_split: bool) -> CalibrationFit:
+                         use_calibration_split: bool, tta: bool = False) -> CalibrationFit:
         from zoo.calibration import Calibrator, Triage
 
         val = self.validation_studies(calibrated=True)
@@ -389,6 +391,9 @@ class Ensemble:
         tri = None
         if triage is not None:  # labels at the threshold above, fixed before the calibration studies' labels count
             why = self.uncertified_backends() if cal is not None else ""
+            if cal is not None and tta:  # the guarantee needs test scores made as the calibration studies' were
+                why = "; ".join(filter(None, [why, "--tta averages each image with its flip, but the calibration "
+                                              "studies' stored scores were computed without it (drop --tta)"]))
             tri = Triage.fit(fit_on["label"].to_numpy(), ens_cal(fit_score), triage,
                              certified=cal is not None and not why, decision_threshold=threshold,
                              uncertified_because=why)

@@ -272,7 +272,7 @@ def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) ->
         raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
     if args.calibrate:
         try:
-            ens.fit_calibration(args.triage, args.threshold)  # kept by the ensemble for calibrate() below
+            ens.fit_calibration(args.triage, args.threshold, tta=args.tta)  # kept by the ensemble for calibrate() below
         except MemberError as exc:
             raise UsageError(str(exc)) from None
     try:
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) ->
               + f": {', '.join(st.loc[missing, 'id'].head(10))}", file=sys.stderr)
     if not args.calibrate:
         return Prediction(st, ens, args.threshold if args.threshold is not None else ens.threshold)
-    calibrated = ens.calibrate(st, args.triage, threshold=args.threshold)  # fitted above
+    calibrated = ens.calibrate(st, args.triage, threshold=args.threshold, tta=args.tta)  # fitted above
     if calibrated.warning:
         print(f"warning: {calibrated.warning}", file=sys.stderr)
     st = calibrated.studies  # a copy of the table, attrs (errors, image predictions) included
