@@ -114,6 +114,38 @@ def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
     assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "p.csv").exists()
 
 
+def test_an_error_on_one_process_is_printed_and_every_process_stops(run, tmp_path):
+    """Under torchrun, a usage error on rank 1 only (its data folder missing on that node): its error line reaches
+    the output (not silenced with the rest of a non-main process's output), the main process says it too, and both
+    stop promptly with a failure (before: nothing printed, rank 0 killed by torchrun, or waiting in broadcast)."""
+    script = tmp_path / "rankfail.py"
+    script.write_text("import os, sys\nimport zoo.cli.predict as P\nfrom zoo.data import LayoutError\n"
+                      "if os.environ.get('RANK') == '1':\n    def bad(*a, **k):\n"
+                      "        raise LayoutError('rank-1-only: /data not mounted on this node')\n"
+                      "    P.load_dataset = bad\n"
+                      "sys.exit(P.main(P.get_args_parser().parse_args(sys.argv[1:])))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(script), "--data", str(run["data"]), "--models", str(run["out"]), "--output", str(tmp_path / "p.csv"),
+           "--device", "cpu", "--quiet"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode != 0
+    assert "[rank 1] error: rank-1-only: /data not mounted" in p.stderr  # rank 1's own line
+    assert "error: [rank 1] rank-1-only" in p.stderr  # the main process's, after the processes agreed
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.parts").exists()
+
+
+def test_agree_names_the_ranks_that_failed():
+    from zoo.sharding import Processes
+
+    class Three(Processes):
+        def gather(self, items):
+            return [(0, None), (1, "no data"), (2, "no data")]
+
+    assert Three(0, 3).agree(None) == "[ranks 1,2] no data"
+    assert Processes().agree(None) is None and Processes().agree("x") == "x"
+
+
 def _mapped_rss(path: str) -> int:
     """Bytes of ``path``'s memory maps resident in this process (/proc/self/smaps)."""
     total, inside = 0, False

@@ -72,6 +72,22 @@ class Processes:
 
         return broadcast_object_list([obj])[0]
 
+    def agree(self, problem: str | None) -> str | None:
+        """Every process's ``problem`` (None: it can go on), on every process: None when none has one, else each
+        distinct problem once, prefixed with the ranks that had it unless every process did (a collective call:
+        every process must make it, so that none goes on while another one stopped)."""
+        if self.world == 1:
+            return problem
+        said: dict[str, list[int]] = {}
+        for rank, p in self.gather([(self.rank, problem)]):
+            if p is not None:
+                said.setdefault(p, []).append(rank)
+        if not said:
+            return None
+        return "; ".join(p if len(ranks) == self.world else
+                         f"[rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}] {p}"
+                         for p, ranks in said.items())
+
     def close(self) -> None:
         """Leave the process group (after the last collective call)."""
         if self.world > 1:
@@ -198,6 +214,10 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
             key = open_parts(parts, fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size), resume)
         except PartsError as exc:
             problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 -- the others would wait in broadcast for a key that never comes
+            if procs.world == 1:
+                raise
+            problem = f"cannot prepare {parts}: {type(exc).__name__}: {exc}"
     key, problem = procs.broadcast((key, problem))
     if problem:
         raise PartsError(problem)
