@@ -104,6 +104,35 @@ def test_resume_continues_an_interrupted_run_and_refuses_what_does_not_match(run
     assert not parts.exists()
 
 
+def test_resume_refuses_a_changed_graph_and_says_why_cams_change_the_backend(run, tmp_path, monkeypatch):
+    """Interrupted on an exported graph (--backend auto), then the graph file changes (a re-export): --resume is
+    refused (the backend's name alone was the same, so the old chunks were mixed with the new graph's). Adding
+    --cam-dir on resume switches auto to torch: the refusal says so and why."""
+    import shutil
+
+    import onnx
+
+    member = tmp_path / "m" / "regnetx_002"
+    shutil.copytree(run["out"] / "regnetx_002", member)
+    args = ["--data", run["data"], "--models", member, "--chunk-size", "32", "--quiet", "--output", tmp_path / "p.csv"]
+    with monkeypatch.context() as m:
+        _count_chunks(m, fail_after=1)
+        killed = run_script("predict.py", *args, cwd=tmp_path)
+    assert killed.returncode == 1 and "Interrupted" in killed.stderr
+    backend = killed.stderr.split("regnetx_002: backend ")[1].split()[0]
+    assert backend.startswith(("onnx", "openvino")), killed.stderr  # a graph backend (auto)
+    cams = run_script("predict.py", *args, "--resume", "--cam-dir", tmp_path / "cams", cwd=tmp_path)
+    assert cams.returncode == 2 and "differs in members" in cams.stderr
+    assert f"backend {backend} -> torch (auto: CAMs need the PyTorch network)" in cams.stderr, cams.stderr
+    for graph in member.glob("*.onnx"):  # exported again: same weights, another file
+        g = onnx.load(str(graph))
+        g.doc_string = "exported again"
+        onnx.save(g, str(graph))
+    again = run_script("predict.py", *args, "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and "graph_sha256 changed" in again.stderr, again.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
     """A usage error (found before scoring) leaves no parts folder behind, so fixing it needs no --resume."""
     args = ["--data", run["data"], "--models", run["out"], "-output", tmp_path / "p.csv"]

@@ -9,10 +9,10 @@ process scores all of them, with no process group. Chunk boundaries do not depen
 every image is scored in the same batches however many there are. Each process writes each chunk it finishes,
 atomically, to ``OUTPUT.parts/chunk-NNNNNN.npz`` (per-image probabilities, unreadable files, the fingerprint's
 digest); the main process first writes ``manifest.json`` there, the fingerprint of everything the probabilities
-depend on (each member's weights hash, image size and backend; the image list with each file's size and mtime;
-TTA; the PyTorch members' precision; the chunk size). Then every process's chunks are gathered once onto the main
-process (:func:`accelerate.utils.gather_object`, on NCCL or gloo), which checks that each chunk arrived exactly
-once and alone writes the CSV, report and CAMs.
+depend on (:func:`fingerprint`: each member's weights, backend and graph file; the image list with each file's
+size and mtime; TTA; the PyTorch members' precision; the chunk size; the versions of the code and runtimes).
+Then every process's chunks are gathered once onto the main process (:func:`accelerate.utils.gather_object`, on
+NCCL or gloo), which checks that each chunk arrived exactly once and alone writes the CSV, report and CAMs.
 
 A kill loses at most the chunks in flight (one per process). ``--resume`` reuses the finished chunks of a parts
 folder whose manifest matches and scores the rest; a mismatch is refused with what differs, and without
@@ -38,7 +38,7 @@ from zoo.atomic import atomic_path, write_text
 
 DEFAULT_CHUNK_SIZE = 4096  # images per chunk: ~0.3 GB decoded at 256 px, ~1 GB at 512 px
 MANIFEST = "manifest.json"
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: graph content, versions, GPU batch size
 
 
 class PartsError(Exception):
@@ -124,16 +124,58 @@ def _weights_hash(m) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int) -> dict:
-    """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it)."""
+def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int, batch_size: int = 0) -> dict:
+    """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it): each
+    member's weights, image size, backend and the content of the graph file that backend runs (a re-export between
+    the kill and the resume changes it); the image list (each file's size and mtime); TTA; the PyTorch members'
+    precision; the chunk size; the versions of bone-zoo and of each runtime used (onnxruntime, openvino, torch).
+
+    The batch size counts only where PyTorch members run on an accelerator (cuDNN picks its algorithms by batch
+    shape, and half-precision autocast rounds what they give): the auto batch size resolved there. On CPU, and on
+    the graph backends, it is left out, so a run resumed with another ``--batch-size`` there is not refused."""
     from zoo.data.cache import hash_files
 
     h = hashlib.sha256()
     hash_files(h, [os.path.abspath(p) for p in paths])
-    members = [{"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
-                "backend": ens.choice(m).backend} for m in ens.members]
-    return {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
-            "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size)}
+    members, runtimes = [], {"bone-zoo"}
+    for m in ens.members:
+        backend = ens.choice(m).backend
+        members.append({"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
+                        "backend": backend, "graph_sha256": _graph_hash(m.folder, backend)})
+        runtimes.add(RUNTIMES.get(backend.split("-")[0], "onnxruntime"))
+    fp = {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
+          "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size),
+          "versions": {name: _version(name) for name in sorted(runtimes)}}
+    if fp["precision"] is not None and ens.device.type != "cpu":
+        from zoo.inference import auto_batch_size
+
+        fp["batch_size"] = auto_batch_size(batch_size, ens.device)
+    return fp
+
+
+RUNTIMES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}  # backend family -> distribution
+
+
+def _graph_hash(folder: Path, backend: str) -> str | None:
+    """SHA-256 of the graph file ``backend`` runs (None for torch, whose weights are hashed already)."""
+    if backend == "torch":
+        return None
+    from zoo.backends import GRAPHS
+    from zoo.onnx import graph_path
+
+    with open(graph_path(folder, GRAPHS[backend]), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (dist, f"{dist}-gpu") if dist == "onnxruntime" else (dist,):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def _torch_precision(ens) -> str | None:
@@ -151,9 +193,10 @@ def digest(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
 
 
-def open_parts(parts: Path, fp: dict, resume: bool) -> str:
+def open_parts(parts: Path, fp: dict, resume: bool, why: dict[str, str] | None = None) -> str:
     """Check (``resume``) or create the parts folder for fingerprint ``fp``; returns its digest, which every part
-    records. Raises :class:`PartsError` with what to do."""
+    records. Raises :class:`PartsError` with what to do; ``why`` (member name -> why its backend was chosen) is said
+    where a member's backend differs."""
     if parts.exists():
         if not resume:
             raise PartsError(f"{parts} holds the finished chunks of an interrupted prediction: add --resume to "
@@ -165,13 +208,35 @@ def open_parts(parts: Path, fp: dict, resume: bool) -> str:
         if old != fp:
             differ = sorted(k for k in fp.keys() | old.keys() if old.get(k) != fp.get(k))
             raise PartsError(f"cannot resume from {parts}: the interrupted prediction differs in "
-                             f"{', '.join(differ)} (members' weights or backends, the image list, --tta, --precision "
-                             f"or --chunk-size); rerun with the options it had, or remove {parts} to start "
-                             "over")
+                             f"{', '.join(differ)}{_member_changes(old, fp, why or {})} (members' weights, graphs "
+                             f"or backends, the image list, --tta, --precision, --chunk-size, --batch-size on a GPU "
+                             f"or the installed versions); rerun with the options it had, or remove {parts} to "
+                             "start over")
     else:
         parts.mkdir(parents=True)
         write_text(parts / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
     return digest(fp)
+
+
+def _member_changes(old: dict, fp: dict, why: dict[str, str]) -> str:
+    """``: member X backend onnx-int8 -> torch (auto: CAMs need the PyTorch network), ...`` for the members whose
+    fields differ, "" when the members are the same."""
+    before = {m.get("name"): m for m in old.get("members") or [] if isinstance(m, dict)}
+    said = []
+    for m in fp["members"]:
+        o = before.get(m["name"])
+        if o is None:
+            said.append(f"member {m['name']} is new")
+            continue
+        for k in sorted(m.keys() | o.keys()):
+            if o.get(k) != m.get(k):
+                if k == "backend":
+                    said.append(f"member {m['name']} backend {o.get(k)} -> {m[k]}"
+                                + (f" ({why[m['name']]})" if m["name"] in why else ""))
+                else:
+                    said.append(f"member {m['name']} {k} changed")
+    said += [f"member {name} is gone" for name in before.keys() - {m["name"] for m in fp["members"]}]
+    return ": " + "; ".join(said) if said else ""
 
 
 def _part(parts: Path, i: int) -> Path:
@@ -211,7 +276,9 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
     key = problem = None
     if procs.is_main:
         try:
-            key = open_parts(parts, fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size), resume)
+            fp = fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size,
+                             batch_size=kwargs.get("batch_size", 0))
+            key = open_parts(parts, fp, resume, {m.name: ens.choice(m).why for m in ens.members})
         except PartsError as exc:
             problem = str(exc)
         except Exception as exc:  # noqa: BLE001 -- the others would wait in broadcast for a key that never comes

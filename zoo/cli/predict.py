@@ -95,8 +95,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default %(default)s)")
     a("--resume", action="store_true", help="continue the interrupted prediction whose finished chunks are in "
       "OUTPUT.parts/: only the missing chunks are scored, and the CSV is the one an uninterrupted run writes. It must "
-      "be the same prediction (members' weights and backends, test images, --tta, --precision, "
-      "--chunk-size), else it is refused with what differs. Without --resume an existing OUTPUT.parts/ is refused, "
+      "be the same prediction (members' weights, backends and graph files, test images, --tta, --precision, "
+      "--chunk-size, --batch-size on a GPU, bone-zoo's and the runtimes' versions), else it is refused with what "
+      "differs. Without --resume an existing OUTPUT.parts/ is refused, "
       "never silently reused")
     a("--quiet", action="store_true", help="no progress bars")
     evaluation.add_evaluation_args(p)  # --strata, --annotations, --loc-methods, --road-samples, --pointing-tolerance
