@@ -133,6 +133,29 @@ def test_resume_refuses_a_changed_graph_and_says_why_cams_change_the_backend(run
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_cams_are_written_chunk_by_chunk_from_the_chunks_cache_entries(run, tmp_path, monkeypatch):
+    """--cam-dir after a chunked prediction decodes chunk by chunk (each chunk's path set: the cache entry its
+    prediction filled), never the whole archive at once; the overlays are the ones a single chunk gives."""
+    from PIL import Image
+
+    n_images = len(load_dataset(run["data"]).test)
+    args = ["--data", run["data"], "--models", run["out"] / "regnetx_002", "--quiet"]
+    with monkeypatch.context() as m:
+        _, decoded = _count_chunks(m)
+        p = run_script("predict.py", *args, "--chunk-size", "16", "--cam-dir", tmp_path / "cams", "--output",
+                       tmp_path / "p.csv", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+    assert n_images > 32 and max(decoded) <= 16 and sum(decoded) == 2 * n_images  # predict's chunks, then the CAMs'
+    one = run_script("predict.py", *args, "--chunk-size", str(n_images), "--cam-dir", tmp_path / "one", "--output",
+                     tmp_path / "one.csv", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    files = sorted(f.name for f in (tmp_path / "one" / "regnetx_002").iterdir())
+    assert len(files) == n_images and sorted(f.name for f in (tmp_path / "cams" / "regnetx_002").iterdir()) == files
+    for f in files:
+        a, b = (np.asarray(Image.open(tmp_path / d / "regnetx_002" / f), dtype=int) for d in ("cams", "one"))
+        assert np.abs(a - b).max() <= 1, f
+
+
 def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
     """A usage error (found before scoring) leaves no parts folder behind, so fixing it needs no --resume."""
     args = ["--data", run["data"], "--models", run["out"], "-output", tmp_path / "p.csv"]

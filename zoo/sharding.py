@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +107,14 @@ def processes(device: str = "auto") -> tuple[Processes, str]:
 
     state = PartialState(cpu=device == "cpu")
     return Processes(state.process_index, state.num_processes), str(state.device) if device == "auto" else device
+
+
+def chunks(n: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[slice]:
+    """The chunks of a table of ``n`` images, in its order: ``chunk_size`` rows each (the last one shorter), the
+    same whatever the number of processes. Each chunk's path set is its decoded-image cache entry."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
 
 
 def parts_dir(output: str | Path) -> Path:
@@ -269,8 +276,7 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
     ``parts`` (see the module docstring). On the main process: the image table with one probability column per
     member and ``{path: error}`` of the unreadable files; None on the others. ``kwargs`` go to ``predict_images``
     (batch size, workers, cache). Raises :class:`PartsError` (on every process) where ``parts`` cannot be used."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    bounds = chunks(len(images), chunk_size)
     images = images.reset_index(drop=True)
     names = ens.names
     key = problem = None
@@ -288,12 +294,12 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
     key, problem = procs.broadcast((key, problem))
     if problem:
         raise PartsError(problem)
-    n_chunks = math.ceil(len(images) / chunk_size)
+    n_chunks = len(bounds)
     mine = range(procs.rank, n_chunks, procs.world)
     done, reused = [], 0
     bar = tqdm(mine, desc="chunks", unit="chunk", leave=False, disable=True if quiet or not procs.is_main else None)
     for i in bar:
-        rows = images.iloc[i * chunk_size:(i + 1) * chunk_size]
+        rows = images.iloc[bounds[i]]
         path = _part(parts, i)
         got = read_part(path, key, (len(rows), len(names))) if resume else None
         if got is None:

@@ -326,7 +326,7 @@ def report(args: argparse.Namespace, plan: Plan, pred: Prediction, sub: pd.DataF
         from zoo.explain import write_cams
 
         n = write_cams(pred.ensemble, images, args.cam_dir, method=args.cam_method, cache_dir=args.cache_dir,
-                       quiet=args.quiet, max_gb=args.cache_max_gb)
+                       quiet=args.quiet, max_gb=args.cache_max_gb, chunk_size=args.chunk_size)
         print(f"wrote {n} CAM overlays to {args.cam_dir}", file=sys.stderr)
     if not args.evaluate:
         return
