@@ -198,6 +198,30 @@ def test_agree_names_the_ranks_that_failed():
     assert Processes().agree(None) is None and Processes().agree("x") == "x"
 
 
+def test_a_parts_folder_appears_with_its_manifest_or_not_at_all(tmp_path, monkeypatch):
+    """A kill between creating the parts folder and writing its manifest left a folder plain runs refused and
+    --resume called unreadable: the manifest is written in a temporary folder renamed into place, and such an
+    empty folder (left by older code) counts as absent."""
+    import zoo.sharding as sharding
+
+    parts, fp = tmp_path / "p.csv.parts", {"version": 0, "chunk_size": 4}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(sharding, "write_text", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sharding.open_parts(parts, fp, resume=False)
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left
+    parts.mkdir()  # what older code left
+    key = sharding.open_parts(parts, fp, resume=False)
+    assert key == sharding.digest(fp) and sorted(p.name for p in parts.iterdir()) == ["manifest.json"]
+    assert sharding.open_parts(parts, fp, resume=True) == key  # and it resumes
+    with pytest.raises(sharding.PartsError, match="--resume"):
+        sharding.open_parts(parts, fp, resume=False)
+
+
 def _mapped_rss(path: str) -> int:
     """Bytes of ``path``'s memory maps resident in this process (/proc/self/smaps)."""
     total, inside = 0, False

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +206,8 @@ def open_parts(parts: Path, fp: dict, resume: bool, why: dict[str, str] | None =
     """Check (``resume``) or create the parts folder for fingerprint ``fp``; returns its digest, which every part
     records. Raises :class:`PartsError` with what to do; ``why`` (member name -> why its backend was chosen) is said
     where a member's backend differs."""
+    if parts.exists() and not (parts / MANIFEST).exists() and not any(parts.glob("chunk-*.npz")):
+        shutil.rmtree(parts)  # an older run killed between its mkdir and its manifest: nothing in it to resume
     if parts.exists():
         if not resume:
             raise PartsError(f"{parts} holds the finished chunks of an interrupted prediction: add --resume to "
@@ -219,9 +223,15 @@ def open_parts(parts: Path, fp: dict, resume: bool, why: dict[str, str] | None =
                              f"or backends, the image list, --tta, --precision, --chunk-size, --batch-size on a GPU "
                              f"or the installed versions); rerun with the options it had, or remove {parts} to "
                              "start over")
-    else:
-        parts.mkdir(parents=True)
-        write_text(parts / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
+    else:  # the folder appears with its manifest or not at all: a kill here leaves nothing a rerun refuses
+        parts.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{parts.name}.", dir=parts.parent))
+        try:
+            write_text(tmp / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
+            os.rename(tmp, parts)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return digest(fp)
 
 
