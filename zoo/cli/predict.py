@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,6 +368,11 @@ def _main(args: argparse.Namespace, procs: Processes, err=None) -> int:
         problem = str(exc)
         if not procs.is_main:
             print(f"[rank {procs.rank}] error: {problem}", file=err, flush=True)
+    except Exception as exc:  # noqa: BLE001 -- sharded: said, then agreed on, never a process left waiting
+        if procs.world == 1:
+            raise
+        traceback.print_exc(file=err)
+        problem = f"{type(exc).__name__}: {exc}"
     problem = procs.agree(problem)  # collective: no process goes on to score (and waits) while another one stopped
     if problem is not None:
         if procs.is_main:
