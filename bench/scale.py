@@ -14,8 +14,13 @@ os.wait4, imports included):
   no calibration split) into an empty cache folder; the epoch's own time (metrics.jsonl ``train_s``) is reported
   beside the wall time (which includes decoding and validation).
 
-Also the decoded cache's disk use per case. Targets (issue 23): seconds per 1000 images at 16x within 10% of 1x,
-peak RSS at 16x within 1.5x of 1x. Writes bench/out/scale/scale.csv and prints a markdown table.
+Prediction's ``s_per_1000`` is the scoring itself (``score_s``: the time inside :func:`zoo.sharding.predict_chunked`,
+decoding included; interpreter start, imports and model loading excluded, which would flatter the larger scales);
+``wall_s_per_1000`` is beside it. Peak RSS is also reported above an idle child's (the same imports, nothing done):
+``rss_above_idle_gb``. A case whose command fails or refuses (exit code not 0, e.g. a leftover ``.parts`` folder,
+which is removed before each case) stops the bench. Also the decoded cache's disk use per case. Targets (issue 23):
+seconds per 1000 images at 16x within 10% of 1x, peak RSS at 16x within 1.5x of 1x. Writes
+bench/out/scale/scale.csv and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -29,7 +34,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import DATA, ROOT, case_or_skip, child, zoo_predict, zoo_train  # noqa: E402  (one child runner for the benches)
 
-CASES = {"zoo_predict": zoo_predict, "zoo_train": zoo_train}
+
+def idle(a: dict) -> dict:
+    """The imports of a prediction case and nothing else: the baseline its peak RSS is reported above."""
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    import predict  # noqa: F401
+    import zoo.inference  # noqa: F401
+
+    return {"rc": 0}
+
+
+CASES = {"zoo_predict": zoo_predict, "zoo_train": zoo_train, "idle": idle}
 
 
 def replicate(src: Path, dst: Path, k: int) -> dict[str, int]:
@@ -83,6 +100,7 @@ def main() -> int:
 
     from zoo.model import BoneClassifier
     from zoo.runtime import machine_summary
+    from zoo.sharding import parts_dir
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,19 +110,23 @@ def main() -> int:
         shutil.rmtree(member, ignore_errors=True)
         BoneClassifier(args.backbone, img_size=args.size).save_member(member)
     rows = []
+    baseline = child("idle", {}, out, script=Path(__file__))["peak_rss_gb"]  # interpreter + imports
+    print(f"idle-import peak RSS: {baseline:.3g} GB", flush=True)
     for k in args.scales:
         data = out / f"data-x{k}"
         counts = replicate(Path(args.data), data, k)
         if "predict" in args.cases:
-            cache = out / f"cache-predict-x{k}"
+            cache, csv = out / f"cache-predict-x{k}", out / f"p-x{k}.csv"
             shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(parts_dir(csv), ignore_errors=True)  # an interrupted earlier run's: predict would refuse
             argv = ["--data", str(data), "--models", str(member), "--backend", args.backend, "--quiet",
-                    "--cache-dir", str(cache), "-output", str(out / f"p-x{k}.csv")]
+                    "--cache-dir", str(cache), "-output", str(csv)]
             argv += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
             r = child("zoo_predict", {"argv": argv, "n": counts["test"]}, out, script=Path(__file__))
             rows.append({"case": "predict", "scale": k, "images": counts["test"], "wall_s": r["wall_s"],
-                         "s_per_1000": 1000 * r["wall_s"] / counts["test"], "peak_rss_gb": r["peak_rss_gb"],
-                         "cache_gb": du(cache)})
+                         "score_s": r["score_s"], "s_per_1000": 1000 * r["score_s"] / counts["test"],
+                         "wall_s_per_1000": 1000 * r["wall_s"] / counts["test"], "peak_rss_gb": r["peak_rss_gb"],
+                         "rss_above_idle_gb": r["peak_rss_gb"] - baseline, "cache_gb": du(cache)})
             print(rows[-1], flush=True)
         if "train" in args.cases:
             cache, run = out / f"cache-train-x{k}", out / f"run-x{k}"
@@ -117,7 +139,8 @@ def main() -> int:
                       script=Path(__file__))
             rows.append({"case": "train (1 epoch)", "scale": k, "images": r["images"], "wall_s": r["wall_s"],
                          "epoch_s": r["loop_s"], "s_per_1000": 1000 * r["loop_s"] / r["images"],
-                         "peak_rss_gb": r["peak_rss_gb"], "cache_gb": du(cache)})
+                         "peak_rss_gb": r["peak_rss_gb"], "rss_above_idle_gb": r["peak_rss_gb"] - baseline,
+                         "cache_gb": du(cache)})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     for case in df["case"].unique():  # each cost against the smallest scale's
@@ -125,11 +148,13 @@ def main() -> int:
         first = df[c].iloc[0]
         df.loc[c, "s_per_1000_x"] = df.loc[c, "s_per_1000"] / first["s_per_1000"]
         df.loc[c, "rss_x"] = df.loc[c, "peak_rss_gb"] / first["peak_rss_gb"]
+        df.loc[c, "rss_above_idle_x"] = df.loc[c, "rss_above_idle_gb"] / first["rss_above_idle_gb"]
     df.to_csv(out / "scale.csv", index=False)
     print(f"\nmachine: {machine_summary()}\n{args.size} px, {args.backbone}, predict --backend {args.backend}; "
-          f"command: python bench/scale.py {' '.join(sys.argv[1:])}")
-    cols = [c for c in ["case", "scale", "images", "wall_s", "epoch_s", "s_per_1000", "s_per_1000_x", "peak_rss_gb",
-                        "rss_x", "cache_gb"] if c in df]
+          f"idle-import peak RSS {baseline:.3g} GB; command: python bench/scale.py {' '.join(sys.argv[1:])}")
+    cols = [c for c in ["case", "scale", "images", "wall_s", "score_s", "epoch_s", "s_per_1000", "s_per_1000_x",
+                        "wall_s_per_1000", "peak_rss_gb", "rss_x", "rss_above_idle_gb", "rss_above_idle_x",
+                        "cache_gb"] if c in df]
     print(df[cols].to_markdown(index=False, floatfmt=".3g"))
     return 0
 

@@ -301,12 +301,27 @@ def zoo_predict(a: dict) -> dict:
         return made[-1]
 
     Ensemble.from_paths = recording
+    import zoo.cli.predict as cli
+
+    scoring, chunked = [], cli.predict_chunked  # the scoring itself: decode + every chunk, no start-up or loading
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return chunked(*args, **kwargs)
+        finally:
+            scoring.append(time.perf_counter() - t)
+
+    cli.predict_chunked = timed
     t0 = time.perf_counter()
     args = predict.get_args_parser().parse_args(a["argv"])
     rc = predict.main(args)
+    if rc != 0:  # a refused or failed prediction is no measurement
+        return {"rc": rc}
     backend = made[0].choice(made[0].members[0]).backend
     engine = ENGINES.get(backend) or f"torch {resolve_precision(args.precision, resolve_device(args.device))}"
-    return {"images": a["n"], "loop_s": time.perf_counter() - t0, "rc": rc, "engine": engine}
+    return {"images": a["n"], "loop_s": time.perf_counter() - t0, "score_s": sum(scoring), "rc": rc,
+            "engine": engine}
 
 
 def zoo_train(a: dict) -> dict:
@@ -390,6 +405,8 @@ def child(kind: str, args: dict, log_dir: Path, script: Path = Path(__file__)) -
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed (exit {proc.returncode}); see {log.name}")
     res = json.loads(lines[-1])
+    if res.get("rc", 0) != 0:  # the case ran but its command refused or failed: never a (fast) row
+        raise RuntimeError(f"{kind} returned {res['rc']}; see {log.name}")
     return {**res, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "peak_rss_gb": ru.ru_maxrss / 2**20}
 
 

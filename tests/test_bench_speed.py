@@ -117,3 +117,14 @@ def test_gemm_graphs_compute_the_product(speed, tmp_path):
     fp32 = session(speed.gemm_graph(tmp_path / "f.onnx", 64, int8=False)).run(None, {"x": x})[0]
     int8 = session(speed.gemm_graph(tmp_path / "q.onnx", 64, int8=True)).run(None, {"x": x})[0]
     assert fp32.shape == (64, 64) and np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
+
+
+def test_a_case_whose_command_refused_is_no_row(speed, tmp_path):
+    """A child whose command returned non-zero (e.g. predict.py refusing a leftover .parts folder: it prints
+    {"rc": 2} and exits 0) stops the bench instead of being recorded as a (fast) measurement."""
+    script = tmp_path / "case.py"
+    script.write_text("import json\nprint(json.dumps({'rc': 2, 'images': 1, 'loop_s': 0.1}))\n")
+    with pytest.raises(RuntimeError, match="returned 2"):
+        speed.child("zoo_predict", {}, tmp_path, script=script)
+    script.write_text("import json\nprint(json.dumps({'rc': 0, 'images': 1, 'loop_s': 0.1}))\n")
+    assert speed.child("zoo_predict", {}, tmp_path, script=script)["rc"] == 0

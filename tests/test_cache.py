@@ -134,3 +134,24 @@ def test_atomic_writes_fsync_the_file_and_its_folder_before_and_after_the_rename
     events.clear()
     load_images(_images(tmp_path / "img", 2), 16, tmp_path / "cache", quiet=True)
     assert events == ["fsync file", "replace", "fsync dir"] * 2  # the array, then its metadata
+
+
+@pytest.mark.parametrize("reordered", [False, True], ids=["plain-entry", "rowview"])
+def test_read_means_what_numpy_indexing_means_for_every_kind_of_index(tmp_path, reordered):
+    """ImageArray.read (rows read with pread from the cache file) gives what indexing the rows does: a boolean mask
+    selects rows (it was read as rows 0 and 1), negative indices count from the end (they raised on a plain entry
+    and worked through a RowView), out of range raises; through a plain entry and through a RowView (the same
+    entry asked for in another order)."""
+    paths = _images(tmp_path / "img", 5)
+    load_images(paths, 16, str(tmp_path / "cache"), quiet=True)  # the entry, stored in this order
+    arr = load_images(paths[::-1] if reordered else paths, 16, str(tmp_path / "cache"), quiet=True)
+    assert isinstance(arr.array, cache.RowView) == reordered
+    assert cache._whole_file_map(arr.array.data if reordered else arr.array)  # the pread path
+    rows = np.asarray(arr.array)  # the rows in the caller's order
+    mask = np.array([True, False, True, True, False])
+    for idx in (mask, -1, [-1, 0], np.array([4, -5]), slice(-3, None), 2, [3, 1], mask.tolist()):
+        got = arr.read(idx)
+        assert np.array_equal(got, rows[idx]), idx
+    for bad in (5, -6, [0, 9], np.ones(4, bool)):
+        with pytest.raises(IndexError):
+            arr.read(bad)

@@ -104,6 +104,58 @@ def test_resume_continues_an_interrupted_run_and_refuses_what_does_not_match(run
     assert not parts.exists()
 
 
+def test_resume_refuses_a_changed_graph_and_says_why_cams_change_the_backend(run, tmp_path, monkeypatch):
+    """Interrupted on an exported graph (--backend auto), then the graph file changes (a re-export): --resume is
+    refused (the backend's name alone was the same, so the old chunks were mixed with the new graph's). Adding
+    --cam-dir on resume switches auto to torch: the refusal says so and why."""
+    import shutil
+
+    import onnx
+
+    member = tmp_path / "m" / "regnetx_002"
+    shutil.copytree(run["out"] / "regnetx_002", member)
+    args = ["--data", run["data"], "--models", member, "--chunk-size", "32", "--quiet", "--output", tmp_path / "p.csv"]
+    with monkeypatch.context() as m:
+        _count_chunks(m, fail_after=1)
+        killed = run_script("predict.py", *args, cwd=tmp_path)
+    assert killed.returncode == 1 and "Interrupted" in killed.stderr
+    backend = killed.stderr.split("regnetx_002: backend ")[1].split()[0]
+    assert backend.startswith(("onnx", "openvino")), killed.stderr  # a graph backend (auto)
+    cams = run_script("predict.py", *args, "--resume", "--cam-dir", tmp_path / "cams", cwd=tmp_path)
+    assert cams.returncode == 2 and "differs in members" in cams.stderr
+    assert f"backend {backend} -> torch (auto: CAMs need the PyTorch network)" in cams.stderr, cams.stderr
+    for graph in member.glob("*.onnx"):  # exported again: same weights, another file
+        g = onnx.load(str(graph))
+        g.doc_string = "exported again"
+        onnx.save(g, str(graph))
+    again = run_script("predict.py", *args, "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and "graph_sha256 changed" in again.stderr, again.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_cams_are_written_chunk_by_chunk_from_the_chunks_cache_entries(run, tmp_path, monkeypatch):
+    """--cam-dir after a chunked prediction decodes chunk by chunk (each chunk's path set: the cache entry its
+    prediction filled), never the whole archive at once; the overlays are the ones a single chunk gives."""
+    from PIL import Image
+
+    n_images = len(load_dataset(run["data"]).test)
+    args = ["--data", run["data"], "--models", run["out"] / "regnetx_002", "--quiet"]
+    with monkeypatch.context() as m:
+        _, decoded = _count_chunks(m)
+        p = run_script("predict.py", *args, "--chunk-size", "16", "--cam-dir", tmp_path / "cams", "--output",
+                       tmp_path / "p.csv", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+    assert n_images > 32 and max(decoded) <= 16 and sum(decoded) == 2 * n_images  # predict's chunks, then the CAMs'
+    one = run_script("predict.py", *args, "--chunk-size", str(n_images), "--cam-dir", tmp_path / "one", "--output",
+                     tmp_path / "one.csv", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    files = sorted(f.name for f in (tmp_path / "one" / "regnetx_002").iterdir())
+    assert len(files) == n_images and sorted(f.name for f in (tmp_path / "cams" / "regnetx_002").iterdir()) == files
+    for f in files:
+        a, b = (np.asarray(Image.open(tmp_path / d / "regnetx_002" / f), dtype=int) for d in ("cams", "one"))
+        assert np.abs(a - b).max() <= 1, f
+
+
 def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
     """A usage error (found before scoring) leaves no parts folder behind, so fixing it needs no --resume."""
     args = ["--data", run["data"], "--models", run["out"], "-output", tmp_path / "p.csv"]
@@ -112,6 +164,62 @@ def test_misuse_is_refused_before_any_chunk_is_written(run, tmp_path):
     p = run_script("predict.py", *args, "--triage", "0.1", "--no-calibrate", "--chunk-size", "16", cwd=tmp_path)
     assert p.returncode == 2 and "drop --no-calibrate" in p.stderr
     assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_an_error_on_one_process_is_printed_and_every_process_stops(run, tmp_path):
+    """Under torchrun, a usage error on rank 1 only (its data folder missing on that node): its error line reaches
+    the output (not silenced with the rest of a non-main process's output), the main process says it too, and both
+    stop promptly with a failure (before: nothing printed, rank 0 killed by torchrun, or waiting in broadcast)."""
+    script = tmp_path / "rankfail.py"
+    script.write_text("import os, sys\nimport zoo.cli.predict as P\nfrom zoo.data import LayoutError\n"
+                      "if os.environ.get('RANK') == '1':\n    def bad(*a, **k):\n"
+                      "        raise LayoutError('rank-1-only: /data not mounted on this node')\n"
+                      "    P.load_dataset = bad\n"
+                      "sys.exit(P.main(P.get_args_parser().parse_args(sys.argv[1:])))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(script), "--data", str(run["data"]), "--models", str(run["out"]), "--output", str(tmp_path / "p.csv"),
+           "--device", "cpu", "--quiet"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode != 0
+    assert "[rank 1] error: rank-1-only: /data not mounted" in p.stderr  # rank 1's own line
+    assert "error: [rank 1] rank-1-only" in p.stderr  # the main process's, after the processes agreed
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.parts").exists()
+
+
+def test_agree_names_the_ranks_that_failed():
+    from zoo.sharding import Processes
+
+    class Three(Processes):
+        def gather(self, items):
+            return [(0, None), (1, "no data"), (2, "no data")]
+
+    assert Three(0, 3).agree(None) == "[ranks 1,2] no data"
+    assert Processes().agree(None) is None and Processes().agree("x") == "x"
+
+
+def test_a_parts_folder_appears_with_its_manifest_or_not_at_all(tmp_path, monkeypatch):
+    """A kill between creating the parts folder and writing its manifest left a folder plain runs refused and
+    --resume called unreadable: the manifest is written in a temporary folder renamed into place, and such an
+    empty folder (left by older code) counts as absent."""
+    import zoo.sharding as sharding
+
+    parts, fp = tmp_path / "p.csv.parts", {"version": 0, "chunk_size": 4}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(sharding, "write_text", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sharding.open_parts(parts, fp, resume=False)
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left
+    parts.mkdir()  # what older code left
+    key = sharding.open_parts(parts, fp, resume=False)
+    assert key == sharding.digest(fp) and sorted(p.name for p in parts.iterdir()) == ["manifest.json"]
+    assert sharding.open_parts(parts, fp, resume=True) == key  # and it resumes
+    with pytest.raises(sharding.PartsError, match="--resume"):
+        sharding.open_parts(parts, fp, resume=False)
 
 
 def _mapped_rss(path: str) -> int:

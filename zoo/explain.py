@@ -62,28 +62,41 @@ def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[i
 
 
 def write_cams(ens, image_predictions: pd.DataFrame, out_dir: str | Path, method: str = "gradcam",
-               cache_dir: str | None = None, quiet: bool = False, max_gb: float | None = None) -> int:
+               cache_dir: str | None = None, quiet: bool = False, max_gb: float | None = None,
+               chunk_size: int | None = None) -> int:
     """One overlay PNG per readable image and member, ``out_dir/<member>/<study id>+<image stem>.png`` (see
-    :func:`overlay_names`), explained study by study (one batched CAM pass per member and study); the images come
-    from the decoded-image cache ``cache_dir`` (bounded by ``max_gb``). Returns the number written."""
+    :func:`overlay_names`), explained chunk by chunk and within a chunk study by study (one batched CAM pass per
+    member and study, or study part where a study straddles two chunks). The chunks are predict.py's
+    (:func:`zoo.sharding.chunks` of the table in its order, ``chunk_size`` images each, default its default): each
+    is decoded on its own, from the decoded-image cache entry its prediction filled (``cache_dir``, bounded by
+    ``max_gb``), so memory is one chunk's images however large the archive. Returns the number written."""
+    from zoo.sharding import DEFAULT_CHUNK_SIZE, chunks
+
     out_dir = Path(out_dir)
     for m in ens.members:
         (out_dir / m.name).mkdir(parents=True, exist_ok=True)
-    paths = image_predictions["path"].tolist()
-    arrays = ens.decode(paths, cache_dir=cache_dir, quiet=True, max_gb=max_gb)  # the cache predict.py just filled
+    table = image_predictions.reset_index(drop=True)
+    paths = table["path"].tolist()
+    names: dict[int, str] = {}  # row -> its overlays' file name, from its whole study's images
+    for sid, idx in table.groupby("id", sort=True).indices.items():
+        names.update(zip(idx.tolist(), overlay_names(str(sid), [paths[i] for i in idx])))
     n = 0
-    groups = image_predictions.reset_index(drop=True).groupby("id", sort=True).indices
-    for idx in tqdm(groups.values(), desc="CAMs", unit="study", disable=True if quiet else None, leave=False):
-        study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.read(idx), arr.ok[idx], arr.errors)
-                 for size, arr in arrays.items()}
-        ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study)
-        names = overlay_names(str(image_predictions["id"].iloc[idx[0]]), ex.paths)
-        for j, i in enumerate(ex.readable):
-            for m in ens.members:
-                img = np.asarray(study[m.img_size].array[i])
-                with atomic_path(out_dir / m.name / names[i]) as tmp:
-                    Image.fromarray(overlay(img, ex.cams[m.name][j])).save(tmp, format="PNG")
-                n += 1
+    bar = tqdm(total=len(table), desc="CAMs", unit="image", disable=True if quiet else None, leave=False)
+    for part in chunks(len(table), chunk_size or DEFAULT_CHUNK_SIZE):
+        arrays = ens.decode(paths[part], cache_dir=cache_dir, quiet=True, max_gb=max_gb)  # predict.py's entry
+        for idx in table.iloc[part].reset_index(drop=True).groupby("id", sort=True).indices.values():
+            study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.read(idx), arr.ok[idx], arr.errors)
+                     for size, arr in arrays.items()}
+            ex = explain_study(ens, [paths[part.start + i] for i in idx], method, arrays=study)
+            for j, i in enumerate(ex.readable):
+                for m in ens.members:
+                    img = np.asarray(study[m.img_size].array[i])
+                    with atomic_path(out_dir / m.name / names[part.start + int(idx[i])]) as tmp:
+                        Image.fromarray(overlay(img, ex.cams[m.name][j])).save(tmp, format="PNG")
+                    n += 1
+            bar.update(len(idx))
+        del arrays
+    bar.close()
     return n
 
 

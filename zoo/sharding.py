@@ -9,10 +9,10 @@ process scores all of them, with no process group. Chunk boundaries do not depen
 every image is scored in the same batches however many there are. Each process writes each chunk it finishes,
 atomically, to ``OUTPUT.parts/chunk-NNNNNN.npz`` (per-image probabilities, unreadable files, the fingerprint's
 digest); the main process first writes ``manifest.json`` there, the fingerprint of everything the probabilities
-depend on (each member's weights hash, image size and backend; the image list with each file's size and mtime;
-TTA; the PyTorch members' precision; the chunk size). Then every process's chunks are gathered once onto the main
-process (:func:`accelerate.utils.gather_object`, on NCCL or gloo), which checks that each chunk arrived exactly
-once and alone writes the CSV, report and CAMs.
+depend on (:func:`fingerprint`: each member's weights, backend and graph file; the image list with each file's
+size and mtime; TTA; the PyTorch members' precision; the chunk size; the versions of the code and runtimes).
+Then every process's chunks are gathered once onto the main process (:func:`accelerate.utils.gather_object`, on
+NCCL or gloo), which checks that each chunk arrived exactly once and alone writes the CSV, report and CAMs.
 
 A kill loses at most the chunks in flight (one per process). ``--resume`` reuses the finished chunks of a parts
 folder whose manifest matches and scores the rest; a mismatch is refused with what differs, and without
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from zoo.atomic import atomic_path, write_text
 
 DEFAULT_CHUNK_SIZE = 4096  # images per chunk: ~0.3 GB decoded at 256 px, ~1 GB at 512 px
 MANIFEST = "manifest.json"
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: graph content, versions, GPU batch size
 
 
 class PartsError(Exception):
@@ -72,6 +73,22 @@ class Processes:
 
         return broadcast_object_list([obj])[0]
 
+    def agree(self, problem: str | None) -> str | None:
+        """Every process's ``problem`` (None: it can go on), on every process: None when none has one, else each
+        distinct problem once, prefixed with the ranks that had it unless every process did (a collective call:
+        every process must make it, so that none goes on while another one stopped)."""
+        if self.world == 1:
+            return problem
+        said: dict[str, list[int]] = {}
+        for rank, p in self.gather([(self.rank, problem)]):
+            if p is not None:
+                said.setdefault(p, []).append(rank)
+        if not said:
+            return None
+        return "; ".join(p if len(ranks) == self.world else
+                         f"[rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}] {p}"
+                         for p, ranks in said.items())
+
     def close(self) -> None:
         """Leave the process group (after the last collective call)."""
         if self.world > 1:
@@ -94,6 +111,14 @@ def processes(device: str = "auto") -> tuple[Processes, str]:
     return Processes(state.process_index, state.num_processes), str(state.device) if device == "auto" else device
 
 
+def chunks(n: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[slice]:
+    """The chunks of a table of ``n`` images, in its order: ``chunk_size`` rows each (the last one shorter), the
+    same whatever the number of processes. Each chunk's path set is its decoded-image cache entry."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    return [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+
+
 def parts_dir(output: str | Path) -> Path:
     """The parts folder of a prediction written to ``output``: ``OUTPUT.parts`` beside it."""
     output = Path(output)
@@ -108,16 +133,58 @@ def _weights_hash(m) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int) -> dict:
-    """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it)."""
+def fingerprint(ens, paths: list[str], *, tta: bool, chunk_size: int, batch_size: int = 0) -> dict:
+    """What the per-image probabilities of a chunked prediction depend on (a resumed run must match it): each
+    member's weights, image size, backend and the content of the graph file that backend runs (a re-export between
+    the kill and the resume changes it); the image list (each file's size and mtime); TTA; the PyTorch members'
+    precision; the chunk size; the versions of bone-zoo and of each runtime used (onnxruntime, openvino, torch).
+
+    The batch size counts only where PyTorch members run on an accelerator (cuDNN picks its algorithms by batch
+    shape, and half-precision autocast rounds what they give): the auto batch size resolved there. On CPU, and on
+    the graph backends, it is left out, so a run resumed with another ``--batch-size`` there is not refused."""
     from zoo.data.cache import hash_files
 
     h = hashlib.sha256()
     hash_files(h, [os.path.abspath(p) for p in paths])
-    members = [{"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
-                "backend": ens.choice(m).backend} for m in ens.members]
-    return {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
-            "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size)}
+    members, runtimes = [], {"bone-zoo"}
+    for m in ens.members:
+        backend = ens.choice(m).backend
+        members.append({"name": m.name, "weights_sha256": _weights_hash(m), "img_size": m.img_size,
+                        "backend": backend, "graph_sha256": _graph_hash(m.folder, backend)})
+        runtimes.add(RUNTIMES.get(backend.split("-")[0], "onnxruntime"))
+    fp = {"version": FINGERPRINT_VERSION, "members": members, "images": {"n": len(paths), "sha256": h.hexdigest()},
+          "tta": bool(tta), "precision": _torch_precision(ens), "chunk_size": int(chunk_size),
+          "versions": {name: _version(name) for name in sorted(runtimes)}}
+    if fp["precision"] is not None and ens.device.type != "cpu":
+        from zoo.inference import auto_batch_size
+
+        fp["batch_size"] = auto_batch_size(batch_size, ens.device)
+    return fp
+
+
+RUNTIMES = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}  # backend family -> distribution
+
+
+def _graph_hash(folder: Path, backend: str) -> str | None:
+    """SHA-256 of the graph file ``backend`` runs (None for torch, whose weights are hashed already)."""
+    if backend == "torch":
+        return None
+    from zoo.backends import GRAPHS
+    from zoo.onnx import graph_path
+
+    with open(graph_path(folder, GRAPHS[backend]), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (dist, f"{dist}-gpu") if dist == "onnxruntime" else (dist,):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def _torch_precision(ens) -> str | None:
@@ -135,9 +202,12 @@ def digest(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
 
 
-def open_parts(parts: Path, fp: dict, resume: bool) -> str:
+def open_parts(parts: Path, fp: dict, resume: bool, why: dict[str, str] | None = None) -> str:
     """Check (``resume``) or create the parts folder for fingerprint ``fp``; returns its digest, which every part
-    records. Raises :class:`PartsError` with what to do."""
+    records. Raises :class:`PartsError` with what to do; ``why`` (member name -> why its backend was chosen) is said
+    where a member's backend differs."""
+    if parts.exists() and not (parts / MANIFEST).exists() and not any(parts.glob("chunk-*.npz")):
+        shutil.rmtree(parts)  # an older run killed between its mkdir and its manifest: nothing in it to resume
     if parts.exists():
         if not resume:
             raise PartsError(f"{parts} holds the finished chunks of an interrupted prediction: add --resume to "
@@ -149,13 +219,41 @@ def open_parts(parts: Path, fp: dict, resume: bool) -> str:
         if old != fp:
             differ = sorted(k for k in fp.keys() | old.keys() if old.get(k) != fp.get(k))
             raise PartsError(f"cannot resume from {parts}: the interrupted prediction differs in "
-                             f"{', '.join(differ)} (members' weights or backends, the image list, --tta, --precision "
-                             f"or --chunk-size); rerun with the options it had, or remove {parts} to start "
-                             "over")
-    else:
-        parts.mkdir(parents=True)
-        write_text(parts / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
+                             f"{', '.join(differ)}{_member_changes(old, fp, why or {})} (members' weights, graphs "
+                             f"or backends, the image list, --tta, --precision, --chunk-size, --batch-size on a GPU "
+                             f"or the installed versions); rerun with the options it had, or remove {parts} to "
+                             "start over")
+    else:  # the folder appears with its manifest or not at all: a kill here leaves nothing a rerun refuses
+        parts.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{parts.name}.", dir=parts.parent))
+        try:
+            write_text(tmp / MANIFEST, json.dumps(fp, indent=1, sort_keys=True))
+            os.rename(tmp, parts)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return digest(fp)
+
+
+def _member_changes(old: dict, fp: dict, why: dict[str, str]) -> str:
+    """``: member X backend onnx-int8 -> torch (auto: CAMs need the PyTorch network), ...`` for the members whose
+    fields differ, "" when the members are the same."""
+    before = {m.get("name"): m for m in old.get("members") or [] if isinstance(m, dict)}
+    said = []
+    for m in fp["members"]:
+        o = before.get(m["name"])
+        if o is None:
+            said.append(f"member {m['name']} is new")
+            continue
+        for k in sorted(m.keys() | o.keys()):
+            if o.get(k) != m.get(k):
+                if k == "backend":
+                    said.append(f"member {m['name']} backend {o.get(k)} -> {m[k]}"
+                                + (f" ({why[m['name']]})" if m["name"] in why else ""))
+                else:
+                    said.append(f"member {m['name']} {k} changed")
+    said += [f"member {name} is gone" for name in before.keys() - {m["name"] for m in fp["members"]}]
+    return ": " + "; ".join(said) if said else ""
 
 
 def _part(parts: Path, i: int) -> Path:
@@ -188,25 +286,30 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
     ``parts`` (see the module docstring). On the main process: the image table with one probability column per
     member and ``{path: error}`` of the unreadable files; None on the others. ``kwargs`` go to ``predict_images``
     (batch size, workers, cache). Raises :class:`PartsError` (on every process) where ``parts`` cannot be used."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    bounds = chunks(len(images), chunk_size)
     images = images.reset_index(drop=True)
     names = ens.names
     key = problem = None
     if procs.is_main:
         try:
-            key = open_parts(parts, fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size), resume)
+            fp = fingerprint(ens, images["path"].tolist(), tta=tta, chunk_size=chunk_size,
+                             batch_size=kwargs.get("batch_size", 0))
+            key = open_parts(parts, fp, resume, {m.name: ens.choice(m).why for m in ens.members})
         except PartsError as exc:
             problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 -- the others would wait in broadcast for a key that never comes
+            if procs.world == 1:
+                raise
+            problem = f"cannot prepare {parts}: {type(exc).__name__}: {exc}"
     key, problem = procs.broadcast((key, problem))
     if problem:
         raise PartsError(problem)
-    n_chunks = math.ceil(len(images) / chunk_size)
+    n_chunks = len(bounds)
     mine = range(procs.rank, n_chunks, procs.world)
     done, reused = [], 0
     bar = tqdm(mine, desc="chunks", unit="chunk", leave=False, disable=True if quiet or not procs.is_main else None)
     for i in bar:
-        rows = images.iloc[i * chunk_size:(i + 1) * chunk_size]
+        rows = images.iloc[bounds[i]]
         path = _part(parts, i)
         got = read_part(path, key, (len(rows), len(names))) if resume else None
         if got is None:

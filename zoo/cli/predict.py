@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
       "(default %(default)s)")
     a("--resume", action="store_true", help="continue the interrupted prediction whose finished chunks are in "
       "OUTPUT.parts/: only the missing chunks are scored, and the CSV is the one an uninterrupted run writes. It must "
-      "be the same prediction (members' weights and backends, test images, --tta, --precision, "
-      "--chunk-size), else it is refused with what differs. Without --resume an existing OUTPUT.parts/ is refused, "
+      "be the same prediction (members' weights, backends and graph files, test images, --tta, --precision, "
+      "--chunk-size, --batch-size on a GPU, bone-zoo's and the runtimes' versions), else it is refused with what "
+      "differs. Without --resume an existing OUTPUT.parts/ is refused, "
       "never silently reused")
     a("--quiet", action="store_true", help="no progress bars")
     evaluation.add_evaluation_args(p)  # --strata, --annotations, --loc-methods, --road-samples, --pointing-tolerance
@@ -229,7 +231,8 @@ def _triage_lines(labelled: pd.DataFrame, verdicts: pd.Series, tri) -> list[str]
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    """Read the dataset, the evaluation inputs and the members; raise :class:`UsageError` on what the user must fix."""
+    """Read the dataset, the evaluation inputs and the members, fit the calibration; raise :class:`UsageError` on
+    what the user must fix."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -257,6 +260,13 @@ def plan(args: argparse.Namespace) -> Plan:
         raise UsageError(str(exc)) from None
     for m in ens.members:  # which backend each member runs on, and why
         print(ens.choice(m).line(m.name), file=sys.stderr)
+    if not args.calibrate and args.triage is not None:  # what the user must fix, found before any image is scored
+        raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
+    if args.calibrate:
+        try:
+            ens.fit_calibration(args.triage, args.threshold, tta=args.tta)  # kept for run()'s calibrate()
+        except MemberError as exc:
+            raise UsageError(str(exc)) from None
     if not args.quiet:
         print(f"{dataset.root}: {len(test)} test images, {test['id'].nunique()} studies; ensemble ({args.ensemble}) "
               f"of {len(ens.members)}: {', '.join(ens.names)}", file=sys.stderr)
@@ -268,13 +278,6 @@ def run(args: argparse.Namespace, plan: Plan, procs: Processes | None = None) ->
     OUTPUT.parts/, shared out over ``procs`` (:mod:`zoo.sharding`). None on a process other than the main one (its
     chunks were gathered by the main process)."""
     ens = plan.ensemble
-    if not args.calibrate and args.triage is not None:  # what the user must fix, found before any image is scored
-        raise UsageError("--triage works on calibrated scores; drop --no-calibrate")
-    if args.calibrate:
-        try:
-            ens.fit_calibration(args.triage, args.threshold, tta=args.tta)  # kept by the ensemble for calibrate() below
-        except MemberError as exc:
-            raise UsageError(str(exc)) from None
     try:
         got = predict_chunked(ens, plan.dataset.test, parts_dir(args.output), procs or Processes(),
                               chunk_size=args.chunk_size, resume=args.resume, tta=args.tta, quiet=args.quiet,
@@ -324,7 +327,7 @@ def report(args: argparse.Namespace, plan: Plan, pred: Prediction, sub: pd.DataF
         from zoo.explain import write_cams
 
         n = write_cams(pred.ensemble, images, args.cam_dir, method=args.cam_method, cache_dir=args.cache_dir,
-                       quiet=args.quiet, max_gb=args.cache_max_gb)
+                       quiet=args.quiet, max_gb=args.cache_max_gb, chunk_size=args.chunk_size)
         print(f"wrote {n} CAM overlays to {args.cam_dir}", file=sys.stderr)
     if not args.evaluate:
         return
@@ -343,22 +346,43 @@ def main(args: argparse.Namespace) -> int:
     """plan (read and check everything), run (score the studies), write the CSV, then report (overlays, report.md).
 
     Under ``accelerate launch`` / ``torchrun`` every process plans and scores its share of the chunks; the main
-    process alone prints, writes the CSV and reports (the others run silenced: no line is printed twice)."""
+    process alone prints, writes the CSV and reports (the others run silenced: no line is printed twice), except
+    that a process's own ``error:`` line is always printed (prefixed ``[rank K]``). After planning the processes
+    agree: where any of them failed, every one returns 2 and the main process prints why."""
     tune_allocator()
     procs, args.device = processes(args.device)
+    err = sys.stderr  # before silencing: where a process other than the main one still says why it fails
     try:
         with _silenced(not procs.is_main):
-            return _main(args, procs)
+            return _main(args, procs, err)
     finally:
         procs.close()
 
 
-def _main(args: argparse.Namespace, procs: Processes) -> int:
+def _main(args: argparse.Namespace, procs: Processes, err=None) -> int:
+    err = err or sys.stderr
+    p = problem = None
     try:
         p = plan(args)
+    except UsageError as exc:
+        problem = str(exc)
+        if not procs.is_main:
+            print(f"[rank {procs.rank}] error: {problem}", file=err, flush=True)
+    except Exception as exc:  # noqa: BLE001 -- sharded: said, then agreed on, never a process left waiting
+        if procs.world == 1:
+            raise
+        traceback.print_exc(file=err)
+        problem = f"{type(exc).__name__}: {exc}"
+    problem = procs.agree(problem)  # collective: no process goes on to score (and waits) while another one stopped
+    if problem is not None:
+        if procs.is_main:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
         pred = run(args, p, procs)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if procs.is_main:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     if pred is None:  # another process's share, gathered by the main process
         return 0

@@ -70,12 +70,17 @@ class ImageArray:
         """Row ``idx`` (an int) or rows (a sequence of ints) as an in-memory copy. Rows of a cache file are read
         with ``pread``, not through its memory map: pages touched through a map stay in the process's resident
         memory while it is mapped, so an epoch over a large cache entry would grow RSS with the dataset; read this
-        way they live in the page cache only (shared, evictable) and RSS stays flat."""
+        way they live in the page cache only (shared, evictable) and RSS stays flat.
+
+        Every kind of index means what it means to a numpy array of the rows (negative ints count from the end, a
+        boolean mask selects, out of range raises IndexError), whether the rows are stored in the caller's order
+        or not (:class:`RowView`) and however they are read."""
+        rows = np.arange(len(self.paths))[idx]  # numpy's meaning of idx, in the caller's row numbers
         data, order = (self.array.data, self.array.order) if isinstance(self.array, RowView) else (self.array, None)
         if not _whole_file_map(data):
-            return np.array(self.array[idx])
-        rows = np.arange(len(self.paths))[idx] if isinstance(idx, slice) else \
-            np.atleast_1d(np.asarray(idx, dtype=np.int64))
+            return np.array(self.array[rows])
+        scalar = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
         stored = rows if order is None else order[rows]
         row_bytes = data.shape[1] * data.shape[2]
         out = np.empty((len(stored), *data.shape[1:]), dtype=np.uint8)
@@ -90,7 +95,7 @@ class ImageArray:
                 out[j] = np.frombuffer(buf, dtype=np.uint8).reshape(data.shape[1:])
         finally:
             os.close(fd)
-        return out[0] if not isinstance(idx, slice) and np.ndim(idx) == 0 else out
+        return out[0] if scalar else out
 
 
 def _whole_file_map(data) -> bool:
