@@ -338,7 +338,7 @@ def test_each_member_records_its_pointing_game_on_its_validation_images_with_box
     saved = json.loads((out / "config.json").read_text())
     record = saved["metrics"].get("val_localisation")
     assert json.loads((out / "metrics.json").read_text()).get("val_localisation") == record
-    if given == "no annotations":
+    if given != "--boxes":  # the data folder's own file is not scored at the end of every training
         assert record is None and "Localisation on the abnormal validation" not in (out / "README.md").read_text()
         return
     paths, hits, energy = _val_hits(out, trainer, coco_path, root)
@@ -435,6 +435,30 @@ def test_train_all_takes_a_yolo_folder_for_boxes(tmp_path, synthetic_root):
     assert bad.returncode == 2 and "no YOLO labels" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
+def test_a_failing_validation_localisation_keeps_the_member_and_warns(tmp_path, monkeypatch):
+    """Only scored: an error (an out-of-memory one included) at the end of training must not lose the member."""
+    import zoo.localisation
+    from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
+    from zoo.train import TrainConfig, Trainer
+
+    root = ensure_synthetic(tmp_path / "data", SyntheticSpec(n_train=40, n_test=4))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(zoo.localisation, "validation_localisation", oom)
+    cfg = TrainConfig(backbone="resnet10t", epochs=1, img_size=32, lr=1e-3, batch_size=16, head_hidden=[8],
+                      calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True, export=False,
+                      boxes=str(root / "annotations.coco.json"))
+    with pytest.warns(UserWarning, match="validation localisation failed, the member is saved without it: "
+                                         "OutOfMemoryError"):
+        Trainer(cfg, load_dataset(root), tmp_path / "member").fit()
+    metrics = json.loads((tmp_path / "member" / "metrics.json").read_text())
+    assert "val_localisation" not in metrics and metrics["val_auc"] is not None
+    assert BoneClassifier.load(tmp_path / "member").img_size == 32
+
+
 def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_most_its_limit(tmp_path):
     from zoo.localisation import load_annotations, validation_localisation
 
@@ -450,8 +474,15 @@ def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_m
     paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "e.png")]
     labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0])  # c: no box; d: a box on a normal image; e: not annotated
     rows = np.array([5, 4, 3, 2, 1])
-    record = validation_localisation(model, array, rows, paths, labels, coco)
+    asked: list[list[int]] = []
+
+    def read(idx):
+        asked.append(list(idx))
+        return array[rows[idx]]
+
+    record = validation_localisation(model, read, paths, labels, coco)
     assert record["images"] == record["available"] == 2  # a and b only
+    assert asked == [[0, 1]]  # only their images are read
     assert record["pointing_chance"] > 0 and 0 <= record["pointing"] <= 1
-    assert validation_localisation(model, array, rows, paths, labels, coco, limit=1)["images"] == 1
-    assert validation_localisation(model, array, rows, paths, np.zeros(5), coco) is None
+    assert validation_localisation(model, read, paths, labels, coco, limit=1)["images"] == 1
+    assert validation_localisation(model, read, paths, np.zeros(5), coco) is None

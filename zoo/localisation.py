@@ -33,7 +33,7 @@ from zoo.stats import LEVEL, interval, wilson
 
 TOLERANCE = 15  # px at the stored image's scale (Zhang et al. 2018)
 FUSED = "ensemble (fused)"
-VAL_LOCALISATION_LIMIT = 500  # abnormal validation images with boxes scored at the end of training, at most
+VAL_LOCALISATION_LIMIT = 200  # abnormal validation images with boxes scored at the end of training, at most
 ROAD_PERCENTILES = (20, 50, 80)  # of pixels removed; three levels keep ROAD's sparse solves affordable on a CPU
 
 
@@ -405,14 +405,15 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
     return pd.DataFrame(rows)
 
 
-def validation_localisation(model, array, rows, paths: list[str], labels, coco, root: str | Path | None = None,
+def validation_localisation(model, read, paths: list[str], labels, coco, root: str | Path | None = None,
                             method: str = "gradcam", tolerance: float = TOLERANCE, batch: int = 32,
                             limit: int = VAL_LOCALISATION_LIMIT) -> dict | None:
     """One member's pointing game and energy share (each with its interval and chance level: :func:`summarise`) on
-    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; image ``i`` is
-    ``array[rows[i]]`` (uint8, the model's input size). Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and
-    the evaluation draw), ``batch`` images at a time, on the first ``limit`` such images (the cost stays bounded on
-    a large set; ``available`` says how many there were). None when no such image has a box: nothing to score."""
+    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; ``read(indices)`` gives
+    the images ``paths[indices]`` (uint8 (n, S, S), the model's input size; training: :meth:`ImageArray.read`).
+    Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and the evaluation draw), ``batch`` images at a time, on
+    the first ``limit`` such images (the cost stays bounded on a large set; ``available`` says how many there were).
+    None when no such image has a box: nothing to score."""
     from zoo.cam import compute_cams
 
     boxes = boxes_by_image(coco, [p for p, y in zip(paths, labels, strict=True) if y >= 0.5], root)
@@ -423,7 +424,7 @@ def validation_localisation(model, array, rows, paths: list[str], labels, coco, 
     records = []
     for start in range(0, len(pick), batch):
         chunk = pick[start:start + batch]
-        cams, _ = compute_cams(model, np.asarray(array[np.asarray(rows)[chunk]]), method)
+        cams, _ = compute_cams(model, np.asarray(read(np.asarray(chunk))), method)
         for i, cam in zip(chunk, cams, strict=True):
             b, h, w = boxes[paths[i]]
             chance_point, chance_energy = chance_levels(b, h, w, tolerance)
