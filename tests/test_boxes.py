@@ -281,6 +281,39 @@ def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
     assert len(changed) == 1 and "does not record which boxes" in changed[0]
 
 
+def test_resume_of_a_member_from_before_fingerprints_sees_boxes_turned_on_or_off_and_an_unreadable_file(tmp_path):
+    """A member with only config.json (an older bone-zoo): its "boxes" is what --boxes matched, not the path, so the
+    config comparison cannot see boxes given or dropped; and a boxes file that cannot be read is said to be so."""
+    from dataclasses import replace
+
+    from zoo.checkpoint import Checkpoint, fingerprint, resume_changes
+    from zoo.config import TrainConfig
+
+    boxes = _coco(tmp_path / "boxes.coco.json", "train/img1.png", 120, 90)
+    data = {"sha256": "x", "images": 3, "pseudo_labelled": 0, "root": "/d"}
+    cfg = TrainConfig(epochs=3, boxes=str(boxes), box_weight=1.0, box_warmup=1.0)
+    plain = replace(cfg, boxes=None)
+    for name, record in (("without", None), ("with", {**fingerprint(cfg, data)["boxes"], "matched": 1})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text(json.dumps({"training": {"epochs": 3, "boxes": record}}))
+    assert resume_changes(tmp_path / "without", fingerprint(plain, data)) == []
+    assert resume_changes(tmp_path / "without", fingerprint(cfg, data)) == [
+        "boxes: trained without --boxes, now --boxes boxes.coco.json"]
+    assert resume_changes(tmp_path / "with", fingerprint(cfg, data)) == []
+    assert resume_changes(tmp_path / "with", fingerprint(plain, data)) == [
+        "boxes: trained with --boxes boxes.coco.json, now without"]
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    Checkpoint(tmp_path / "m" / "checkpoint", fingerprint=fingerprint(cfg, data)).save(
+        {"epoch": 1}, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1), best=True)
+    boxes.unlink()  # the same path, nothing to read there now
+    changed = resume_changes(tmp_path / "m", fingerprint(cfg, data))
+    assert len(changed) == 1 and "boxes.coco.json: unreadable now" in changed[0] and "differs" not in changed[0]
+    changed = resume_changes(tmp_path / "with", fingerprint(cfg, data))
+    assert len(changed) == 1 and "unreadable now" in changed[0]
+
+
 @pytest.mark.slow
 def test_train_all_resume_refuses_a_boxes_file_whose_content_changed(tmp_path, synthetic_root):
     boxes = tmp_path / "boxes.coco.json"
