@@ -89,3 +89,28 @@ def test_an_unreadable_labelled_image_gets_no_boxes_instead_of_raising(tmp_path)
     fine = _png(tmp_path / "imgs" / "fine.png")
     got = boxes_by_image(load_annotations(tmp_path / "yolo", flag="--boxes"), [str(broken), fine])
     assert list(got) == [fine]
+
+
+def test_localise_skips_an_unreadable_labelled_image_and_scores_the_rest(tmp_path):
+    """predict --evaluate --annotations DIR runs the localisation after its CSV: one broken labelled image must not
+    fail it (the predictions already report the image as unreadable)."""
+    import pandas as pd
+    import torch
+
+    from zoo.ensemble import Ensemble
+    from zoo.localisation import LocalisationOptions, localise
+    from zoo.model import BoneClassifier
+
+    _label(tmp_path / "yolo" / "labels" / "broken.txt")
+    _label(tmp_path / "yolo" / "labels" / "fine.txt")
+    broken = tmp_path / "imgs" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an image at all")
+    fine = _png(tmp_path / "imgs" / "fine.png")
+    torch.manual_seed(0)
+    member = BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / "m32")
+    ens = Ensemble.from_paths([str(member)])
+    images = pd.DataFrame({"path": [str(broken), fine], "id": ["s1", "s2"], "label": [1, 1]})
+    rows = localise(ens, images, load_annotations(tmp_path / "yolo", flag="--annotations"),
+                    options=LocalisationOptions(methods=("gradcam",), road_samples=0, quiet=True))
+    assert set(rows["path"]) == {fine} and len(rows) == 2  # the member and the fused map, on the readable image
