@@ -79,15 +79,20 @@ def test_roboflow_layout_with_class_list_readme_and_split_lists_reads_only_the_l
     assert list(boxes_by_image(labels, [a, _png(tmp_path / "images" / "b.png")])) == [a]
 
 
-def test_an_unreadable_labelled_image_gets_no_boxes_instead_of_raising(tmp_path):
-    """predict --evaluate --annotations DIR: the image is already reported as unreadable; localisation goes on."""
+def _broken_and_fine(tmp_path: Path) -> tuple[str, str]:
+    """Two labelled images under tmp_path/imgs (labels in tmp_path/yolo): one not an image at all, one fine."""
     _label(tmp_path / "yolo" / "labels" / "broken.txt")
     _label(tmp_path / "yolo" / "labels" / "fine.txt")
     broken = tmp_path / "imgs" / "broken.png"
     broken.parent.mkdir()
     broken.write_bytes(b"not an image at all")
-    fine = _png(tmp_path / "imgs" / "fine.png")
-    got = boxes_by_image(load_annotations(tmp_path / "yolo", flag="--boxes"), [str(broken), fine])
+    return str(broken), _png(tmp_path / "imgs" / "fine.png")
+
+
+def test_an_unreadable_labelled_image_gets_no_boxes_instead_of_raising(tmp_path):
+    """predict --evaluate --annotations DIR: the image is already reported as unreadable; localisation goes on."""
+    broken, fine = _broken_and_fine(tmp_path)
+    got = boxes_by_image(load_annotations(tmp_path / "yolo", flag="--boxes"), [broken, fine])
     assert list(got) == [fine]
 
 
@@ -101,16 +106,11 @@ def test_localise_skips_an_unreadable_labelled_image_and_scores_the_rest(tmp_pat
     from zoo.localisation import LocalisationOptions, localise
     from zoo.model import BoneClassifier
 
-    _label(tmp_path / "yolo" / "labels" / "broken.txt")
-    _label(tmp_path / "yolo" / "labels" / "fine.txt")
-    broken = tmp_path / "imgs" / "broken.png"
-    broken.parent.mkdir()
-    broken.write_bytes(b"not an image at all")
-    fine = _png(tmp_path / "imgs" / "fine.png")
+    broken, fine = _broken_and_fine(tmp_path)
     torch.manual_seed(0)
     member = BoneClassifier("resnet10t", img_size=32, head_hidden=[8]).save_member(tmp_path / "m32")
     ens = Ensemble.from_paths([str(member)])
-    images = pd.DataFrame({"path": [str(broken), fine], "id": ["s1", "s2"], "label": [1, 1]})
+    images = pd.DataFrame({"path": [broken, fine], "id": ["s1", "s2"], "label": [1, 1]})
     rows = localise(ens, images, load_annotations(tmp_path / "yolo", flag="--annotations"),
                     options=LocalisationOptions(methods=("gradcam",), road_samples=0, quiet=True))
     assert set(rows["path"]) == {fine} and len(rows) == 2  # the member and the fused map, on the readable image
