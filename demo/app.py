@@ -79,31 +79,49 @@ class MemberPool:
 
     @functools.cached_property
     def coco(self):
-        """The ``annotations`` read once (:func:`zoo.localisation.load_annotations`); None without them."""
-        return load_annotations(self.annotations) if self.annotations else None
+        """The ``annotations`` read once (:func:`zoo.localisation.load_annotations`); None without them, and None
+        for the examples' own file where pycocotools (the optional ``[eval]`` extra) is not installed: the examples
+        then show no boxes rather than failing every analysis."""
+        if not self.annotations:
+            return None
+        try:
+            return load_annotations(self.annotations)
+        except ImportError as exc:
+            if self.annotations_root is None:  # a file the user gave: the CLI says what to install
+                raise
+            warnings.warn(f"the examples' boxes are not drawn: {exc}", stacklevel=2)
+            return None
 
     def ground_truth(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
         """``path -> (COCO boxes, stored height, width)`` for each of ``paths`` the annotations name (by base name;
-        with :attr:`annotations_root`, only a byte-identical copy of the annotated image): {} without annotations."""
+        with :attr:`annotations_root`, only a byte-identical copy of an annotated image, and that image's boxes
+        where several share the name): {} without annotations."""
         if self.coco is None:
             return {}
-        found = boxes_by_image(self.coco, paths)
         if self.annotations_root is None:
-            return found
+            return boxes_by_image(self.coco, paths)
         import filecmp
 
         names: dict[str, list[Path]] = {}
         for img in self.coco.dataset.get("images", []):
             names.setdefault(Path(img["file_name"]).name, []).append(self.annotations_root / img["file_name"])
-        return {p: v for p, v in found.items()
-                if any(f.is_file() and filecmp.cmp(p, f, shallow=False) for f in names.get(Path(p).name, []))}
+        copies = {p: next((f for f in names.get(Path(p).name, []) if f.is_file() and filecmp.cmp(p, f, shallow=False)),
+                          None) for p in paths}
+        copies = {p: f for p, f in copies.items() if f is not None}
+        found = boxes_by_image(self.coco, [str(f) for f in copies.values()], self.annotations_root)
+        return {p: found[str(f)] for p, f in copies.items() if str(f) in found}
 
     def use_example_annotations(self, root: Path) -> None:
         """Without annotations of its own, the pool draws the boxes of the example set in ``root`` (its
-        annotations.coco.json) over the CAMs of an upload that is one of its images."""
+        annotations.coco.json) over the CAMs of an upload that is one of its images; optional: nothing is drawn
+        where pycocotools (the ``[eval]`` extra) is not installed."""
         from zoo.localisation import data_annotations
 
         if self.annotations or (found := data_annotations(root)) is None:
+            return
+        try:
+            import pycocotools.coco  # noqa: F401
+        except ImportError:
             return
         self.annotations, self.annotations_root = found, Path(root)
         self.__dict__.pop("coco", None)  # read again, from the examples' file

@@ -281,6 +281,39 @@ def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
     assert len(changed) == 1 and "does not record which boxes" in changed[0]
 
 
+def test_resume_of_a_member_from_before_fingerprints_sees_boxes_turned_on_or_off_and_an_unreadable_file(tmp_path):
+    """A member with only config.json (an older bone-zoo): its "boxes" is what --boxes matched, not the path, so the
+    config comparison cannot see boxes given or dropped; and a boxes file that cannot be read is said to be so."""
+    from dataclasses import replace
+
+    from zoo.checkpoint import Checkpoint, fingerprint, resume_changes
+    from zoo.config import TrainConfig
+
+    boxes = _coco(tmp_path / "boxes.coco.json", "train/img1.png", 120, 90)
+    data = {"sha256": "x", "images": 3, "pseudo_labelled": 0, "root": "/d"}
+    cfg = TrainConfig(epochs=3, boxes=str(boxes), box_weight=1.0, box_warmup=1.0)
+    plain = replace(cfg, boxes=None)
+    for name, record in (("without", None), ("with", {**fingerprint(cfg, data)["boxes"], "matched": 1})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text(json.dumps({"training": {"epochs": 3, "boxes": record}}))
+    assert resume_changes(tmp_path / "without", fingerprint(plain, data)) == []
+    assert resume_changes(tmp_path / "without", fingerprint(cfg, data)) == [
+        "boxes: trained without --boxes, now --boxes boxes.coco.json"]
+    assert resume_changes(tmp_path / "with", fingerprint(cfg, data)) == []
+    assert resume_changes(tmp_path / "with", fingerprint(plain, data)) == [
+        "boxes: trained with --boxes boxes.coco.json, now without"]
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters())
+    Checkpoint(tmp_path / "m" / "checkpoint", fingerprint=fingerprint(cfg, data)).save(
+        {"epoch": 1}, model, opt, torch.optim.lr_scheduler.StepLR(opt, 1), best=True)
+    boxes.unlink()  # the same path, nothing to read there now
+    changed = resume_changes(tmp_path / "m", fingerprint(cfg, data))
+    assert len(changed) == 1 and "boxes.coco.json: unreadable now" in changed[0] and "differs" not in changed[0]
+    changed = resume_changes(tmp_path / "with", fingerprint(cfg, data))
+    assert len(changed) == 1 and "unreadable now" in changed[0]
+
+
 @pytest.mark.slow
 def test_train_all_resume_refuses_a_boxes_file_whose_content_changed(tmp_path, synthetic_root):
     boxes = tmp_path / "boxes.coco.json"
@@ -338,7 +371,7 @@ def test_each_member_records_its_pointing_game_on_its_validation_images_with_box
     saved = json.loads((out / "config.json").read_text())
     record = saved["metrics"].get("val_localisation")
     assert json.loads((out / "metrics.json").read_text()).get("val_localisation") == record
-    if given == "no annotations":
+    if given != "--boxes":  # the data folder's own file is not scored at the end of every training
         assert record is None and "Localisation on the abnormal validation" not in (out / "README.md").read_text()
         return
     paths, hits, energy = _val_hits(out, trainer, coco_path, root)
@@ -435,6 +468,30 @@ def test_train_all_takes_a_yolo_folder_for_boxes(tmp_path, synthetic_root):
     assert bad.returncode == 2 and "no YOLO labels" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
+def test_a_failing_validation_localisation_keeps_the_member_and_warns(tmp_path, monkeypatch):
+    """Only scored: an error (an out-of-memory one included) at the end of training must not lose the member."""
+    import zoo.localisation
+    from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
+    from zoo.train import TrainConfig, Trainer
+
+    root = ensure_synthetic(tmp_path / "data", SyntheticSpec(n_train=40, n_test=4))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(zoo.localisation, "validation_localisation", oom)
+    cfg = TrainConfig(backbone="resnet10t", epochs=1, img_size=32, lr=1e-3, batch_size=16, head_hidden=[8],
+                      calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True, export=False,
+                      boxes=str(root / "annotations.coco.json"))
+    with pytest.warns(UserWarning, match="validation localisation failed, the member is saved without it: "
+                                         "OutOfMemoryError"):
+        Trainer(cfg, load_dataset(root), tmp_path / "member").fit()
+    metrics = json.loads((tmp_path / "member" / "metrics.json").read_text())
+    assert "val_localisation" not in metrics and metrics["val_auc"] is not None
+    assert BoneClassifier.load(tmp_path / "member").img_size == 32
+
+
 def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_most_its_limit(tmp_path):
     from zoo.localisation import load_annotations, validation_localisation
 
@@ -450,8 +507,15 @@ def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_m
     paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "e.png")]
     labels = np.array([1.0, 1.0, 1.0, 0.0, 1.0])  # c: no box; d: a box on a normal image; e: not annotated
     rows = np.array([5, 4, 3, 2, 1])
-    record = validation_localisation(model, array, rows, paths, labels, coco)
+    asked: list[list[int]] = []
+
+    def read(idx):
+        asked.append(list(idx))
+        return array[rows[idx]]
+
+    record = validation_localisation(model, read, paths, labels, coco)
     assert record["images"] == record["available"] == 2  # a and b only
+    assert asked == [[0, 1]]  # only their images are read
     assert record["pointing_chance"] > 0 and 0 <= record["pointing"] <= 1
-    assert validation_localisation(model, array, rows, paths, labels, coco, limit=1)["images"] == 1
-    assert validation_localisation(model, array, rows, paths, np.zeros(5), coco) is None
+    assert validation_localisation(model, read, paths, labels, coco, limit=1)["images"] == 1
+    assert validation_localisation(model, read, paths, np.zeros(5), coco) is None

@@ -208,3 +208,56 @@ def test_real_browser_an_annotated_example_shows_green_boxes_and_the_pointing_co
     assert len(srcs) == 3, srcs  # original, the member's CAM, the fused CAM
     green = [int((panel == BOX_COLOUR).all(axis=2).sum()) for panel in panels]
     assert green[0] == 0 and green[1] >= 8 and green[2] >= 8, green  # outlined on the CAMs, not on the original
+
+
+def _block_pycocotools(monkeypatch):
+    """A plain install: pycocotools (the ``[eval]`` extra) is not importable."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "pycocotools" or m.startswith("pycocotools.")] + ["pycocotools"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_without_pycocotools_the_examples_show_no_boxes_and_every_analysis_still_runs(folders, uploads, coco_file,
+                                                                                   tmp_path, monkeypatch):
+    """The examples' annotations are optional: without pycocotools an upload of an example is analysed as without
+    them, whether pycocotools is missing when the examples are set up or only when their file is first read."""
+    root = tmp_path / "examples"
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "hand_fracture.png").write_bytes(Path(uploads["hand_fracture.png"]).read_bytes())
+    coco_file.rename(root / "annotations.coco.json")
+    early = MemberPool(dict(folders))
+    late = MemberPool(dict(folders))
+    late.use_example_annotations(root)  # pycocotools there at start-up, gone when the file is read
+    _block_pycocotools(monkeypatch)
+    early.use_example_annotations(root)
+    assert early.annotations is None
+    plain = analyse([uploads["hand_fracture.png"]], ["m32"], pool=MemberPool(dict(folders)), combiner="mean")
+    for pool in (early, late):
+        a = analyse([uploads["hand_fracture.png"]], ["m32"], pool=pool, combiner="mean")
+        assert pool.ground_truth([uploads["hand_fracture.png"]]) == {}
+        assert summary_markdown(a) == summary_markdown(plain) and "ground truth" not in summary_markdown(a)
+        assert len(a.panels) == len(plain.panels) == 3
+    given = MemberPool(dict(folders), annotations=root / "annotations.coco.json")  # the user's own file: says why
+    with pytest.raises(ImportError, match=r"bone-zoo\[eval\]"):
+        given.ground_truth([uploads["hand_fracture.png"]])
+
+
+def test_example_images_sharing_a_name_give_the_boxes_of_the_byte_identical_one(folders, uploads, tmp_path):
+    root = tmp_path / "examples"
+    for split, src in (("train", "hand_other.png"), ("test", "hand_fracture.png")):
+        (root / split).mkdir(parents=True)
+        (root / split / "x.png").write_bytes(Path(uploads[src]).read_bytes())
+    (root / "annotations.coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "train/x.png", "height": 32, "width": 64},
+                   {"id": 2, "file_name": "test/x.png", "height": 32, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
+                        {"id": 2, "image_id": 2, "category_id": 1, "bbox": BOX, "area": 256, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "fracture"}]}))
+    pool = MemberPool(dict(folders))
+    pool.use_example_annotations(root)
+    upload = Path(uploads["hand_fracture.png"]).with_name("x.png")  # a copy of test/x.png under its name
+    upload.write_bytes(Path(uploads["hand_fracture.png"]).read_bytes())
+    found = pool.ground_truth([str(upload)])
+    assert list(found) == [str(upload)]
+    np.testing.assert_array_equal(found[str(upload)][0], [BOX])

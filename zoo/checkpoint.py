@@ -253,6 +253,7 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
     member_dir = Path(member_dir)
     ck = Checkpoint(member_dir / "checkpoint")
     stored = ck.stored_fingerprint() if ck.latest is not None else _read_json(member_dir / FINGERPRINT_FILE)
+    legacy = stored is None  # its config, below, does not hold the --boxes path: on or off is the boxes' to say
     if stored is None:
         if ck.latest is None and not (member_dir / "metrics.json").is_file():
             return []  # nothing trained here yet
@@ -267,7 +268,7 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
                                                   "weight": box.get("weight"), "warmup": box.get("warmup")}}
     old, new = _comparable(stored.get("config", {})), _comparable(current["config"])
     changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
-    changes += _boxes_changes(stored, current.get("boxes"))
+    changes += _boxes_changes(stored, current.get("boxes"), legacy)
     was, now = stored.get("data"), current["data"]
     if was is not None and was.get("sha256") != now.get("sha256"):
         where = (f"{was.get('root')} -> {now.get('root')}, " if was.get("root") != now.get("root") else
@@ -277,15 +278,22 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
     return changes
 
 
-def _boxes_changes(stored: dict, now: dict | None) -> list[str]:
+def _boxes_changes(stored: dict, now: dict | None, legacy: bool = False) -> list[str]:
     """What differs in the ``--boxes`` file a member was trained with (``stored``, a fingerprint) and ``now``
-    (:func:`boxes_fingerprint`): its content, or nothing known of it (a fingerprint from before boxes were hashed).
-    Its path, weight and warm-up are the config's, compared with it."""
+    (:func:`boxes_fingerprint`): its content (or that it cannot be read now), or nothing known of it (a fingerprint
+    from before boxes were hashed). Its path, weight and warm-up are the config's, compared with it; for a member
+    from before fingerprints (``legacy``: its config has no path), boxes turned on or off are said here."""
     if "boxes" not in stored:  # a fingerprint written before the boxes file's content was part of it
         return [] if now is None else [f"boxes {now['file']}: the checkpoint does not record which boxes it was "
                                        "trained with (an older bone-zoo)"]
     was = stored["boxes"]
+    if legacy and (was is None) != (now is None):
+        return [f"boxes: trained without --boxes, now --boxes {now['file']}" if was is None else
+                f"boxes: trained with --boxes {was.get('file')}, now without"]
     if was is None or now is None or (was.get("sha256") == now["sha256"] and now["sha256"] is not None):
         return []
+    if now["sha256"] is None:
+        return [f"the boxes file ({was.get('file')} -> {now['file']}: unreadable now, so it cannot be compared with "
+                f"the one trained with, sha256 {str(was.get('sha256'))[:12]})"]
     return [f"the boxes file ({was.get('file')} -> {now['file']}: its content differs, sha256 "
             f"{str(was.get('sha256'))[:12]} -> {str(now['sha256'])[:12]})"]

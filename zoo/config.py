@@ -75,10 +75,12 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "BCE label smoothing: targets y(1 - e) + e/2")
     mixup: float = opt(0.0, "mixup Beta(a, a) parameter; 0 = off")
     boxes: str | None = opt(None, "COCO boxes (or polygons, by their bbox) of training images, matched by file name, "
-                            "or a YOLO folder (labels/*.txt, 'class cx cy w h' normalised, matched by file stem): "
+                            "or a YOLO folder (labels/*.txt at any depth, 'class cx cy w h' normalised, one class "
+                            "id: the findings, matched by file stem and folders): "
                             "on annotated positives an auxiliary loss pulls each member's Grad-CAM into the boxes "
                             "(zoo.boxes); other images train as without; validation and test never train on them "
-                            "(each member's pointing game on its validation images with boxes is recorded)",
+                            "(each member's pointing game on up to 200 of its abnormal validation images with these "
+                            "boxes is recorded)",
                             metavar="FILE.coco.json|DIR")
     box_weight: float = opt(1.0, "with --boxes: weight of that loss beside the BCE")
     box_warmup: float = opt(1.0, "with --boxes: epochs over which its weight ramps up from 0")

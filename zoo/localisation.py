@@ -33,7 +33,7 @@ from zoo.stats import LEVEL, interval, wilson
 
 TOLERANCE = 15  # px at the stored image's scale (Zhang et al. 2018)
 FUSED = "ensemble (fused)"
-VAL_LOCALISATION_LIMIT = 500  # abnormal validation images with boxes scored at the end of training, at most
+VAL_LOCALISATION_LIMIT = 200  # abnormal validation images with boxes scored at the end of training, at most
 ROAD_PERCENTILES = (20, 50, 80)  # of pixels removed; three levels keep ROAD's sparse solves affordable on a CPU
 
 
@@ -122,21 +122,44 @@ def image_scores(cam: np.ndarray, boxes: np.ndarray, h: int, w: int, tolerance: 
 
 # --- annotations -----------------------------------------------------------------------------------------------
 
+YOLO_NOT_LABELS = ("classes.txt", "train.txt", "val.txt", "test.txt")  # class names and split lists, not boxes
+
+
+def _is_label_file(f: Path) -> bool:
+    """A ``*.txt`` of a YOLO folder that holds boxes: not its class names, split lists or README."""
+    return f.name.lower() not in YOLO_NOT_LABELS and not f.name.lower().startswith("readme")
+
+
 class YoloLabels:
     """The second reader: a YOLO-format folder, one ``STEM.txt`` per image (``class cx cy w h`` per line, centre and
-    size normalised to the image's width and height; every class a finding; an empty file: none), under
-    ``DIR/labels/`` (any depth: ``labels/train/``, ``labels/val/``) or in ``DIR`` itself. Labels are matched to
-    images by file stem, and boxes come out in stored pixels, as COCO's ``[x, y, w, h]``, through the size of the
-    image they are matched to (as decoded: EXIF orientation applied)."""
+    size normalised to the image's width and height; an empty file: none), under every ``labels/`` folder in ``DIR``
+    at any depth (``labels/train/``, Roboflow's ``train/labels/``) or, without one, in ``DIR`` itself
+    (``classes.txt``, ``README*.txt`` and the split lists ``train/val/test.txt`` are not labels). Every box is a
+    finding, so a folder with more than one class id is refused: its other classes (GRAZPEDWRI-DX's ``text`` side
+    markers, ``metal``) are the shortcuts a CAM must not be pulled onto.
+
+    A label file is matched to an image by stem and, among label files of that stem, by the most folders its path
+    under ``labels/`` shares with the end of the image's path (``labels/train/p1/image1.txt`` is
+    ``.../train/p1/image1.png``'s); two images given one label file, or one image two equally good ones, are refused.
+    Boxes come out in stored pixels, as COCO's ``[x, y, w, h]``, through the size of the image they are matched to
+    (as decoded: EXIF orientation applied)."""
 
     def __init__(self, folder: str | Path, flag: str = "--boxes"):
         self.folder = Path(folder)
-        labels = self.folder / "labels" if (self.folder / "labels").is_dir() else self.folder
-        self.files = sorted(labels.rglob("*.txt"))
+        self.flag = flag
+        roots = sorted(d for d in self.folder.rglob("labels") if d.is_dir()) or [self.folder]
+        found: dict[Path, Path] = {}  # label file -> the labels folder its relative path is taken under
+        for root in roots:
+            for f in sorted(root.rglob("*.txt")):
+                if _is_label_file(f):
+                    found.setdefault(f, root)  # a labels/ inside a labels/: the outer one's relative path
+        self.files = sorted(found)
         if not self.files:
             raise ValueError(f"{flag} {self.folder}: a folder, but no YOLO labels in it (labels/*.txt, one "
                              "'class cx cy w h' line per box); give a COCO json or a YOLO folder")
-        self.boxes: dict[str, np.ndarray] = {}  # stem -> (k, 4) normalised cx, cy, w, h
+        self.boxes: dict[tuple[str, ...], np.ndarray] = {}  # relative path parts (no suffix) -> (k, 4) cx, cy, w, h
+        self._by_stem: dict[str, list[tuple[str, ...]]] = {}
+        classes: dict[int, Path] = {}  # class id -> the first file with it
         for f in self.files:
             rows = []
             for n, line in enumerate(f.read_text().splitlines(), 1):
@@ -146,25 +169,66 @@ class YoloLabels:
                     values = [float(v) for v in line.split()]
                 except ValueError:
                     values = []
-                if len(values) != 5 or not all(0 <= v <= 1 for v in values[1:]):
+                if len(values) != 5 or not all(0 <= v <= 1 for v in values[1:]) or values[0] != int(values[0]):
                     raise ValueError(f"{flag} {f}:{n}: not a YOLO box line 'class cx cy w h' with normalised "
                                      f"values in [0, 1]: {line.strip()[:80]!r}")
+                classes.setdefault(int(values[0]), f)
                 rows.append(values[1:])
-            if f.stem in self.boxes:
-                raise ValueError(f"{flag} {f}: a second label file for the images named {f.stem!r}; labels are "
-                                 "matched by stem, which must be unique")
-            self.boxes[f.stem] = np.array(rows, float).reshape(-1, 4)
-        self.dataset = {"images": [{"file_name": stem} for stem in self.boxes]}  # what a summary counts
+            key = f.relative_to(found[f]).with_suffix("").parts
+            self.boxes[key] = np.array(rows, float).reshape(-1, 4)
+            self._by_stem.setdefault(f.stem, []).append(key)
+        if len(classes) > 1:
+            raise ValueError(
+                f"{flag} {self.folder}: its labels hold {len(classes)} class ids ("
+                + ", ".join(f"{c} in {classes[c].relative_to(self.folder)}" for c in sorted(classes))
+                + "); every box is taken as a finding, so keep only the finding class(es), as one id, and delete the "
+                "other classes' lines (side markers, text, metal: a CAM must not be pulled onto them)")
+        self.dataset = {"images": [{"file_name": "/".join(k)} for k in self.boxes]}  # what a summary counts
+
+    def _label_for(self, path: str) -> tuple[str, ...] | None:
+        """The label file (its relative parts) for the image at ``path``: by stem, then most shared folders."""
+        parts = Path(path).with_suffix("").parts
+        keys = self._by_stem.get(Path(path).stem, [])
+        if len(keys) <= 1:
+            return keys[0] if keys else None
+
+        def shared(key: tuple[str, ...]) -> int:
+            n = 0
+            while n < min(len(key), len(parts)) and key[-1 - n] == parts[-1 - n]:
+                n += 1
+            return n
+
+        best = max(map(shared, keys))
+        tied = [k for k in keys if shared(k) == best]
+        if len(tied) > 1:
+            raise ValueError(f"{self.flag} {self.folder}: {path} matches label files " + " and ".join(
+                "/".join(k) + ".txt" for k in tied) + " equally; put each label file at its image's relative path "
+                "under labels/ (labels/<the image's folders>/STEM.txt)")
+        return tied[0]
 
     def boxes_by_image(self, paths: list[str]) -> dict[str, tuple[np.ndarray, int, int]]:
-        """:func:`boxes_by_image` for these labels: ``path -> (COCO boxes (k, 4), height, width)``."""
-        out = {}
+        """:func:`boxes_by_image` for these labels: ``path -> (COCO boxes (k, 4), height, width)``. An image that
+        cannot be read gets none (the readers report it)."""
+        from zoo.data.io import ImageReadError
+
+        out, claimed = {}, {}
         for p in paths:
-            b = self.boxes.get(Path(p).stem, np.zeros((0, 4)))
+            key = self._label_for(p)
+            if key is None:
+                continue
+            if key in claimed and claimed[key] != p:
+                raise ValueError(f"{self.flag} {self.folder}: {claimed[key]} and {p} both match the label file "
+                                 f"{'/'.join(key)}.txt (labels are matched by stem and their folders under labels/); "
+                                 "put each image's labels at its relative path (labels/<the image's folders>/STEM.txt)")
+            claimed[key] = p
+            b = self.boxes[key]
             b = b[(b[:, 2:] > 0).all(axis=1)]  # as for COCO: a box without area marks nothing
             if not len(b):
                 continue
-            h, w = _stored_size(p)
+            try:
+                h, w = _stored_size(p)
+            except (ImageReadError, OSError):
+                continue
             out[p] = (np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h, b[:, 2] * w, b[:, 3] * h],
                                1), h, w)
         return out
@@ -341,14 +405,15 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
     return pd.DataFrame(rows)
 
 
-def validation_localisation(model, array, rows, paths: list[str], labels, coco, root: str | Path | None = None,
+def validation_localisation(model, read, paths: list[str], labels, coco, root: str | Path | None = None,
                             method: str = "gradcam", tolerance: float = TOLERANCE, batch: int = 32,
                             limit: int = VAL_LOCALISATION_LIMIT) -> dict | None:
     """One member's pointing game and energy share (each with its interval and chance level: :func:`summarise`) on
-    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; image ``i`` is
-    ``array[rows[i]]`` (uint8, the model's input size). Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and
-    the evaluation draw), ``batch`` images at a time, on the first ``limit`` such images (the cost stays bounded on
-    a large set; ``available`` says how many there were). None when no such image has a box: nothing to score."""
+    the abnormal images among ``paths`` (``labels`` >= 0.5) that ``coco`` has boxes for; ``read(indices)`` gives
+    the images ``paths[indices]`` (uint8 (n, S, S), the model's input size; training: :meth:`ImageArray.read`).
+    Its CAMs are :func:`zoo.cam.compute_cams` (what the demo and the evaluation draw), ``batch`` images at a time, on
+    the first ``limit`` such images (the cost stays bounded on a large set; ``available`` says how many there were).
+    None when no such image has a box: nothing to score."""
     from zoo.cam import compute_cams
 
     boxes = boxes_by_image(coco, [p for p, y in zip(paths, labels, strict=True) if y >= 0.5], root)
@@ -359,7 +424,7 @@ def validation_localisation(model, array, rows, paths: list[str], labels, coco, 
     records = []
     for start in range(0, len(pick), batch):
         chunk = pick[start:start + batch]
-        cams, _ = compute_cams(model, np.asarray(array[np.asarray(rows)[chunk]]), method)
+        cams, _ = compute_cams(model, np.asarray(read(np.asarray(chunk))), method)
         for i, cam in zip(chunk, cams, strict=True):
             b, h, w = boxes[paths[i]]
             chance_point, chance_energy = chance_levels(b, h, w, tolerance)

@@ -422,28 +422,33 @@ class Trainer:
         return metrics
 
     def _val_localisation(self, net: BoneClassifier, data: TrainData) -> dict | None:
-        """Where the finished member's Grad-CAM points on its abnormal validation images that have boxes (the
-        ``--boxes`` file, else the data folder's own annotations.coco.json): the pointing game and energy share of
-        :func:`zoo.localisation.validation_localisation`, with the file's name; None without boxes for them. Only
-        scored: validation never trains on boxes."""
-        from zoo.localisation import data_annotations, load_annotations, validation_localisation
+        """Where the finished member's Grad-CAM points on its abnormal validation images that the ``--boxes`` file
+        has boxes for (none without ``--boxes``: a data folder's own annotations.coco.json is not scored here, it is
+        predict.py's ``--evaluate --annotations``): the pointing game and energy share of
+        :func:`zoo.localisation.validation_localisation` on at most its ``limit`` images, with the file's name; None
+        without boxes for them. Only scored, so an error (out of memory included) only says so: the member is kept."""
+        import warnings
 
-        path = self.cfg.boxes or data_annotations(self.dataset.root)
-        if not path:
+        from zoo.localisation import load_annotations, validation_localisation
+
+        if not self.cfg.boxes:
             return None
         try:
-            coco = load_annotations(path, flag="--boxes" if self.cfg.boxes else "annotations")
-        except (ImportError, OSError, ValueError) as exc:  # the data folder's own file: training goes on without
-            self.log(f"validation localisation skipped: {exc}")
-            return None
-        if self.accelerator.num_processes > 1:  # the CAMs' backward on a copy: never through DDP's gradient hooks
-            import copy
+            coco = load_annotations(self.cfg.boxes, flag="--boxes")
+            if self.accelerator.num_processes > 1:  # the CAMs' backward on a copy: never through DDP's gradient hooks
+                import copy
 
-            net = copy.deepcopy(net)
-        record = validation_localisation(net, self.images.array, data.val_ds.rows, data.val_df["path"].tolist(),
-                                         data.val_df["label"].to_numpy(), coco, self.dataset.root)
+                net = copy.deepcopy(net)
+            rows = np.asarray(data.val_ds.rows)
+            record = validation_localisation(net, lambda idx: self.images.read(rows[idx]),  # pread, not the map
+                                             data.val_df["path"].tolist(), data.val_df["label"].to_numpy(), coco,
+                                             self.dataset.root)
+        except Exception as exc:  # noqa: BLE001 (scored only: nothing of it may cost the trained member)
+            warnings.warn(f"[{self.cfg.backbone}] validation localisation failed, the member is saved without it: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
+            return None
         if record is not None:
-            record["file"] = Path(path).name
+            record["file"] = Path(self.cfg.boxes).name
             self.log(f"validation localisation on {record['images']} abnormal images with boxes: pointing game "
                      f"{record['pointing']:.3f} (chance {record['pointing_chance']:.3f}), energy share "
                      f"{record['energy']:.3f} (chance {record['energy_chance']:.3f})")
