@@ -3,6 +3,7 @@ the peak of a whole training run at 512 px); bench/speed.py's RSS breakdown and 
 something true. The numbers themselves come from bench/speed.py, never from here."""
 
 import importlib.util
+import time
 
 import numpy as np
 import pytest
@@ -75,6 +76,7 @@ def test_rss_sampler_attributes_the_peak_to_the_phase_that_made_it(speed):
         def big():
             block = bytearray(300 << 20)  # touched: resident
             block[:: 4096] = b"x" * len(block[:: 4096])
+            time.sleep(0.2)  # held for a while: the sampler (a thread, every 5 ms) must get a turn on a loaded machine
             return len(block)
 
         @staticmethod

@@ -100,8 +100,8 @@ def _simulated_run(tmp_path: Path, seed: int = 0, cal: bool = True) -> list[Memb
 
 
 def _predict_main(tmp_path, monkeypatch, members, *extra) -> pd.DataFrame:
-    """predict.py's main() over simulated members: the dataset and the members' study scores are stubbed (test
-    studies s1000..s2999 scored like the validation ones), the rest is predict.py's own path."""
+    """predict.py's main() over simulated members: the dataset and the members' image scores are stubbed (test
+    studies s1000..s2999, one image each, scored like the validation ones), the rest is predict.py's own path."""
     from zoo.cli import predict
 
     rng, z, y = _population(0)
@@ -112,14 +112,13 @@ def _predict_main(tmp_path, monkeypatch, members, *extra) -> pd.DataFrame:
         studies[m.name] = _sig(z[1000:] + rng.normal(0, 1.0, 2000))
     studies.loc[0, [m.name for m in members]] = np.nan  # a study with no readable image
     ens = Ensemble(members, method="mean")
+    images = test.merge(studies.drop(columns=["part", "label"]), on="id")  # one image per study: its score
 
-    def predict_studies(images, **kw):
-        st = studies.copy()
-        st["ensemble"] = ens.combine(st)
-        st.attrs["errors"], st.attrs["image_predictions"] = {}, None
-        return st
+    def predict_chunked(ens_, imgs, *a, **kw):  # predict.py's scoring seam (zoo.sharding): the stubbed scores
+        assert ens_ is ens and imgs["path"].tolist() == images["path"].tolist()
+        return images.copy(), {}
 
-    ens.predict_studies = predict_studies
+    monkeypatch.setattr(predict, "predict_chunked", predict_chunked)
     monkeypatch.setattr(predict, "load_dataset", lambda root: SimpleNamespace(test=test, notes=[], root=Path(root),
                                                                                name="simulated"))
     monkeypatch.setattr(predict.Ensemble, "from_paths", classmethod(lambda cls, *a, **k: ens))

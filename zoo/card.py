@@ -213,7 +213,7 @@ def localisation_line(record: dict | None) -> str:
     (``metrics.val_localisation``, :func:`zoo.localisation.validation_localisation`); empty without."""
     if not record:
         return ""
-    from zoo.localisation import describe_localisation
+    from zoo.stats import describe_localisation
 
     pointing, energy = describe_localisation(record)
     return (f"Localisation on the abnormal validation images with boxes (`{record.get('file', '?')}`, "

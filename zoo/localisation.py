@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from zoo.stats import LEVEL, interval, wilson
+from zoo.stats import LEVEL, describe_localisation, interval, wilson  # noqa: F401  (describe_...: re-exported)
 
 TOLERANCE = 15  # px at the stored image's scale (Zhang et al. 2018)
 FUSED = "ensemble (fused)"
@@ -437,20 +437,6 @@ def validation_localisation(model, read, paths: list[str], labels, coco, root: s
     return {"method": method, "tolerance": float(tolerance), "level": LEVEL, "images": int(row["images"]),
             "available": available,
             **{k: float(row[k]) for k in keys}}
-
-
-def describe_localisation(record: dict | None) -> tuple[str, str]:
-    """``(pointing, energy)`` for a table cell: value, interval and chance of :func:`validation_localisation`'s
-    record; two empty strings without one."""
-    if not record:
-        return "", ""
-    n = record["images"]
-    pointing = (f"{_f(record['pointing'])} ({interval(record['pointing_lo'], record['pointing_hi'])}; chance "
-                f"{_f(record['pointing_chance'])}; {n} image{'s' if n != 1 else ''})")
-    energy = (f"{_f(record['energy'])} ({interval(record['energy_lo'], record['energy_hi'])}; chance "
-              f"{_f(record['energy_chance'])})" if math.isfinite(record["energy"]) else
-              f"none (no map had mass; chance {_f(record['energy_chance'])})")
-    return pointing, energy
 
 
 def _mean_ci(x: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:

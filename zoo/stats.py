@@ -244,3 +244,21 @@ def describe_difference(name_a: str, name_b: str, test: dict[str, float], alpha:
 
 def _possessive(name: str) -> str:
     return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
+def describe_localisation(record: dict | None) -> tuple[str, str]:
+    """``(pointing, energy)`` for a table cell: value, interval and chance of
+    :func:`zoo.localisation.validation_localisation`'s record; two empty strings without one."""
+    if not record:
+        return "", ""
+    n = record["images"]
+    pointing = (f"{_fmt3(record['pointing'])} ({interval(record['pointing_lo'], record['pointing_hi'])}; chance "
+                f"{_fmt3(record['pointing_chance'])}; {n} image{'s' if n != 1 else ''})")
+    energy = (f"{_fmt3(record['energy'])} ({interval(record['energy_lo'], record['energy_hi'])}; chance "
+              f"{_fmt3(record['energy_chance'])})" if math.isfinite(record["energy"]) else
+              f"none (no map had mass; chance {_fmt3(record['energy_chance'])})")
+    return pointing, energy
+
+
+def _fmt3(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
