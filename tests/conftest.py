@@ -69,6 +69,16 @@ def _run_in_process(command: str, argv: list[str], cwd: Path) -> subprocess.Comp
     return subprocess.CompletedProcess([command, *argv], code, out.getvalue(), err.getvalue())
 
 
+def bench_module(name: str):
+    """bench/NAME.py as a module (bench/ is not a package), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A loopback port nothing listens on, for a demo served in a test."""
     import socket

@@ -5,13 +5,12 @@ Kept cheap (it took ~108 s in a loaded suite): ``main`` runs in this process (as
 interpreter that imports torch, timm, Accelerate and scikit-learn again, and on one PyTorch thread (see
 :func:`one_thread`). The same code runs, at the same sizes."""
 
-import importlib.util
 import math
 import os
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import bench_module
 
 pytestmark = pytest.mark.slow
 COLUMNS = ["phase", "device", "backbone", "px", "batch", "precision", "workers", "images", "images/s", "GPU busy %",
@@ -20,11 +19,8 @@ COLUMNS = ["phase", "device", "backbone", "px", "batch", "precision", "workers",
 
 @pytest.fixture(scope="module")
 def gpu():
-    """bench/gpu.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/gpu.py as a module."""
+    return bench_module("gpu")
 
 
 @pytest.fixture

@@ -2,24 +2,20 @@
 the peak of a whole training run at 512 px); bench/speed.py's RSS breakdown and roofline case run and say
 something true. The numbers themselves come from bench/speed.py, never from here."""
 
-import importlib.util
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import bench_module
 
 from zoo.model import BoneClassifier
 
 
 @pytest.fixture(scope="module")
 def speed():
-    """bench/speed.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "bench" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/speed.py as a module."""
+    return bench_module("speed")
 
 
 def _member(tmp_path):
