@@ -2,6 +2,7 @@
 the peak of a whole training run at 512 px); bench/speed.py's RSS breakdown and roofline case run and say
 something true. The numbers themselves come from bench/speed.py, never from here."""
 
+import mmap
 import time
 
 import numpy as np
@@ -70,10 +71,15 @@ def test_rss_sampler_attributes_the_peak_to_the_phase_that_made_it(speed):
 
         @staticmethod
         def big():
-            block = bytearray(300 << 20)  # touched: resident
-            block[:: 4096] = b"x" * len(block[:: 4096])
+            # a fresh anonymous mapping, touched: new resident pages whatever the allocator kept from earlier tests
+            # (a bytearray can reuse freed pages that are still resident, and then RSS does not move)
+            block = mmap.mmap(-1, 300 << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
             time.sleep(0.2)  # held for a while: the sampler (a thread, every 5 ms) must get a turn on a loaded machine
-            return len(block)
+            n = len(block)
+            block.close()
+            return n
 
         @staticmethod
         def outer():
