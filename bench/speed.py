@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
 MEAN, STD = 0.449, 0.226
+BASELINE_INFERENCE = "original loop (batch 1, fp32)"
 
 
 # -- where the peak comes from: RSS sampled in the child, by phase ---------------------------------------------------
@@ -469,11 +470,13 @@ def main() -> int:
     p.add_argument("--train-images", type=int, default=128, help="images in the training epoch (default %(default)s)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--backbone", default="regnet_x_800mf")
-    p.add_argument("--cases", nargs="+", default=["roofline", "inference", "training", "onnx", "graphs", "accuracy"],
+    p.add_argument("--cases", nargs="+", default=["roofline", "inference", "training", "trained", "onnx", "graphs",
+                                                  "accuracy"],
                    help="which groups to run: roofline (peak GEMM rate of each engine, the network's GFLOP per "
-                   "image, each path's share of the limit it implies), inference, training, onnx, graphs (ONNX "
-                   "Runtime against OpenVINO, interleaved), accuracy (study AUC of --accuracy-member per backend) "
-                   "(default: all)")
+                   "image, each path's share of the limit it implies), inference, training, trained (predict.py "
+                   "with no flag, and each backend forced, on the member train_all.py writes: issue 21's targets), "
+                   "onnx, graphs (ONNX Runtime against OpenVINO, interleaved), accuracy (study AUC of "
+                   "--accuracy-member per backend) (default: all)")
     p.add_argument("--gemm-n", type=int, default=GEMM_N, help="M = N = K of the roofline GEMM (default %(default)s)")
     p.add_argument("--roofline-seconds", type=float, default=2.0, help="time per engine in the roofline case "
                    "(default %(default)s)")
@@ -514,7 +517,7 @@ def main() -> int:
         print_roofline(roof, args, os.getloadavg()[0])
     pred = ["--data", str(data), "--models", member, "--quiet", "-output", str(Path(args.out) / "p.csv")]
     if "inference" in args.cases:
-        record("original loop (batch 1, fp32)", "inference", "baseline_inference",
+        record(BASELINE_INFERENCE, "inference", "baseline_inference",
                {"member": member, "paths": test, "size": args.size})
         record("predict.py (defaults), cold cache", "inference", "zoo_predict",
                {"argv": [*pred, "--cache-dir", ""], "n": len(test)})
@@ -567,6 +570,26 @@ def main() -> int:
                {"argv": base, "out": out, "backbone": args.backbone})
         record("train_all.py --mixed-precision no", "training", "zoo_train",
                {"argv": [*base, "--mixed-precision", "no"], "out": out, "backbone": args.backbone})
+    if "trained" in args.cases:  # issue 21's targets: predict.py with no flag on a member train_all.py wrote
+        out = Path(args.out) / "trained-member"  # train_all.py's defaults on the whole train split: its
+        trained_member = out / args.backbone  # validation and calibration studies decide the int8 check
+        if not (trained_member / "model.int8.onnx").is_file() or json.loads(
+                (trained_member / "config.json").read_text()).get("img_size") != args.size:
+            subprocess.run([sys.executable, "train_all.py", "--data", args.data, "--models", args.backbone, "--epochs",
+                            "1", "--img-size", str(args.size), "--cache-dir", str(Path(args.out) / "cache-trained"),
+                            "--out", str(out), "--quiet"], cwd=ROOT, check=True)
+        print(f"trained member's int8 check: {json.loads((trained_member / 'config.json').read_text())['export'].get('int8')}"
+              .replace("'", ""), flush=True)
+        if not any(r["case"] == BASELINE_INFERENCE for r in rows):
+            record(BASELINE_INFERENCE, "inference", "baseline_inference",
+                   {"member": member, "paths": test, "size": args.size})
+        trained = [*pred[:2], "--models", str(trained_member), *pred[4:], "--cache-dir", ""]
+        for backend in (None, "openvino-int8", "onnx-int8", "openvino", "onnx"):
+            argv = trained if backend is None else [*trained, "--backend", backend]
+            name = ("predict.py, no flag" if backend is None else f"predict.py --backend {backend}") + \
+                " (member from train_all.py), cold"
+            record(name, "inference", "zoo_predict", {"argv": argv, "n": len(test)})
+            rows[-1]["note"] = f"ran on {rows[-1]['engine']}"  # what auto chose, from the ensemble predict built
     df = pd.DataFrame(rows)
     if df.empty:
         return 0

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from zoo.backends import choose, installed_runtimes
 from zoo.data import load_dataset
@@ -153,3 +153,23 @@ def test_pushed_scores_are_pseudonymised_and_still_certify(exported_run, tmp_pat
         (down / r).write_bytes(content if isinstance(content, bytes) else content.read_bytes())
     ens, fit = _fit(down / "resnet10t")
     assert "calibration" in ens.stored_scores(ens.members[0]).frames and fit.certified
+
+
+@pytest.mark.parametrize("backend", ["openvino-int8", "onnx-int8"])
+def test_a_one_member_graph_prediction_starts_without_scikit_learn_or_onnx(exported_run, backend, tmp_path):
+    """predict.py, calibrated, on one member's graph: neither scikit-learn (the calibrator's fit and the auto
+    combiner's, ~1 s of start-up) nor the onnx package (the graph's freshness check, ~1 s) is imported; the
+    calibration it applies is still the member's."""
+    if backend.split("-")[0] not in installed_runtimes():
+        pytest.skip(f"{backend}: runtime not installed")
+    script = tmp_path / "imports.py"
+    script.write_text("import sys\nimport predict\nrc = predict.main(predict.get_args_parser().parse_args("
+                      "sys.argv[1:]))\nprint('LOADED', sorted({m.split('.')[0] for m in sys.modules} & "
+                      "{'sklearn', 'onnx', 'torch'}))\nsys.exit(rc)\n")
+    out = tmp_path / "p.csv"
+    p = run_script(script, "--data", exported_run["data"], "--models", exported_run["out"], "--backend", backend,
+                   "--quiet", "-output", out, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "LOADED []" in p.stdout, p.stdout
+    probs = pd.read_csv(out)["label"]
+    assert probs.between(0, 1).all() and probs.nunique() > 10

@@ -187,6 +187,43 @@ def test_an_error_on_one_process_is_printed_and_every_process_stops(run, tmp_pat
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.parts").exists()
 
 
+def test_a_chunk_failing_on_one_process_stops_every_process_and_resume_finishes(run, tmp_path):
+    """Under torchrun, rank 1's second chunk raises (a disk error while scoring): every process stops after that
+    round with the chunk and the rank named by the main process (before: rank 1 died with a traceback and rank 0
+    was left in the gather until the launcher killed it, saying nothing of which chunk), the chunks finished so far
+    stay in the parts folder, and --resume scores only the rest into the 1-process CSV."""
+    args = ["--data", str(run["data"]), "--models", str(run["out"]), "--device", "cpu", "--quiet",
+            "--chunk-size", "16"]  # 88 test images: 6 chunks; rank 1 scores 1, 3, 5
+    one = run_script("predict.py", *args, "--output", tmp_path / "one.csv", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    script = tmp_path / "chunkfail.py"
+    script.write_text("import os, sys\nimport zoo.cli.predict as P\nfrom zoo.ensemble import Ensemble\n"
+                      "if os.environ.get('RANK') == '1' and os.environ.get('FAIL'):\n"
+                      "    calls, real = [], Ensemble.predict_images\n"
+                      "    def flaky(self, *a, **k):\n        calls.append(1)\n"
+                      "        if len(calls) == 2:\n            raise OSError('rank-1 disk gone')\n"
+                      "        return real(self, *a, **k)\n"
+                      "    Ensemble.predict_images = flaky\n"
+                      "sys.exit(P.main(P.get_args_parser().parse_args(sys.argv[1:])))\n")
+    out = tmp_path / "two.csv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(script), *args, "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "FAIL": "1"})
+    assert p.returncode != 0 and not out.exists()
+    assert "error: [rank 1] chunk 3 (images 48-63): OSError: rank-1 disk gone" in p.stderr, p.stderr[-3000:]
+    assert "--resume" in p.stderr
+    kept = sorted(f.name for f in (tmp_path / "two.csv.parts").glob("chunk-*.npz"))
+    assert kept == [f"chunk-{i:06d}.npz" for i in (0, 1, 2)]  # round 0 both, round 1 rank 0's; nothing after
+    cmd[cmd.index("--master-port") + 1] = str(free_port())
+    p = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "--resume: 3 of 6 chunk(s) were finished" in p.stderr
+    a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(out)
+    assert a["id"].tolist() == b["id"].tolist()
+    assert np.abs(a["label"].to_numpy() - b["label"].to_numpy()).max() <= 1e-6
+
+
 def test_agree_names_the_ranks_that_failed():
     from zoo.sharding import Processes
 

@@ -188,15 +188,30 @@ def _short(exc: BaseException) -> str:
     return text.splitlines()[0][:120]
 
 
-def openvino_compiled(path: str | Path):
-    """An ONNX graph compiled by OpenVINO for this CPU as the openvino backends run it: its default inference precision
-    (bf16 where the CPU computes it natively, else f32), a latency hint, one thread per core."""
+def _openvino():
     try:
-        import openvino as ov
+        import openvino
     except ImportError as exc:
         raise ImportError("the openvino backends need OpenVINO: pip install 'bone-zoo[openvino]'") from exc
-    return ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                      "INFERENCE_NUM_THREADS": os.cpu_count() or 1})
+    return openvino
+
+
+def openvino_compiled(path: str | Path, model=None):
+    """An ONNX graph (or ``model``, the graph as read by OpenVINO) compiled by OpenVINO for this CPU as the openvino
+    backends run it: its default inference precision (bf16 where the CPU computes it natively, else f32), a latency
+    hint, one thread per core."""
+    return _openvino().Core().compile_model(str(path) if model is None else model, "CPU",
+                                   {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": os.cpu_count() or 1})
+
+
+def openvino_source(model) -> str | None:
+    """The recorded source weights of a graph as read by OpenVINO (its ONNX ``metadata_props`` are the model's
+    ``framework`` runtime info), None if it records none: the freshness check without importing the onnx package
+    (~1 s of a prediction's start-up) or parsing the file twice."""
+    from zoo.onnx import SOURCE_KEY
+
+    key = ["framework", SOURCE_KEY]
+    return model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
 
 
 class OpenVinoMember:
@@ -205,11 +220,12 @@ class OpenVinoMember:
     check as :class:`zoo.onnx.OnnxMember`."""
 
     def __init__(self, folder: str | Path, graph: str = "onnx"):
-        from zoo.onnx import check_source, file_source, graph_path
+        from zoo.onnx import check_source, graph_path
 
         path = graph_path(folder, graph)
-        check_source(path, file_source(path), folder, graph)
-        self.compiled = openvino_compiled(path)
+        model = _openvino().Core().read_model(str(path))
+        check_source(path, openvino_source(model), folder, graph)
+        self.compiled = openvino_compiled(path, model)
         self.request = self.compiled.create_infer_request()
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -263,11 +263,11 @@ class Auto(Combiner):
         """Every other registered combiner is fitted on 4/5 of the validation studies and scored on the other 1/5,
         five times; the mean held-out AUC decides (to 3 decimals; ties go to the earlier-registered, simpler one).
         The winner is refitted on all of them. Test studies are never seen."""
-        from sklearn.model_selection import StratifiedKFold
-
         x, y = np.asarray(scores, float), np.asarray(labels, int)
         if len(self.members) < 2 or np.bincount(y, minlength=2).min() < self.folds:
-            return self
+            return self  # nothing to choose (and scikit-learn, ~1 s of a one-member prediction's start, not imported)
+        from sklearn.model_selection import StratifiedKFold
+
         splits = list(StratifiedKFold(self.folds, shuffle=True, random_state=0).split(x, y))
         for name, cls in COMBINERS.items():
             if cls is Auto:

@@ -31,15 +31,23 @@ def aggregate_studies(images: pd.DataFrame, columns: list[str] | str, how: str =
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Youden's J optimum on a ROC curve (rows with a NaN label or score ignored); 0.5 when only one class is
-    present."""
-    from sklearn.metrics import roc_curve  # imported where used: predicting without --evaluate never needs it
-
+    present. The curve is scikit-learn's ``roc_curve`` (its thresholds: the distinct scores, highest first, after
+    ``+inf``; collinear points dropped), computed here because importing scikit-learn costs ~1 s of every
+    prediction's start-up; the two agree exactly (tests/test_stats.py)."""
     y, p = np.asarray(y, float), np.asarray(p, float)
     keep = ~np.isnan(y) & ~np.isnan(p)
     y, p = y[keep], p[keep]
     if len(np.unique(y)) < 2:
         return 0.5
-    fpr, tpr, thr = roc_curve(y, p)
+    order = np.argsort(p, kind="mergesort")[::-1]
+    p, y = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # the last row of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = 1 + last - tps
+    kept = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+    tpr = np.r_[0, tps[kept]] / tps[-1]
+    fpr = np.r_[0, fps[kept]] / fps[-1]
+    thr = np.r_[np.inf, p[last][kept]]
     i = int(np.argmax(tpr - fpr))
     return float(min(max(thr[i], 0.0), 1.0))
 

@@ -308,20 +308,34 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
     if problem:
         raise PartsError(problem)
     n_chunks = len(bounds)
-    mine = range(procs.rank, n_chunks, procs.world)
     done, reused = [], 0
-    bar = tqdm(mine, desc="chunks", unit="chunk", leave=False, disable=True if quiet or not procs.is_main else None)
-    for i in bar:
-        rows = images.iloc[bounds[i]]
-        path = _part(parts, i)
-        got = read_part(path, key, (len(rows), len(names))) if resume else None
-        if got is None:
-            img, errors = ens.predict_images(rows, tta=tta, quiet=quiet or not procs.is_main, **kwargs)
-            got = img[names].to_numpy(dtype=np.float64), errors
-            write_part(path, *got, key)
-        else:
-            reused += 1
-        done.append((i, *got))
+    rounds = range(-(-n_chunks // procs.world))  # round r: chunk r * N + rank on each process
+    bar = tqdm(rounds, desc="chunks", unit="chunk" if procs.world == 1 else "round", leave=False,
+               disable=True if quiet or not procs.is_main else None)
+    for r in bar:
+        i, failed = r * procs.world + procs.rank, None
+        if i < n_chunks:
+            rows = images.iloc[bounds[i]]
+            path = _part(parts, i)
+            try:
+                got = read_part(path, key, (len(rows), len(names))) if resume else None
+                if got is None:
+                    img, errors = ens.predict_images(rows, tta=tta, quiet=quiet or not procs.is_main, **kwargs)
+                    got = img[names].to_numpy(dtype=np.float64), errors
+                    write_part(path, *got, key)
+                else:
+                    reused += 1
+                done.append((i, *got))
+            except Exception as exc:  # noqa: BLE001 -- sharded: said and agreed on below, no process left waiting
+                if procs.world == 1:
+                    raise
+                failed = (f"chunk {i} (images {bounds[i].start}-{bounds[i].stop - 1}): "
+                          f"{type(exc).__name__}: {exc}")
+        # every round, every process: one that failed stops all of them after the round, not the others waiting
+        # for its chunks in the gather below (or a launcher's timeout); what finished stays for --resume
+        if procs.world > 1 and (problem := procs.agree(failed)) is not None:
+            raise PartsError(f"{problem}; the finished chunks are kept in {parts}: fix the cause and rerun with "
+                             f"--resume to score only the rest")
     gathered = procs.gather(done)
     reused = sum(procs.gather([reused]))
     if not procs.is_main:
