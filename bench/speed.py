@@ -578,8 +578,8 @@ def main() -> int:
             subprocess.run([sys.executable, "train_all.py", "--data", args.data, "--models", args.backbone, "--epochs",
                             "1", "--img-size", str(args.size), "--cache-dir", str(Path(args.out) / "cache-trained"),
                             "--out", str(out), "--quiet"], cwd=ROOT, check=True)
-        print(f"trained member's int8 check: {json.loads((trained_member / 'config.json').read_text())['export'].get('int8')}"
-              .replace("'", ""), flush=True)
+        check = json.loads((trained_member / "config.json").read_text())["export"].get("int8")
+        print(f"trained member's int8 check: {check}", flush=True)
         if not any(r["case"] == BASELINE_INFERENCE for r in rows):
             record(BASELINE_INFERENCE, "inference", "baseline_inference",
                    {"member": member, "paths": test, "size": args.size})
