@@ -140,4 +140,7 @@ def test_best_threshold_is_youdens_j_on_scikit_learns_roc_curve():
         fpr, tpr, thr = roc_curve(y, p)
         want = float(min(max(thr[int(np.argmax(tpr - fpr))], 0.0), 1.0))
         assert best_threshold(np.r_[y, np.nan, 1], np.r_[p, 0.7, np.nan]) == want, (y, p)
+    for y, p in [([0, 1, 0, 1], [0.3] * 4), ([0, 1], [0.2, 0.2]), ([0, 1, 1], [0.2, 0.2, 0.9]), ([1, 0], [0.1, 0.9])]:
+        fpr, tpr, thr = roc_curve(y, p)  # all scores tied, or two distinct ones: nothing to drop
+        assert best_threshold(y, p) == float(min(max(thr[int(np.argmax(tpr - fpr))], 0.0), 1.0))
     assert best_threshold(np.zeros(5), np.linspace(0, 1, 5)) == 0.5

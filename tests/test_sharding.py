@@ -204,6 +204,9 @@ def test_a_chunk_failing_on_one_process_stops_every_process_and_resume_finishes(
                       "        if len(calls) == 2:\n            raise OSError('rank-1 disk gone')\n"
                       "        return real(self, *a, **k)\n"
                       "    Ensemble.predict_images = flaky\n"
+                      "if os.environ.get('RANK') == '1' and os.environ.get('REORDER'):\n"
+                      "    real_chunked = P.predict_chunked\n"
+                      "    P.predict_chunked = lambda ens, images, *a, **k: real_chunked(ens, images[::-1], *a, **k)\n"
                       "sys.exit(P.main(P.get_args_parser().parse_args(sys.argv[1:])))\n")
     out = tmp_path / "two.csv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
@@ -212,7 +215,7 @@ def test_a_chunk_failing_on_one_process_stops_every_process_and_resume_finishes(
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "FAIL": "1"})
     assert p.returncode != 0 and not out.exists()
     assert "error: [rank 1] chunk 3 (images 48-63): OSError: rank-1 disk gone" in p.stderr, p.stderr[-3000:]
-    assert "--resume" in p.stderr
+    assert "--resume" in p.stderr and "flaky" in (tmp_path / "two.csv.parts" / "error-rank1.txt").read_text()
     kept = sorted(f.name for f in (tmp_path / "two.csv.parts").glob("chunk-*.npz"))
     assert kept == [f"chunk-{i:06d}.npz" for i in (0, 1, 2)]  # round 0 both, round 1 rank 0's; nothing after
     cmd[cmd.index("--master-port") + 1] = str(free_port())
@@ -222,6 +225,13 @@ def test_a_chunk_failing_on_one_process_stops_every_process_and_resume_finishes(
     a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(out)
     assert a["id"].tolist() == b["id"].tolist()
     assert np.abs(a["label"].to_numpy() - b["label"].to_numpy()).max() <= 1e-6
+    # rank 1 listing the images in another order: refused before any chunk (it would assemble wrong rows)
+    cmd[cmd.index("--master-port") + 1] = str(free_port())
+    out.unlink()
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "REORDER": "1"})
+    assert p.returncode != 0 and not out.exists()
+    assert "[rank 1] lists other test images than the main process" in p.stderr, p.stderr[-3000:]
+    assert not list((tmp_path / "two.csv.parts").glob("chunk-*.npz"))
 
 
 def test_agree_names_the_ranks_that_failed():

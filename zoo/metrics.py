@@ -33,7 +33,7 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Youden's J optimum on a ROC curve (rows with a NaN label or score ignored); 0.5 when only one class is
     present. The curve is scikit-learn's ``roc_curve`` (its thresholds: the distinct scores, highest first, after
     ``+inf``; collinear points dropped), computed here because importing scikit-learn costs ~1 s of every
-    prediction's start-up; the two agree exactly (tests/test_stats.py)."""
+    prediction's start-up; the two agree exactly (tests/test_calibration.py)."""
     y, p = np.asarray(y, float), np.asarray(p, float)
     keep = ~np.isnan(y) & ~np.isnan(p)
     y, p = y[keep], p[keep]
@@ -44,7 +44,8 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # the last row of each distinct score
     tps = np.cumsum(y)[last]
     fps = 1 + last - tps
-    kept = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+    kept = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]) if len(last) > 2 \
+        else np.arange(len(last))  # (scikit-learn drops collinear points only where there are more than two)
     tpr = np.r_[0, tps[kept]] / tps[-1]
     fpr = np.r_[0, fps[kept]] / fps[-1]
     thr = np.r_[np.inf, p[last][kept]]

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,13 @@ def _member_changes(old: dict, fp: dict, why: dict[str, str]) -> str:
     return ": " + "; ".join(said) if said else ""
 
 
+def _listing(images: pd.DataFrame) -> str:
+    """Digest of a test table's study ids and file names, in order (not the folders: another node may mount the
+    data elsewhere)."""
+    names = images["id"].astype(str) + "/" + images["path"].map(os.path.basename)
+    return hashlib.sha256("\0".join(names).encode()).hexdigest()
+
+
 def _part(parts: Path, i: int) -> Path:
     return parts / f"chunk-{i:06d}.npz"
 
@@ -304,9 +312,16 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
             if procs.world == 1:
                 raise
             problem = f"cannot prepare {parts}: {type(exc).__name__}: {exc}"
-    key, problem = procs.broadcast((key, problem))
+    listing = _listing(images)
+    key, problem, main_listing = procs.broadcast((key, problem, listing))
     if problem:
         raise PartsError(problem)
+    if procs.world > 1:  # the main process assembles every chunk onto its own table: the tables must be the same
+        mismatch = None if listing == main_listing else (
+            f"lists other test images than the main process ({len(images)} images, in another order or set)")
+        if (problem := procs.agree(mismatch)) is not None:
+            raise PartsError(f"{problem}: every process must see the same test images (the same --data, "
+                             f"unchanged, on every node)")
     n_chunks = len(bounds)
     done, reused = [], 0
     rounds = range(-(-n_chunks // procs.world))  # round r: chunk r * N + rank on each process
@@ -329,8 +344,14 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
             except Exception as exc:  # noqa: BLE001 -- sharded: said and agreed on below, no process left waiting
                 if procs.world == 1:
                     raise
-                failed = (f"chunk {i} (images {bounds[i].start}-{bounds[i].stop - 1}): "
-                          f"{type(exc).__name__}: {exc}")
+                trace = parts / f"error-rank{procs.rank}.txt"  # on this process's node
+                try:
+                    trace.parent.mkdir(parents=True, exist_ok=True)  # another node's folder (no shared file system)
+                    write_text(trace, traceback.format_exc())
+                except OSError:
+                    trace = None
+                failed = (f"chunk {i} (images {bounds[i].start}-{bounds[i].stop - 1}): {type(exc).__name__}: "
+                          f"{exc}" + (f" (traceback in {trace})" if trace else ""))
         # every round, every process: one that failed stops all of them after the round, not the others waiting
         # for its chunks in the gather below (or a launcher's timeout); what finished stays for --resume
         if procs.world > 1 and (problem := procs.agree(failed)) is not None:
