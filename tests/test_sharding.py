@@ -234,6 +234,26 @@ def test_a_chunk_failing_on_one_process_stops_every_process_and_resume_finishes(
     assert not list((tmp_path / "two.csv.parts").glob("chunk-*.npz"))
 
 
+def test_each_node_removes_its_own_chunks_once_the_csv_is_written(run, tmp_path):
+    """Nodes without a shared file system (simulated: rank 1 writes its parts under another folder) each leave no
+    parts folder behind after the main process wrote the CSV (before: the other nodes' chunk files stayed)."""
+    script = tmp_path / "node2.py"
+    script.write_text("import os, sys\nimport zoo.cli.predict as P\nargv = sys.argv[1:]\n"
+                      "if os.environ.get('RANK') == '1':\n"
+                      "    argv[argv.index('--output') + 1] = os.environ['NODE2_OUTPUT']\n"
+                      "sys.exit(P.main(P.get_args_parser().parse_args(argv)))\n")
+    node2 = tmp_path / "node2" / "p.csv"
+    node2.parent.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(script), "--data", str(run["data"]), "--models", str(run["out"]), "--output", str(tmp_path / "p.csv"),
+           "--device", "cpu", "--quiet", "--chunk-size", "16"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "NODE2_OUTPUT": str(node2)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "p.csv").is_file() and not node2.exists()
+    assert not (tmp_path / "p.csv.parts").exists() and not (tmp_path / "node2" / "p.csv.parts").exists()
+
+
 def test_agree_names_the_ranks_that_failed():
     from zoo.sharding import Processes
 

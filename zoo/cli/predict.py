@@ -378,17 +378,24 @@ def _main(args: argparse.Namespace, procs: Processes, err=None) -> int:
         if procs.is_main:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    written = False
     try:
-        pred = run(args, p, procs)
-    except UsageError as exc:
-        if procs.is_main:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if pred is None:  # another process's share, gathered by the main process
+        try:
+            pred = run(args, p, procs)
+        except UsageError as exc:
+            if procs.is_main:
+                print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if pred is not None:  # the main process (the others' shares were gathered onto it)
+            sub = submission(args, pred)
+            out = write_csv(sub, args.output, float_format="%.6f")
+            shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # the CSV holds it all now
+            written = True
+    finally:  # every process, also on the way out with an error: the main one says whether the CSV is written
+        if procs.world > 1 and procs.broadcast(written) and not procs.is_main:
+            shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # this node's chunks (no shared file system)
+    if pred is None:
         return 0
-    sub = submission(args, pred)
-    out = write_csv(sub, args.output, float_format="%.6f")
-    shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # the CSV holds it all now
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
     report(args, p, pred, sub, out)
     return 0
