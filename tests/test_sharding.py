@@ -323,3 +323,18 @@ def test_an_epoch_over_a_cache_entry_does_not_keep_its_pages_resident(synthetic_
         big = load_images(paths, 128, tmp_path / "cache", quiet=True, max_gb=1e-6)
     assert _mapped_rss(big.array.filename) == 0  # written, not through the map (whose dirty pages stayed resident)
     assert np.array_equal(big.read(np.arange(len(paths))), every)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zip header, garbage", "empty"])
+def test_a_damaged_chunk_is_scored_again_not_an_error(tmp_path, damage):
+    """A chunk file damaged on disk (a node crash on NFS, a bad disk) reads as absent, so --resume scores it again
+    (before: a truncated zip raised BadZipFile, and every --resume failed on it again)."""
+    from zoo.sharding import read_part, write_part
+
+    path = tmp_path / "chunk-000000.npz"
+    write_part(path, np.ones((4, 2)), {}, "k")
+    assert read_part(path, "k", (4, 2))[0].shape == (4, 2)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "zip header, garbage": b"PK\x03\x04" + b"\0" * 40,
+                      "empty": b""}[damage])
+    assert read_part(path, "k", (4, 2)) is None

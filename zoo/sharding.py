@@ -261,9 +261,10 @@ def _member_changes(old: dict, fp: dict, why: dict[str, str]) -> str:
 
 
 def _listing(images: pd.DataFrame) -> str:
-    """Digest of a test table's study ids and file names, in order (not the folders: another node may mount the
-    data elsewhere)."""
-    names = images["id"].astype(str) + "/" + images["path"].map(os.path.basename)
+    """Digest of a test table's study ids, file names and sizes, in order (not the folders: another node may mount
+    the data elsewhere; the sizes tell a stale copy of an image on one node)."""
+    names = images["id"].astype(str) + "/" + images["path"].map(
+        lambda p: f"{os.path.basename(p)}:{os.stat(p).st_size if os.path.exists(p) else -1}")
     return hashlib.sha256("\0".join(names).encode()).hexdigest()
 
 
@@ -285,7 +286,7 @@ def read_part(path: Path, key: str, shape: tuple[int, int]) -> tuple[np.ndarray,
             if str(z["digest"]) != key or z["probs"].shape != shape:
                 return None
             return z["probs"].astype(np.float64), json.loads(str(z["errors"]))
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 -- damaged in any way (truncated zip, bad header, ...): scored again
         return None
 
 
@@ -322,6 +323,8 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
         if (problem := procs.agree(mismatch)) is not None:
             raise PartsError(f"{problem}: every process must see the same test images (the same --data, "
                              f"unchanged, on every node)")
+    if procs.world > 1:  # a traceback left by an earlier failed run of this process is not this run's
+        (parts / f"error-rank{procs.rank}.txt").unlink(missing_ok=True)
     n_chunks = len(bounds)
     done, reused = [], 0
     rounds = range(-(-n_chunks // procs.world))  # round r: chunk r * N + rank on each process

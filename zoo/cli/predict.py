@@ -378,22 +378,25 @@ def _main(args: argparse.Namespace, procs: Processes, err=None) -> int:
         if procs.is_main:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    written = False
+    def written(wrote: bool) -> None:  # every process: the main one says whether the CSV is written
+        if procs.world > 1 and procs.broadcast(wrote) and not procs.is_main:
+            shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # this node's chunks (no shared file system)
+
     try:
-        try:
-            pred = run(args, p, procs)
-        except UsageError as exc:
-            if procs.is_main:
-                print(f"error: {exc}", file=sys.stderr)
-            return 2
+        pred = run(args, p, procs)
         if pred is not None:  # the main process (the others' shares were gathered onto it)
             sub = submission(args, pred)
             out = write_csv(sub, args.output, float_format="%.6f")
             shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # the CSV holds it all now
-            written = True
-    finally:  # every process, also on the way out with an error: the main one says whether the CSV is written
-        if procs.world > 1 and procs.broadcast(written) and not procs.is_main:
-            shutil.rmtree(parts_dir(args.output), ignore_errors=True)  # this node's chunks (no shared file system)
+    except UsageError as exc:  # raised on every process together (zoo.sharding's collective checks)
+        if procs.is_main:
+            print(f"error: {exc}", file=sys.stderr)
+        written(False)
+        return 2
+    except Exception:  # on the main process after the gathers (the others wait in the broadcast): not written
+        written(False)
+        raise  # (an interrupt is not caught: the process stops, and its launcher stops the others)
+    written(pred is not None)
     if pred is None:
         return 0
     print(f"wrote {out} ({len(sub)} studies)", file=sys.stderr)
