@@ -313,7 +313,7 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
             if procs.world == 1:
                 raise
             problem = f"cannot prepare {parts}: {type(exc).__name__}: {exc}"
-    listing = _listing(images)
+    listing = _listing(images) if procs.world > 1 else None  # (one stat per image: only where it is compared)
     key, problem, main_listing = procs.broadcast((key, problem, listing))
     if problem:
         raise PartsError(problem)
