@@ -131,12 +131,12 @@ def main() -> int:
                 runs.append(child("zoo_predict", {"argv": argv, "n": counts["test"]}, out, script=Path(__file__)))
                 runs[-1]["cache_gb"] = du(cache)
             r = sorted(runs, key=lambda x: x["score_s"])[len(runs) // 2]
+            peak = max(x["peak_rss_gb"] for x in runs)
             rows.append({"case": "predict", "scale": k, "images": counts["test"], "wall_s": r["wall_s"],
                          "score_s": r["score_s"], "s_per_1000": 1000 * r["score_s"] / counts["test"],
                          "score_s_runs": " ".join(f"{x['score_s']:.3g}" for x in runs),
                          "wall_s_per_1000": 1000 * r["wall_s"] / counts["test"],
-                         "peak_rss_gb": max(x["peak_rss_gb"] for x in runs),
-                         "rss_above_idle_gb": max(x["peak_rss_gb"] for x in runs) - baseline,
+                         "peak_rss_gb": peak, "rss_above_idle_gb": peak - baseline,
                          "cache_gb": r["cache_gb"]})
             print(rows[-1], flush=True)
         if "train" in args.cases:

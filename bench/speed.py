@@ -515,7 +515,10 @@ def main() -> int:
         roof = child("roofline", {"n": args.gemm_n, "seconds": args.roofline_seconds, "backbone": args.backbone,
                                   "size": args.size}, out_dir)
         print_roofline(roof, args, os.getloadavg()[0])
-    pred = ["--data", str(data), "--models", member, "--quiet", "-output", str(Path(args.out) / "p.csv")]
+    def predict_argv(models: str) -> list[str]:
+        return ["--data", str(data), "--models", models, "--quiet", "-output", str(Path(args.out) / "p.csv")]
+
+    pred = predict_argv(member)
     if "inference" in args.cases:
         record(BASELINE_INFERENCE, "inference", "baseline_inference",
                {"member": member, "paths": test, "size": args.size})
@@ -583,7 +586,7 @@ def main() -> int:
         if not any(r["case"] == BASELINE_INFERENCE for r in rows):
             record(BASELINE_INFERENCE, "inference", "baseline_inference",
                    {"member": member, "paths": test, "size": args.size})
-        trained = [*pred[:2], "--models", str(trained_member), *pred[4:], "--cache-dir", ""]
+        trained = [*predict_argv(str(trained_member)), "--cache-dir", ""]
         for backend in (None, "openvino-int8", "onnx-int8", "openvino", "onnx"):
             argv = trained if backend is None else [*trained, "--backend", backend]
             name = ("predict.py, no flag" if backend is None else f"predict.py --backend {backend}") + \

@@ -323,8 +323,7 @@ def predict_chunked(ens, images: pd.DataFrame, parts: Path, procs: Processes, *,
         if (problem := procs.agree(mismatch)) is not None:
             raise PartsError(f"{problem}: every process must see the same test images (the same --data, "
                              f"unchanged, on every node)")
-    if procs.world > 1:  # a traceback left by an earlier failed run of this process is not this run's
-        (parts / f"error-rank{procs.rank}.txt").unlink(missing_ok=True)
+        (parts / f"error-rank{procs.rank}.txt").unlink(missing_ok=True)  # an earlier failed run's, not this one's
     n_chunks = len(bounds)
     done, reused = [], 0
     rounds = range(-(-n_chunks // procs.world))  # round r: chunk r * N + rank on each process
