@@ -5,6 +5,7 @@ Tolerances: the fp32 graph gives the fp32 torch path's image probabilities withi
 study's raw score by at most 0.15 on these tiny, barely trained members (its recorded check on validation said at
 most ~0.1) and keeps the test studies' ranking (Spearman >= 0.95)."""
 
+import importlib.util
 import json
 import shutil
 
@@ -63,6 +64,11 @@ def test_training_exports_both_graphs_with_the_int8_check_in_config_card_and_pus
         assert c["val_auc_torch"] == pytest.approx(cfg["metrics"]["val_auc"], abs=1e-6)  # the member's own AUC
         assert c["passed"] == (abs(c["val_auc"] - c["val_auc_torch"]) <= 0.005)
         assert 0 <= c["max_prob_change"] < 1
+        if importlib.util.find_spec("openvino") is not None:  # OpenVINO runs the int8 graph its own way: checked too
+            o = c["runtimes"]["openvino"]
+            assert o["n_studies"] == c["n_studies"] and o["val_auc_torch"] == c["val_auc_torch"]
+            assert o["passed"] == (abs(o["val_auc"] - o["val_auc_torch"]) <= 0.005)
+            assert o["val_auc"] != c["val_auc"] or o["max_prob_change"] != c["max_prob_change"]  # its own scores
         card = (m / "README.md").read_text()
         assert "static int8 `model.int8.onnx`" in card and f"{c['val_auc']:.4f}" in card
     files = plan_push(run["out"], "org/run").files
@@ -90,6 +96,28 @@ def test_auto_uses_fp32_when_int8_failed_its_check(run, tmp_path, onnxruntime_on
     assert choice.backend == "onnx" and "int8 failed its accuracy check" in choice.why
     _, ref = _raw(m, "torch", run["data"])
     assert np.abs(fp32 - ref).max() <= FP32_ATOL
+
+
+@pytest.mark.parametrize("openvino_check, expected, why", [
+    ({"passed": True}, "openvino-int8", "fastest fresh graph"),
+    ({"passed": False, "auc_change": -0.02}, "openvino", "int8 failed its accuracy check on OpenVINO"),
+    (None, "openvino", "int8 not checked on OpenVINO"),  # an export from before the per-runtime checks
+])
+def test_auto_on_openvino_follows_the_int8_check_made_on_openvino(run, tmp_path, monkeypatch, openvino_check,
+                                                                   expected, why):
+    """ONNX Runtime's pass is no evidence for OpenVINO, which runs the same int8 graph with its own kernels (on the
+    FracAtlas member of bench/speed.py: AUC change -0.017 on one, -0.009 on the other)."""
+    pytest.importorskip("openvino")
+    monkeypatch.delenv("BONE_ZOO_GRAPH_RUNTIME", raising=False)
+    m = _copy(run, "resnet10t", tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["export"]["int8"]["passed"] = True  # ONNX Runtime's check passed
+    cfg["export"]["int8"]["runtimes"] = {} if openvino_check is None else {"openvino": openvino_check}
+    (m / "config.json").write_text(json.dumps(cfg))
+    choice = choose(m, "auto")
+    assert choice.backend == expected and why in choice.why
+    monkeypatch.setenv("BONE_ZOO_GRAPH_RUNTIME", "onnxruntime")  # on ONNX Runtime its own check decides
+    assert choose(m, "auto").backend == "onnx-int8"
 
 
 def test_auto_falls_back_to_torch_for_a_stale_member_and_says_so(run, tmp_path):

@@ -3,8 +3,9 @@
 ``--backend auto`` (predict.py's default) picks, per member, the fastest graph it has that is fresh (exported from
 its current weights) and passed its checks, else PyTorch, and says why (:class:`Choice`):
 
-1. the int8 graph, if its accuracy check at export passed (``config.json`` ``export.int8.passed``: validation AUC
-   within 0.005 of the fp32 torch path, :mod:`zoo.onnx`);
+1. the int8 graph, if its accuracy check at export passed on the runtime that will run it (:func:`int8_check`:
+   ``config.json`` ``export.int8.passed`` for ONNX Runtime, ``export.int8.runtimes.openvino.passed`` for OpenVINO;
+   validation AUC within 0.005 of the torch path's, :mod:`zoo.onnx`);
 2. the fp32 graph;
 3. PyTorch: no graph, a stale one (other weights than the member's now), or CAMs asked for (they need the network).
 
@@ -44,6 +45,7 @@ BACKENDS = ("auto", "torch", *GRAPHS)
 CERTIFIED_DRIFT = 0.005
 
 
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 GRAPH_BATCH = 4  # images per graph run in predict.py (without --batch-size) and at export: what
 # zoo.inference.auto_batch_size picks on CPU
 
@@ -61,10 +63,20 @@ def installed_runtimes() -> list[str]:
     return ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") is not None else [])
 
 
+def int8_check(record: dict, runtime: str) -> dict:
+    """The accuracy check of the int8 graph on ``runtime`` from an export record (:func:`zoo.onnx.export_record`):
+    ONNX Runtime's is the record's ``int8`` entry itself, another runtime's its ``runtimes`` entry (each runtime runs
+    the graph with its own kernels, so one's pass says nothing of another's); {} where none was made (no int8 graph,
+    or an export from before the checks were made per runtime)."""
+    check = record.get("int8") or {}
+    return check if runtime == "onnx" else (check.get("runtimes") or {}).get(runtime) or {}
+
+
 def auto_backends(record: dict, runtime: str) -> list[str]:
     """The graph backends ``auto`` tries, in order, for a member whose export record (:func:`zoo.onnx.export_record`)
-    is ``record``, on ``runtime``: the int8 graph if its accuracy check passed, then the fp32 graph."""
-    graphs = (["onnx-int8"] if (record.get("int8") or {}).get("passed") else []) + ["onnx"]
+    is ``record``, on ``runtime``: the int8 graph if its accuracy check on that runtime passed, then the fp32
+    graph."""
+    graphs = (["onnx-int8"] if int8_check(record, runtime).get("passed") else []) + ["onnx"]
     return [g if runtime == "onnx" else f"openvino{g[4:]}" for g in graphs]
 
 
@@ -142,13 +154,18 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
     from zoo.onnx import export_record
 
     record = export_record(folder)
-    check = record.get("int8") or {}
+    runtime = graph_runtime()
+    check = int8_check(record, runtime)
     skipped = []
-    if not check:
+    if not record.get("int8"):
         skipped.append("no int8 graph checked for these weights")
+    elif not check:
+        skipped.append(f"int8 not checked on {RUNTIME_NAMES[runtime]} (exported before the check ran on each runtime: "
+                       f"`bone-zoo export {folder} --onnx --int8 --calibration-data DIR`)")
     elif not check.get("passed"):
-        skipped.append(f"int8 failed its accuracy check (validation AUC change {check.get('auc_change')})")
-    for backend in auto_backends(record, graph_runtime()):
+        skipped.append(f"int8 failed its accuracy check on {RUNTIME_NAMES[runtime]} (validation AUC change "
+                       f"{check.get('auc_change')})")
+    for backend in auto_backends(record, runtime):
         try:
             runner = open_backend(folder, backend)
         except (FileNotFoundError, MemberError, ImportError) as exc:

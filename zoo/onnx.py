@@ -245,7 +245,7 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
     earlier = export_record(folder)
     if len(images):
         reference = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
-        record["fp32"] = graph_check(folder / ONNX_FILES["onnx"], images, frame, reference)
+        record["fp32"] = graph_check(OnnxMember(folder, "onnx"), images, frame, reference)
     elif "fp32" in earlier:  # the same weights, checked before: the graph computes the same
         record["fp32"] = earlier["fp32"]
     if int8 and len(images):
@@ -254,25 +254,32 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
         quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
         record["graphs"].append(ONNX_FILES["onnx-int8"])
         precision = (read_member_config(folder).get("training") or {}).get("mixed_precision", "unknown")
+        from zoo.backends import installed_runtimes, open_backend
+
         record["int8"] = {"calibration_images": n_cal, "reference": f"val_predictions.csv (the torch path as "
                           f"validated in training, mixed precision {precision})",
-                          **graph_check(folder / ONNX_FILES["onnx-int8"], images, frame, reference)}
+                          **graph_check(OnnxMember(folder, "onnx-int8"), images, frame, reference),
+                          # each runtime computes the int8 graph its own way (OpenVINO: its own kernels, its default
+                          # bf16 between them), so each is checked: auto runs it only where its check passed
+                          # (zoo.backends.int8_check); the fields above are ONNX Runtime's
+                          "runtimes": {rt: graph_check(open_backend(folder, f"{rt}-int8"), images, frame, reference)
+                                       for rt in installed_runtimes() if rt != "onnx"}}
     elif "int8" in earlier:  # an int8 graph of these same weights, checked before: kept
         record |= {"graphs": earlier["graphs"], "int8": earlier["int8"]}
     write_export_record(folder, record)
     return record
 
 
-def graph_check(path: Path, images: np.ndarray, frame, reference) -> dict:
-    """A graph on the validation images against the member's own validation predictions (``reference``: ``id,
+def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
+    """A graph on the validation images, through ``runner`` (the one ``predict.py`` uses: :class:`OnnxMember`,
+    :class:`zoo.backends.OpenVinoMember`), against the member's own validation predictions (``reference``: ``id,
     label, prob`` per study, the torch path the member's AUC, threshold, calibration and a triage certificate come
     from): the study AUC of each on the studies both have (a study's score: the mean of its image probabilities),
     the change, the largest change of a study's probability, and whether the AUC moved by at most
     :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
     from zoo.metrics import aggregate_studies, binary_metrics
 
-    sess = session(path)
-    got = np.concatenate([run(sess, images[i:i + 8, None]) for i in range(0, len(images), 8)])
+    got = runner.predict(images[i:i + 8, None] for i in range(0, len(images), 8))
     st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
     st = st.merge(reference[["id", "prob"]], on="id")
     y = st["label"].to_numpy(dtype=float)
@@ -304,13 +311,18 @@ def export_record(folder: str | Path) -> dict:
 
 
 def describe_export(record: dict) -> str:
-    """One line on what an export wrote and whether its int8 graph is used by default."""
+    """One line on what an export wrote and whether its int8 graph is used by default, on each runtime."""
+    from zoo.backends import RUNTIME_NAMES
+
     c = record.get("int8")
     if not c:
         return "model.onnx (no int8 graph)"
     verdict = ("used by --backend auto" if c["passed"] else
                f"NOT used by default: it moves the validation AUC by more than {c['tolerance']}"
                if np.isfinite(c["auc_change"]) else "NOT used by default: the validation AUC is undefined (one class)")
+    others = "".join(f"; on {RUNTIME_NAMES.get(rt, rt)}: AUC {o['val_auc']:.4f}, largest change "
+                     f"{o['max_prob_change']:.4f}, {'used' if o['passed'] else 'NOT used'} by default there"
+                     for rt, o in (c.get("runtimes") or {}).items())
     return (f"model.onnx, model.int8.onnx (calibrated on {c['calibration_images']} validation images; int8 validation "
             f"AUC {c['val_auc']:.4f} vs torch {c['val_auc_torch']:.4f}, largest study probability change "
-            f"{c['max_prob_change']:.4f} over {c['n_studies']} studies: {verdict})")
+            f"{c['max_prob_change']:.4f} over {c['n_studies']} studies on ONNX Runtime: {verdict}{others})")

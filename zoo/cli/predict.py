@@ -78,7 +78,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=0, help="inference batch size; 0 = auto: 4 on CPU (fastest there), 32 on GPU "
       "(default %(default)s)")
     a("--backend", choices=BACKENDS, default="auto", help="auto: per member, its fastest fresh exported graph (int8 "
-      "if it passed its accuracy check at export, else fp32; on OpenVINO where installed, else ONNX Runtime), "
+      "if it passed its accuracy check at export on the runtime that runs it, else fp32; on OpenVINO where installed, "
+      "else ONNX Runtime), "
       "PyTorch where it has none, where it is stale or with --cam-dir; one line per member says which. Or force one: "
       "torch, onnx, onnx-int8 (ONNX Runtime), openvino, openvino-int8 (default %(default)s)")
     a("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU (AVX512-BF16/AMX) or GPU "
