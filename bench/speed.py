@@ -484,6 +484,8 @@ def main() -> int:
                    "(default %(default)s)")
     p.add_argument("--accuracy-member", default=None, metavar="DIR", help="a member trained on --data (exported "
                    "by training) for the accuracy group; default: train resnet10t at 128 px for 2 epochs into OUT")
+    p.add_argument("--trained-epochs", type=int, default=1, help="epochs of the trained case's member (train_all.py "
+                   "defaults otherwise; 1 epoch at 512 px is ~2 CPU-minutes here, 10 ~14) (default %(default)s)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "speed"))
     p.add_argument("--_case", help=argparse.SUPPRESS)
     p.add_argument("--_args", help=argparse.SUPPRESS)
@@ -574,13 +576,15 @@ def main() -> int:
         record("train_all.py --mixed-precision no", "training", "zoo_train",
                {"argv": [*base, "--mixed-precision", "no"], "out": out, "backbone": args.backbone})
     if "trained" in args.cases:  # issue 21's targets: predict.py with no flag on a member train_all.py wrote
-        out = Path(args.out) / "trained-member"  # train_all.py's defaults on the whole train split: its
-        trained_member = out / args.backbone  # validation and calibration studies decide the int8 check
-        if not (trained_member / "model.int8.onnx").is_file() or json.loads(
-                (trained_member / "config.json").read_text()).get("img_size") != args.size:
+        # train_all.py's defaults on the whole train split: its validation and calibration studies decide the check
+        out = Path(args.out) / ("trained-member" + ("" if args.trained_epochs == 1 else f"-e{args.trained_epochs}"))
+        trained_member = out / args.backbone
+        cfg = trained_member / "config.json"
+        kept = json.loads(cfg.read_text()) if (trained_member / "model.int8.onnx").is_file() else {}
+        if kept.get("img_size") != args.size or (kept.get("training") or {}).get("epochs") != args.trained_epochs:
             subprocess.run([sys.executable, "train_all.py", "--data", args.data, "--models", args.backbone, "--epochs",
-                            "1", "--img-size", str(args.size), "--cache-dir", str(Path(args.out) / "cache-trained"),
-                            "--out", str(out), "--quiet"], cwd=ROOT, check=True)
+                            str(args.trained_epochs), "--img-size", str(args.size), "--cache-dir",
+                            str(Path(args.out) / "cache-trained"), "--out", str(out), "--quiet"], cwd=ROOT, check=True)
         check = json.loads((trained_member / "config.json").read_text())["export"].get("int8")
         print(f"trained member's int8 check: {check}", flush=True)
         if not any(r["case"] == BASELINE_INFERENCE for r in rows):
