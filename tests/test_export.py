@@ -98,26 +98,41 @@ def test_auto_uses_fp32_when_int8_failed_its_check(run, tmp_path, onnxruntime_on
     assert np.abs(fp32 - ref).max() <= FP32_ATOL
 
 
-@pytest.mark.parametrize("openvino_check, expected, why", [
-    ({"passed": True}, "openvino-int8", "fastest fresh graph"),
-    ({"passed": False, "auc_change": -0.02}, "openvino", "int8 failed its accuracy check on OpenVINO"),
-    (None, "openvino", "int8 not checked on OpenVINO"),  # an export from before the per-runtime checks
+@pytest.mark.parametrize("edit, expected, why", [
+    (lambda o: {**o, "passed": True}, "openvino-int8", "fastest fresh graph"),
+    (lambda o: {**o, "passed": False, "auc_change": -0.02}, "openvino", "int8 failed its accuracy check on OpenVINO"),
+    (lambda o: None, "openvino", "int8 not checked on OpenVINO"),  # an export from before the per-runtime checks
+    (lambda o: {"passed": False, "error": "RuntimeError: no CPU plugin"}, "openvino", "could not be checked"),
+    # checked where OpenVINO computes otherwise (another CPU's precision, another version): not evidence here
+    (lambda o: {**o, "passed": True, "probe": [p + 0.01 for p in o["probe"]]}, "openvino", "computes otherwise"),
 ])
-def test_auto_on_openvino_follows_the_int8_check_made_on_openvino(run, tmp_path, monkeypatch, openvino_check,
-                                                                   expected, why):
+def test_auto_on_openvino_follows_the_int8_check_made_on_openvino(run, tmp_path, monkeypatch, edit, expected, why):
     """ONNX Runtime's pass is no evidence for OpenVINO, which runs the same int8 graph with its own kernels (on the
-    FracAtlas member of bench/speed.py: AUC change -0.017 on one, -0.009 on the other)."""
+    FracAtlas members of bench/speed.py the two changed the AUC by -0.017 and -0.009)."""
     pytest.importorskip("openvino")
     monkeypatch.delenv("BONE_ZOO_GRAPH_RUNTIME", raising=False)
     m = _copy(run, "resnet10t", tmp_path)
     cfg = json.loads((m / "config.json").read_text())
     cfg["export"]["int8"]["passed"] = True  # ONNX Runtime's check passed
-    cfg["export"]["int8"]["runtimes"] = {} if openvino_check is None else {"openvino": openvino_check}
+    checked = edit(cfg["export"]["int8"]["runtimes"]["openvino"])
+    cfg["export"]["int8"]["runtimes"] = {} if checked is None else {"openvino": checked}
     (m / "config.json").write_text(json.dumps(cfg))
     choice = choose(m, "auto")
     assert choice.backend == expected and why in choice.why
     monkeypatch.setenv("BONE_ZOO_GRAPH_RUNTIME", "onnxruntime")  # on ONNX Runtime its own check decides
     assert choose(m, "auto").backend == "onnx-int8"
+
+
+@pytest.mark.parametrize("int8", [None, "x", {"passed": True}, {"passed": True, "runtimes": None},
+                                  {"passed": True, "runtimes": "x"}, {"passed": True, "runtimes": {"openvino": True}},
+                                  {"passed": True, "runtimes": {"openvino": None}}])
+def test_a_record_without_a_usable_openvino_check_keeps_int8_off_openvino_only(int8):
+    from zoo.backends import auto_backends
+
+    record = {"int8": int8}
+    assert auto_backends(record, "openvino") == ["openvino"]
+    passed = isinstance(int8, dict) and int8.get("passed")
+    assert auto_backends(record, "onnx") == (["onnx-int8", "onnx"] if passed else ["onnx"])
 
 
 def test_auto_falls_back_to_torch_for_a_stale_member_and_says_so(run, tmp_path):

@@ -68,8 +68,25 @@ def int8_check(record: dict, runtime: str) -> dict:
     ONNX Runtime's is the record's ``int8`` entry itself, another runtime's its ``runtimes`` entry (each runtime runs
     the graph with its own kernels, so one's pass says nothing of another's); {} where none was made (no int8 graph,
     or an export from before the checks were made per runtime)."""
-    check = record.get("int8") or {}
-    return check if runtime == "onnx" else (check.get("runtimes") or {}).get(runtime) or {}
+    check = record.get("int8") if isinstance(record.get("int8"), dict) else {}
+    if runtime == "onnx":
+        return check
+    runtimes = check.get("runtimes") if isinstance(check.get("runtimes"), dict) else {}
+    return runtimes.get(runtime) if isinstance(runtimes.get(runtime), dict) else {}
+
+
+def holds_here(check: dict, runner, folder: Path) -> str:
+    """"" if a runtime's int8 check (:func:`int8_check`) was made with what computes here, else why not: the runner
+    scores the probe images (:func:`zoo.graph_scores.probe_images`) as the export recorded them (another CPU runs
+    OpenVINO's graph in another precision, another version with other kernels)."""
+    from zoo.graph_scores import PROBE_ATOL, _img_size, probe_images
+
+    probe = np.asarray(check.get("probe", []), dtype=float)
+    got = np.asarray(runner.predict([probe_images(_img_size(folder))]), dtype=float)
+    if probe.shape == got.shape and np.all(np.abs(got - probe) <= PROBE_ATOL):
+        return ""
+    return (f"its check was made where the runtime computes otherwise ({check.get('runtime', 'unknown version')}; "
+            "the probe images score differently here)")
 
 
 def auto_backends(record: dict, runtime: str) -> list[str]:
@@ -160,8 +177,11 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
     if not record.get("int8"):
         skipped.append("no int8 graph checked for these weights")
     elif not check:
-        skipped.append(f"int8 not checked on {RUNTIME_NAMES[runtime]} (exported before the check ran on each runtime: "
-                       f"`bone-zoo export {folder} --onnx --int8 --calibration-data DIR`)")
+        skipped.append(f"int8 not checked on {RUNTIME_NAMES[runtime]} (exported before the check ran on each runtime, "
+                       f"or where {RUNTIME_NAMES[runtime]} was not installed: `bone-zoo export {folder} --onnx --int8 "
+                       "--calibration-data DIR` checks it; or run it on ONNX Runtime: --backend onnx-int8)")
+    elif check.get("error"):
+        skipped.append(f"int8 could not be checked on {RUNTIME_NAMES[runtime]} at export ({check['error']})")
     elif not check.get("passed"):
         skipped.append(f"int8 failed its accuracy check on {RUNTIME_NAMES[runtime]} (validation AUC change "
                        f"{check.get('auc_change')})")
@@ -170,6 +190,9 @@ def choose(folder: Path, requested: str, cams: bool = False) -> Choice:
             runner = open_backend(folder, backend)
         except (FileNotFoundError, MemberError, ImportError) as exc:
             skipped.append(f"{GRAPHS[backend]}: {_short(exc)}")
+            continue
+        if backend == "openvino-int8" and (why := holds_here(check, runner, folder)):
+            skipped.append(f"int8 on {RUNTIME_NAMES[runtime]}: {why}")
             continue
         return Choice(backend, runner, "auto: " + "; ".join(skipped + ["fastest fresh graph"]),
                       drift(folder, backend))

@@ -6,8 +6,8 @@ on the calibration split) are fitted on the member's stored study scores. Traini
 (``val_predictions.csv``, ``calibration_predictions.csv``); a graph's scores drift from those, so a certificate
 fitted on them holds for the torch path only (:data:`zoo.backends.CERTIFIED_DRIFT` is the rule for the rest).
 At export (:func:`store`, called after :func:`zoo.onnx.export_member` by training and ``bone-zoo export``), each
-installed runtime's ``auto`` choice (:func:`zoo.backends.auto_backends`: the int8 graph if it passed its check, else
-the fp32 one; ONNX Runtime, and OpenVINO where installed) scores the same images the torch path scored, through the
+installed runtime's ``auto`` choice (:func:`zoo.backends.auto_backends`: the int8 graph if it passed its check on that
+runtime, else the fp32 one; ONNX Runtime, and OpenVINO where installed) scores the same images the torch path scored, through the
 runner ``predict.py`` uses, and writes ``val_predictions.<backend>.csv`` / ``calibration_predictions.<backend>.csv``
 (the torch files' columns: ``id, part, label, prob`` per study). ``config.json``'s ``export.scores.<backend>``
 records what they belong to:

@@ -11,8 +11,9 @@ retrained into the same folder keeps its old graph until it is exported again) o
 
 Training exports every finished member by default (:func:`export_member`; ``--no-export`` skips it): both graphs, the
 int8 one calibrated on the member's own validation images, and an accuracy check of the int8 graph against the
-fp32 torch path on those images, stored in config.json (``export``) and the card. An int8 graph that moves the
-validation AUC by more than :data:`INT8_AUC_TOLERANCE` stays on disk but is not used by ``--backend auto``.
+torch path on those images on each installed runtime (ONNX Runtime; OpenVINO, which runs the graph with its own
+kernels), stored in config.json (``export``) and the card. An int8 graph that moves the validation AUC by more than
+:data:`INT8_AUC_TOLERANCE` on a runtime stays on disk but is not used there by ``--backend auto``.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
         quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
         record["graphs"].append(ONNX_FILES["onnx-int8"])
         precision = (read_member_config(folder).get("training") or {}).get("mixed_precision", "unknown")
-        from zoo.backends import installed_runtimes, open_backend
+        from zoo.backends import installed_runtimes
 
         record["int8"] = {"calibration_images": n_cal, "reference": f"val_predictions.csv (the torch path as "
                           f"validated in training, mixed precision {precision})",
@@ -262,12 +263,29 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
                           # each runtime computes the int8 graph its own way (OpenVINO: its own kernels, its default
                           # bf16 between them), so each is checked: auto runs it only where its check passed
                           # (zoo.backends.int8_check); the fields above are ONNX Runtime's
-                          "runtimes": {rt: graph_check(open_backend(folder, f"{rt}-int8"), images, frame, reference)
+                          "runtimes": {rt: runtime_check(folder, f"{rt}-int8", images, frame, reference)
                                        for rt in installed_runtimes() if rt != "onnx"}}
     elif "int8" in earlier:  # an int8 graph of these same weights, checked before: kept
         record |= {"graphs": earlier["graphs"], "int8": earlier["int8"]}
     write_export_record(folder, record)
     return record
+
+
+def runtime_check(folder: Path, backend: str, images: np.ndarray, frame, reference) -> dict:
+    """:func:`graph_check` of ``backend`` (``openvino-int8``) through its runner, with what makes the verdict hold
+    elsewhere: the runtime's version and its probabilities of the probe images (:func:`zoo.graph_scores.
+    probe_images`), which :func:`zoo.backends.int8_check` compares where the graph is run (another CPU computes
+    OpenVINO's graph in another precision). A runtime that cannot open the graph gets ``passed: False`` and the error."""
+    from zoo.backends import open_backend
+    from zoo.graph_scores import probe_images, runtime_version
+
+    try:
+        runner = open_backend(folder, backend)
+        check = graph_check(runner, images, frame, reference)
+        probe = [float(p) for p in runner.predict([probe_images(images.shape[-1])])]
+    except (ImportError, RuntimeError, OSError, MemberError) as exc:
+        return {"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return {**check, "runtime": runtime_version(backend), "probe": probe}
 
 
 def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
@@ -279,7 +297,9 @@ def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
     :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
     from zoo.metrics import aggregate_studies, binary_metrics
 
-    got = runner.predict(images[i:i + 8, None] for i in range(0, len(images), 8))
+    from zoo.backends import GRAPH_BATCH  # batched as predict.py batches
+
+    got = runner.predict(images[i:i + GRAPH_BATCH, None] for i in range(0, len(images), GRAPH_BATCH))
     st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
     st = st.merge(reference[["id", "prob"]], on="id")
     y = st["label"].to_numpy(dtype=float)
@@ -320,9 +340,12 @@ def describe_export(record: dict) -> str:
     verdict = ("used by --backend auto" if c["passed"] else
                f"NOT used by default: it moves the validation AUC by more than {c['tolerance']}"
                if np.isfinite(c["auc_change"]) else "NOT used by default: the validation AUC is undefined (one class)")
-    others = "".join(f"; on {RUNTIME_NAMES.get(rt, rt)}: AUC {o['val_auc']:.4f}, largest change "
-                     f"{o['max_prob_change']:.4f}, {'used' if o['passed'] else 'NOT used'} by default there"
-                     for rt, o in (c.get("runtimes") or {}).items())
+    runtimes = c.get("runtimes") if isinstance(c.get("runtimes"), dict) else {}
+    others = "".join(
+        f"; on {RUNTIME_NAMES.get(rt, rt)}: " + (f"AUC {o['val_auc']:.4f}, largest change {o['max_prob_change']:.4f}, "
+                                                 f"{'used' if o.get('passed') else 'NOT used'} by default there"
+                                                 if "val_auc" in o else f"not checked ({o.get('error', 'no result')})")
+        for rt, o in runtimes.items() if isinstance(o, dict))
     return (f"model.onnx, model.int8.onnx (calibrated on {c['calibration_images']} validation images; int8 validation "
             f"AUC {c['val_auc']:.4f} vs torch {c['val_auc_torch']:.4f}, largest study probability change "
-            f"{c['max_prob_change']:.4f} over {c['n_studies']} studies on ONNX Runtime: {verdict}{others})")
+            f"{c['max_prob_change']:.4f} over {c['n_studies']} studies on ONNX Runtime: {verdict} there{others})")
