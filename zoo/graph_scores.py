@@ -7,10 +7,10 @@ on the calibration split) are fitted on the member's stored study scores. Traini
 fitted on them holds for the torch path only (:data:`zoo.backends.CERTIFIED_DRIFT` is the rule for the rest).
 At export (:func:`store`, called after :func:`zoo.onnx.export_member` by training and ``bone-zoo export``), each
 installed runtime's ``auto`` choice (:func:`zoo.backends.auto_backends`: the int8 graph if it passed its check on that
-runtime, else the fp32 one; ONNX Runtime, and OpenVINO where installed) scores the same images the torch path scored, through the
-runner ``predict.py`` uses, and writes ``val_predictions.<backend>.csv`` / ``calibration_predictions.<backend>.csv``
-(the torch files' columns: ``id, part, label, prob`` per study). ``config.json``'s ``export.scores.<backend>``
-records what they belong to:
+runtime, else the fp32 one; ONNX Runtime, and OpenVINO where installed) scores the same images the torch path scored,
+through the runner ``predict.py`` uses, and writes ``val_predictions.<backend>.csv`` /
+``calibration_predictions.<backend>.csv`` (the torch files' columns: ``id, part, label, prob`` per study).
+``config.json``'s ``export.scores.<backend>`` records what they belong to:
 
 - ``graph_sha256``: the graph file scored (a graph exported or quantised again makes them stale);
 - ``probe``: the backend's probabilities of two fixed synthetic images (:func:`probe_images`); at predict time the

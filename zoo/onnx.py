@@ -275,7 +275,8 @@ def runtime_check(folder: Path, backend: str, images: np.ndarray, frame, referen
     """:func:`graph_check` of ``backend`` (``openvino-int8``) through its runner, with what makes the verdict hold
     elsewhere: the runtime's version and its probabilities of the probe images (:func:`zoo.graph_scores.
     probe_images`), which :func:`zoo.backends.int8_check` compares where the graph is run (another CPU computes
-    OpenVINO's graph in another precision). A runtime that cannot open the graph gets ``passed: False`` and the error."""
+    OpenVINO's graph in another precision). A runtime that cannot open the graph gets ``passed: False`` and the
+    error."""
     from zoo.backends import open_backend
     from zoo.graph_scores import probe_images, runtime_version
 
@@ -295,9 +296,8 @@ def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
     from): the study AUC of each on the studies both have (a study's score: the mean of its image probabilities),
     the change, the largest change of a study's probability, and whether the AUC moved by at most
     :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
-    from zoo.metrics import aggregate_studies, binary_metrics
-
     from zoo.backends import GRAPH_BATCH  # batched as predict.py batches
+    from zoo.metrics import aggregate_studies, binary_metrics
 
     got = runner.predict(images[i:i + GRAPH_BATCH, None] for i in range(0, len(images), GRAPH_BATCH))
     st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
