@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.members import GRAPH_BACKENDS, MemberError, read_member_config, read_verified
+from zoo.members import GRAPH_BACKENDS, RUNTIME_NAMES, MemberError, read_member_config, read_verified
+from zoo.members import GRAPH_BATCH as GRAPH_BATCH  # re-exported: predict.py's graph batch size
 
 GRAPHS = dict(zip(GRAPH_BACKENDS, ("onnx", "onnx-int8", "onnx", "onnx-int8")))  # backend -> the graph it runs
 BACKENDS = ("auto", "torch", *GRAPHS)
@@ -45,9 +46,18 @@ BACKENDS = ("auto", "torch", *GRAPHS)
 CERTIFIED_DRIFT = 0.005
 
 
-RUNTIME_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
-GRAPH_BATCH = 4  # images per graph run in predict.py (without --batch-size) and at export: what
-# zoo.inference.auto_batch_size picks on CPU
+PROBE_ATOL = 1e-5  # a runtime that scores the probe images further from a stored probe computes otherwise
+PROBE_SEED = 21
+
+
+def probe_images(size: int) -> np.ndarray:
+    """Two fixed uint8 images ``(2, 1, size, size)``: seeded noise and a smooth ramp with a disc (the same bytes on
+    every machine: :class:`numpy.random.Generator` PCG64 is stable across platforms and versions). A runtime scores
+    them at export and again where it runs: a difference says it computes otherwise there (zoo.graph_scores)."""
+    noise = np.random.default_rng(PROBE_SEED).integers(0, 256, (size, size), dtype=np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    ramp = 40 + 150 * xx + 60 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.1)
+    return np.stack([noise, np.clip(ramp, 0, 255).astype(np.uint8)])[:, None]
 
 
 def graph_runtime() -> str:
@@ -79,10 +89,8 @@ def holds_here(check: dict, runner, folder: Path) -> str:
     """"" if a runtime's int8 check (:func:`int8_check`) was made with what computes here, else why not: the runner
     scores the probe images (:func:`zoo.graph_scores.probe_images`) as the export recorded them (another CPU runs
     OpenVINO's graph in another precision, another version with other kernels)."""
-    from zoo.graph_scores import PROBE_ATOL, _img_size, probe_images
-
     probe = np.asarray(check.get("probe", []), dtype=float)
-    got = np.asarray(runner.predict([probe_images(_img_size(folder))]), dtype=float)
+    got = np.asarray(runner.predict([probe_images(int(read_member_config(folder)["img_size"]))]), dtype=float)
     if probe.shape == got.shape and np.all(np.abs(got - probe) <= PROBE_ATOL):
         return ""
     return (f"its check was made where the runtime computes otherwise ({check.get('runtime', 'unknown version')}; "

@@ -34,27 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoo.backends import GRAPH_BATCH, PROBE_ATOL, installed_runtimes, open_backend, probe_images
 from zoo.members import GRAPH_BACKENDS, MemberError, file_sha256, read_member_config, score_file
 
 SPLITS = ("val", "calibration")  # the member's validation studies, its held-out calibration split
-PROBE_ATOL = 1e-5  # a runtime that scores the probe images further from the stored probe computes otherwise
-PROBE_SEED = 21
-
-
-def probe_images(size: int) -> np.ndarray:
-    """Two fixed uint8 images ``(2, 1, size, size)``: seeded noise and a smooth ramp with a disc (the same bytes on
-    every machine: :class:`numpy.random.Generator` PCG64 is stable across platforms and versions)."""
-    noise = np.random.default_rng(PROBE_SEED).integers(0, 256, (size, size), dtype=np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    ramp = 40 + 150 * xx + 60 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2 < 0.1)
-    return np.stack([noise, np.clip(ramp, 0, 255).astype(np.uint8)])[:, None]
-
-
 def score_studies(runner, images: np.ndarray, frame: pd.DataFrame) -> pd.DataFrame:
     """Study scores (``id, part, label, prob``, sorted by id, as training's validation tables) of ``runner`` (a
     graph backend's ``.predict``) on uint8 ``images`` ``(n, S, S)`` whose rows (``id, part, label``) are ``frame``,
     batched as ``predict.py`` batches them (:data:`zoo.backends.GRAPH_BATCH`)."""
-    from zoo.backends import GRAPH_BATCH
     from zoo.metrics import aggregate_studies
 
     images = np.asarray(images, dtype=np.uint8)
@@ -83,6 +70,23 @@ def runtime_version(backend: str) -> str:
     return f"onnxruntime {onnxruntime.__version__}"
 
 
+def runtime_check(folder: Path, backend: str, images: np.ndarray, frame, reference) -> dict:
+    """:func:`zoo.onnx.graph_check` of ``backend`` (``openvino-int8``) through its runner, with what makes the
+    verdict hold elsewhere: the runtime's version and its probabilities of the probe images (:func:`zoo.backends.
+    probe_images`), which :func:`zoo.backends.int8_check` compares where the graph is run (another CPU computes
+    OpenVINO's graph in another precision). A runtime that cannot open the graph gets ``passed: False`` and the
+    error."""
+    from zoo.onnx import graph_check
+
+    try:
+        runner = open_backend(folder, backend)
+        check = graph_check(runner, images, frame, reference)
+        probe = [float(p) for p in runner.predict([probe_images(images.shape[-1])])]
+    except (ImportError, RuntimeError, OSError, MemberError) as exc:
+        return {"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return {**check, "runtime": runtime_version(backend), "probe": probe}
+
+
 def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]) -> dict:
     """Score ``splits`` (``val`` / ``calibration`` -> uint8 images ``(n, S, S)`` and their rows ``id, part, label``:
     the images training's torch path scored for that split's predictions file) with each installed runtime's
@@ -90,7 +94,7 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
     (which :func:`zoo.onnx.export_member` wrote just before for these weights). Returns ``{backend: record}``; {}
     when the member has no fresh export or no split has images. Score files not recorded now are removed."""
     from zoo.atomic import write_csv
-    from zoo.backends import auto_backends, installed_runtimes, open_backend
+    from zoo.backends import auto_backends
     from zoo.onnx import export_record, write_export_record
 
     folder = Path(folder)
@@ -98,6 +102,12 @@ def store(folder: str | Path, splits: dict[str, tuple[np.ndarray, pd.DataFrame]]
     if not record:
         return {}
     splits = {k: v for k, v in splits.items() if v is not None and v[0] is not None and len(v[0])}
+    if "val" in splits and isinstance(record.get("int8"), dict) and (folder / "val_predictions.csv").is_file():
+        # ONNX Runtime's int8 check is the export's; each other runtime runs the same graph its own way (OpenVINO:
+        # its kernels, its default bf16 between them), so it is checked there: auto runs it only where it passed
+        reference = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
+        record["int8"]["runtimes"] = {rt: runtime_check(folder, f"{rt}-int8", *splits["val"], reference)
+                                      for rt in installed_runtimes() if rt != "onnx"}
     scores: dict[str, dict] = {}
     size = None
     for runtime in installed_runtimes() if splits else []:

@@ -29,6 +29,9 @@ from typing import Any
 MEMBER_FILES = ("model.safetensors", "config.json", "README.md")  # what loading a member needs
 GRAPH_FILES = ("model.onnx", "model.int8.onnx")  # exported graphs (zoo.onnx): fp32, static int8
 GRAPH_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8")  # the runtimes x graphs a member can run on
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the graph runtimes, as messages name them
+GRAPH_BATCH = 4  # images per graph run in predict.py (without --batch-size) and at export: what
+# zoo.inference.auto_batch_size picks on CPU
 
 
 def score_file(split: str, backend: str) -> str:

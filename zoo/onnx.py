@@ -30,7 +30,16 @@ import numpy as np
 import pandas as pd
 
 from zoo.atomic import atomic_path, write_text
-from zoo.members import GRAPH_FILES, WEIGHTS, WEIGHTS_HASH, MemberError, file_sha256, read_member_config
+from zoo.members import (
+    GRAPH_BATCH,
+    GRAPH_FILES,
+    RUNTIME_NAMES,
+    WEIGHTS,
+    WEIGHTS_HASH,
+    MemberError,
+    file_sha256,
+    read_member_config,
+)
 
 ONNX_FILES = dict(zip(("onnx", "onnx-int8"), GRAPH_FILES))  # backend -> graph file
 SOURCE_KEY = "bone_zoo.weights_sha256"  # ONNX metadata_props: the SHA-256 of the weights a graph was exported from
@@ -255,38 +264,14 @@ def export_member(folder: str | Path, images: np.ndarray, frame, int8: bool = Tr
         quantize_int8(folder / ONNX_FILES["onnx"], folder / ONNX_FILES["onnx-int8"], batches)
         record["graphs"].append(ONNX_FILES["onnx-int8"])
         precision = (read_member_config(folder).get("training") or {}).get("mixed_precision", "unknown")
-        from zoo.backends import installed_runtimes
-
         record["int8"] = {"calibration_images": n_cal, "reference": f"val_predictions.csv (the torch path as "
                           f"validated in training, mixed precision {precision})",
-                          **graph_check(OnnxMember(folder, "onnx-int8"), images, frame, reference),
-                          # each runtime computes the int8 graph its own way (OpenVINO: its own kernels, its default
-                          # bf16 between them), so each is checked: auto runs it only where its check passed
-                          # (zoo.backends.int8_check); the fields above are ONNX Runtime's
-                          "runtimes": {rt: runtime_check(folder, f"{rt}-int8", images, frame, reference)
-                                       for rt in installed_runtimes() if rt != "onnx"}}
+                          **graph_check(OnnxMember(folder, "onnx-int8"), images, frame, reference)}
+        # ONNX Runtime's check; each other runtime's is made where its scores are stored (zoo.graph_scores.store)
     elif "int8" in earlier:  # an int8 graph of these same weights, checked before: kept
         record |= {"graphs": earlier["graphs"], "int8": earlier["int8"]}
     write_export_record(folder, record)
     return record
-
-
-def runtime_check(folder: Path, backend: str, images: np.ndarray, frame, reference) -> dict:
-    """:func:`graph_check` of ``backend`` (``openvino-int8``) through its runner, with what makes the verdict hold
-    elsewhere: the runtime's version and its probabilities of the probe images (:func:`zoo.graph_scores.
-    probe_images`), which :func:`zoo.backends.int8_check` compares where the graph is run (another CPU computes
-    OpenVINO's graph in another precision). A runtime that cannot open the graph gets ``passed: False`` and the
-    error."""
-    from zoo.backends import open_backend
-    from zoo.graph_scores import probe_images, runtime_version
-
-    try:
-        runner = open_backend(folder, backend)
-        check = graph_check(runner, images, frame, reference)
-        probe = [float(p) for p in runner.predict([probe_images(images.shape[-1])])]
-    except (ImportError, RuntimeError, OSError, MemberError) as exc:
-        return {"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-    return {**check, "runtime": runtime_version(backend), "probe": probe}
 
 
 def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
@@ -296,10 +281,9 @@ def graph_check(runner, images: np.ndarray, frame, reference) -> dict:
     from): the study AUC of each on the studies both have (a study's score: the mean of its image probabilities),
     the change, the largest change of a study's probability, and whether the AUC moved by at most
     :data:`INT8_AUC_TOLERANCE` (``passed``; an AUC undefined on these studies, one class only, does not pass)."""
-    from zoo.backends import GRAPH_BATCH  # batched as predict.py batches
     from zoo.metrics import aggregate_studies, binary_metrics
 
-    got = runner.predict(images[i:i + GRAPH_BATCH, None] for i in range(0, len(images), GRAPH_BATCH))
+    got = runner.predict(images[i:i + GRAPH_BATCH, None] for i in range(0, len(images), GRAPH_BATCH))  # as predict
     st = aggregate_studies(frame[["id", "label"]].reset_index(drop=True).assign(graph=got), "graph")
     st = st.merge(reference[["id", "prob"]], on="id")
     y = st["label"].to_numpy(dtype=float)
@@ -332,8 +316,6 @@ def export_record(folder: str | Path) -> dict:
 
 def describe_export(record: dict) -> str:
     """One line on what an export wrote and whether its int8 graph is used by default, on each runtime."""
-    from zoo.backends import RUNTIME_NAMES
-
     c = record.get("int8")
     if not c:
         return "model.onnx (no int8 graph)"

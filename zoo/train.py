@@ -460,7 +460,7 @@ class Trainer:
         predicts on PyTorch (or, when only the scores failed, on its graphs under the drift rule), and says how to
         export it later."""
         from zoo.graph_scores import describe_scores, store
-        from zoo.onnx import describe_export, export_member
+        from zoo.onnx import describe_export, export_member, export_record
 
         retry = f"bone-zoo export {self.out} --onnx --int8 --calibration-data DIR"
         val = self.images.read(data.val_ds.rows)
@@ -472,15 +472,16 @@ class Trainer:
                        f"and predicts on PyTorch. Retry: {retry}", file=sys.stderr)
             return
         t1 = time.perf_counter()
-        self.log(f"exported {describe_export(record)} in {t1 - t0:.1f}s")
-        try:
+        try:  # the int8 graph's check on each other runtime, and each runtime's scores
             cal = None if data.cal_ds is None else (self.images.read(data.cal_ds.rows), data.cal_df)
             scores = store(self.out, {"val": (val, data.val_df), "calibration": cal})
         except (ImportError, RuntimeError, ValueError, OSError) as exc:
+            self.log(f"exported {describe_export(record)} in {t1 - t0:.1f}s")
             tqdm.write(f"[{self.cfg.backbone}] warning: scoring the validation studies with the graphs failed "
                        f"({_first_line(exc)}); a triage on them is certified only within the drift rule. Retry: "
                        f"{retry}", file=sys.stderr)
             return
+        self.log(f"exported {describe_export(export_record(self.out) or record)} in {t1 - t0:.1f}s")
         self.log(f"{describe_scores(scores)} in {time.perf_counter() - t1:.1f}s")
 
 

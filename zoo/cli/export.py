@@ -49,7 +49,7 @@ def validation_images(folder, data: str, size: int, file: str = "val_predictions
 def main(args: argparse.Namespace) -> int:
     from zoo.graph_scores import describe_scores, store
     from zoo.members import MemberError, members_in, read_member_config
-    from zoo.onnx import describe_export, export_member
+    from zoo.onnx import describe_export, export_member, export_record
 
     if args.int8 and not args.calibration_data:
         print("error: --int8 needs --calibration-data DIR (the member's training data)", file=sys.stderr)
@@ -75,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
         except MemberError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        record = export_record(folder) or record  # with the other runtimes' int8 checks (store)
         print(f"{folder}: wrote {describe_export(record)}; dynamic batch checked at 1 and 3 against PyTorch; "
               f"{describe_scores(scores)}")
     return 0
