@@ -77,13 +77,14 @@ class TrainConfig:
     boxes: str | None = opt(None, "COCO boxes (or polygons, by their bbox) of training images, matched by file name, "
                             "or a YOLO folder (labels/*.txt at any depth, 'class cx cy w h' normalised, one class "
                             "id: the findings, matched by file stem and folders): "
-                            "on annotated positives an auxiliary loss pulls each member's Grad-CAM into the boxes "
+                            "on annotated positives an auxiliary loss (a soft pointing game) pulls each member's Grad-CAM into the boxes "
                             "(zoo.boxes); other images train as without; validation and test never train on them "
                             "(each member's pointing game on up to 200 of its abnormal validation images with these "
                             "boxes is recorded)",
                             metavar="FILE.coco.json|DIR")
-    box_weight: float = opt(1.0, "with --boxes: weight of that loss beside the BCE")
-    box_warmup: float = opt(1.0, "with --boxes: epochs over which its weight ramps up from 0")
+    box_weight: float = opt(0.3, "with --boxes: weight of that loss beside the BCE (bench/README.md)")
+    box_warmup: float = opt(0.0, "with --boxes: epochs over which its weight ramps up from 0 (epochs trained before "
+                            "it acts can be the ones kept: the best validation AUC chooses)")
     folds: int = opt(1, "K-fold cross-validation: K members per backbone, every labelled study validated once; "
                      "out-of-fold predictions go to OUT/oof_predictions.csv and fit the ensemble (1: one validation "
                      "split)", metavar="K")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from zoo import tracking
 from zoo.atomic import save_figure, write_csv, write_text
+from zoo.boxes import BOX_LOSS, SHARPNESS
 from zoo.calibration import Calibrator, auto_calibration_fraction, brier, calibration_share, calibration_split, ece
 from zoo.checkpoint import Checkpoint
 from zoo.config import RUNTIME_FIELDS, TrainConfig
@@ -276,7 +277,7 @@ class Trainer:
         model, opt, sched = self.build(steps_per_epoch=math.ceil(len(train_loader) / acc.gradient_accumulation_steps))
         loss_fn = WeightedBCE(self.pos_weight, cfg.label_smoothing).to(acc.device)
         box_loss = None
-        if getattr(data.train_ds, "masks", None) is not None:  # + the CAM energy-share loss on annotated positives
+        if getattr(data.train_ds, "masks", None) is not None:  # + the CAM pointing loss on annotated positives
             from zoo.boxes import BoxLoss
 
             loss_fn = box_loss = BoxLoss(loss_fn, model, cfg.box_weight, cfg.box_warmup)
@@ -405,7 +406,8 @@ class Trainer:
                 "semi_supervised": self.pseudo_record, "pos_weight": round(self.pos_weight, 4),
                 "unreadable_images": len(self.unreadable), "device": self.device.type,
                 "boxes": self.boxes_record and {**self.boxes_record, "weight": cfg.box_weight,
-                                                "warmup": cfg.box_warmup, "loss": "grad-cam energy share"},
+                                                "warmup": cfg.box_warmup, "loss": BOX_LOSS,
+                                                "sharpness": SHARPNESS},
             }
             net.save_member(self.out)
             write_csv(st, self.out / "val_predictions.csv")
