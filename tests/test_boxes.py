@@ -13,7 +13,7 @@ import torch
 from conftest import free_port, run_script
 from PIL import Image, ImageFilter
 
-from zoo.boxes import BoxDataset, BoxLoss, box_dataset, box_masks, gradcam
+from zoo.boxes import BoxDataset, BoxLoss, box_dataset, box_masks, gradcam, pointing_loss
 from zoo.cam import cam_target, compute_cams
 from zoo.data import load_images
 from zoo.data.transforms import train_augment
@@ -89,6 +89,29 @@ def test_differentiable_gradcam_is_the_evaluated_gradcam(name):
         if e.max() > 0:
             assert np.corrcoef(c.ravel(), e.ravel())[0, 1] > 0.98
             assert np.abs(c - e).max() < 0.08
+
+
+def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
+    """Low where the map peaks in the boxes' cells, high where it peaks elsewhere, log(cells / k) for a flat map, 0
+    when the boxes cover the grid; the map's scale and offset (the logit's) do not change it."""
+    mask = torch.zeros(1, 96, 96)
+    mask[0, 40:50, 70:80] = 1  # inside cell (1, 2) of a 3 x 3 grid over 96 px (32-px cells)
+    flat = torch.zeros(1, 3, 3)
+    assert pointing_loss(flat, mask).item() == pytest.approx(np.log(9))
+    inside, outside = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3)
+    inside[0, 1, 2], outside[0, 2, 0] = 5.0, 5.0
+    hit, miss = pointing_loss(inside, mask).item(), pointing_loss(outside, mask).item()
+    assert hit < 0.05 < np.log(9) < miss  # the pointing game's hit and miss, made soft
+    noisy = inside + 0.3 * torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert pointing_loss(7.0 * noisy - 3.0, mask).item() == pytest.approx(pointing_loss(noisy, mask).item(), abs=1e-5)
+    two = torch.zeros(2, 96, 96)
+    two[0] = mask[0]
+    two[1, 10:90, 5:90] = 0.4  # a soft (mixed-up) mask over every cell: nothing to pull
+    losses = pointing_loss(torch.stack([outside[0], outside[0]]), two)
+    assert losses[0].item() == pytest.approx(miss) and losses[1].item() == pytest.approx(0.0, abs=1e-6)
+    cam = torch.zeros(1, 3, 3, requires_grad=True)
+    pointing_loss(cam + 1e-3 * torch.arange(9.0).reshape(1, 3, 3), mask).backward()
+    assert cam.grad[0, 1, 2] < 0 and (cam.grad.flatten()[torch.arange(9) != 5] >= 0).all()  # up in, down out
 
 
 def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_where_one_is():
@@ -184,12 +207,13 @@ def test_a_boxes_file_that_matches_no_image_says_so_and_trains_exactly_as_withou
 
 
 ENERGY_MARGIN = 0.02  # energy share inside the box, with minus without (chance, the boxes' share, is about 0.03)
+POINTING_MARGIN = 0.15  # pointing game, with minus without (measured: 0.048 -> 0.371 with the soft pointing loss)
 
 
 @pytest.mark.slow
 def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_path_factory):
     from zoo.data import SyntheticSpec, ensure_synthetic, load_dataset
-    from zoo.localisation import boxes_by_image, energy_share, load_annotations, pad_geometry
+    from zoo.localisation import boxes_by_image, energy_share, load_annotations, pad_geometry, pointing_hit
     from zoo.train import TrainConfig, Trainer
 
     root = ensure_synthetic(tmp_path_factory.mktemp("boxes") / "synthetic", SyntheticSpec(n_train=160, n_test=60))
@@ -200,7 +224,8 @@ def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_
     paths = sorted(boxes)
     size = 96
     images = load_images(paths, size, "", quiet=True).array[:]
-    energy = {}
+    energy, pointing = {}, {}
+    geos = [pad_geometry(boxes[p][1], boxes[p][2], size) for p in paths]
     for with_boxes in (False, True):
         cfg = TrainConfig(backbone="regnetx_002", epochs=5, img_size=size, lr=1e-3, batch_size=16, head_hidden=[64],
                           calibration_fraction=0, mixed_precision="no", cache_dir="", quiet=True,
@@ -216,9 +241,12 @@ def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_
         else:
             assert record is None
         cams, _ = compute_cams(model, images, "gradcam")
-        energy[with_boxes] = np.nanmean([energy_share(c, boxes[p][0], pad_geometry(boxes[p][1], boxes[p][2], size))
-                                         for c, p in zip(cams, paths, strict=True)])
+        energy[with_boxes] = np.nanmean([energy_share(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos,
+                                                                                             strict=True)])
+        pointing[with_boxes] = np.mean([pointing_hit(c, boxes[p][0], g) for c, p, g in zip(cams, paths, geos,
+                                                                                           strict=True)])
     assert energy[True] >= energy[False] + ENERGY_MARGIN, energy
+    assert pointing[True] >= pointing[False] + POINTING_MARGIN, pointing
 
 
 @pytest.mark.slow
