@@ -92,26 +92,35 @@ def test_differentiable_gradcam_is_the_evaluated_gradcam(name):
 
 
 def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
-    """Low where the map peaks in the boxes' cells, high where it peaks elsewhere, log(cells / k) for a flat map, 0
-    when the boxes cover the grid; the map's scale and offset (the logit's) do not change it."""
+    """Low where the map peaks in the boxes' cells, high where it peaks elsewhere, 0 when the boxes cover the grid; an
+    offset of the map (the logit's) does not change it, its scale multiplies it; its gradient stays bounded however
+    small the map (a standardised map's grew as 1 / spread)."""
     mask = torch.zeros(1, 96, 96)
     mask[0, 40:50, 70:80] = 1  # inside cell (1, 2) of a 3 x 3 grid over 96 px (32-px cells)
-    flat = torch.zeros(1, 3, 3)
-    assert pointing_loss(flat, mask).item() == pytest.approx(np.log(9))
     inside, outside = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3)
     inside[0, 1, 2], outside[0, 2, 0] = 5.0, 5.0
+    spread = float(inside.std())
     hit, miss = pointing_loss(inside, mask).item(), pointing_loss(outside, mask).item()
-    assert hit < 0.05 < np.log(9) < miss  # the pointing game's hit and miss, made soft
+    assert hit < 0.05 * spread and miss > np.log(9) * spread  # the pointing game's hit and miss, made soft
     noisy = inside + 0.3 * torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0))
-    assert pointing_loss(7.0 * noisy - 3.0, mask).item() == pytest.approx(pointing_loss(noisy, mask).item(), abs=1e-5)
+    assert pointing_loss(7.0 * noisy - 3.0, mask).item() == pytest.approx(7.0 * pointing_loss(noisy, mask).item(),
+                                                                         rel=1e-4)
     two = torch.zeros(2, 96, 96)
     two[0] = mask[0]
     two[1, 10:90, 5:90] = 0.4  # a soft (mixed-up) mask over every cell: nothing to pull
     losses = pointing_loss(torch.stack([outside[0], outside[0]]), two)
     assert losses[0].item() == pytest.approx(miss) and losses[1].item() == pytest.approx(0.0, abs=1e-6)
-    cam = torch.zeros(1, 3, 3, requires_grad=True)
-    pointing_loss(cam + 1e-3 * torch.arange(9.0).reshape(1, 3, 3), mask).backward()
-    assert cam.grad[0, 1, 2] < 0 and (cam.grad.flatten()[torch.arange(9) != 5] >= 0).all()  # up in, down out
+    for scale in (1.0, 1e-4):  # a map of any size, as small as an untrained member's
+        cam = (scale * torch.arange(9.0).reshape(1, 3, 3)).requires_grad_()
+        pointing_loss(cam, mask).backward()
+        g = cam.grad.flatten()
+        assert g[5] < 0 and (g[torch.arange(9) != 5] >= 0).all()  # up in the box's cell, down elsewhere
+        assert g.abs().max() <= 2.0 * 1.01  # sharpness x (softmax share - share within the boxes): at most 2
+    cam = torch.zeros(1, 3, 3, requires_grad=True)  # a flat map: no loss, no gradient to blow up
+    flat = pointing_loss(cam, mask)
+    flat.backward()
+    assert flat.item() == pytest.approx(0.0, abs=1e-5) and torch.isfinite(cam.grad).all()
+    assert cam.grad.abs().max() <= 2.0 * 1.01
 
 
 def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_where_one_is():

@@ -13,13 +13,14 @@ annotated region on annotated positives.
   (its spec's ``cam_layer``, the ViT token reshape of :func:`zoo.cam.cam_target`; no per-backbone code). A forward
   hook keeps the layer's output A; the weights are the spatial mean of d logit / d A (``create_graph=True``), and the
   map ``M = sum_c w_c A_c`` (pytorch-grad-cam's ``GradCAM`` before its ReLU) is read on the layer's own grid. Each
-  annotated positive's map is standardised over its cells (z-scores: the loss sees where the map peaks, not its
-  scale, which is the logit's) and the loss is ``-log`` of the ``softmax(SHARPNESS * z)`` mass on the cells its boxes
-  touch: the pointing game's hit (the map's maximum in the box) made differentiable, which also keeps the map from
-  concentrating anywhere outside. Averaged over the annotated positives of the batch and added to the BCE with weight
-  ``box_weight`` (ramped linearly from 0 over ``box_warmup`` epochs). Chosen over the earlier loss, ``1 - energy
-  share`` of the min-max-normalised map, on held-out FracAtlas images (bench/README.md: that one's gradient vanishes
-  while the share is small, and it left the pointing game near chance).
+  annotated positive's map is standardised over its cells by its (constant) spread ``s`` and the loss is ``s`` times
+  ``-log`` of the ``softmax(SHARPNESS * z)`` mass on the cells its boxes touch (:func:`pointing_loss`): the pointing
+  game's hit (the map's maximum in the box) made differentiable, which also keeps the map from concentrating anywhere
+  outside, with a gradient of the BCE's own order whatever the map's scale. Averaged over the annotated positives of
+  the batch and added to the BCE with weight ``box_weight`` (ramped linearly from 0 over ``box_warmup`` epochs).
+  Chosen over the earlier loss, ``1 - energy share`` of the min-max-normalised map, on held-out FracAtlas images
+  (``bench/boxes_heldout.py``; that one's gradient vanishes while the share is small, and it left the pointing game
+  near chance).
 - **Cost.** A batch with annotated positives pays a second-order backward through the layers above the CAM layer
   (the last stage and the head); a batch without any trains exactly as without ``--boxes``. Measured on CPU at 96 px
   (``BOX_COST`` below, used by ``--budget-minutes``).
@@ -129,13 +130,20 @@ def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=N
 
 
 def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHARPNESS) -> torch.Tensor:
-    """The soft pointing game, (B,): ``-log`` of the ``softmax(sharpness * z)`` mass on the cells of ``cam``'s grid
-    (B, h, w) that the masks (B, H, W; any size, a soft mask counts where it is > 0) touch, with ``z`` the map
-    standardised over its cells. 0 when the boxes touch every cell; ``log(h w / k)`` for a flat map and k cells."""
+    """The soft pointing game on ``cam``'s grid (B, h, w), (B,), in the map's own units: with ``s`` each map's spread
+    over its cells (its standard deviation, held constant) and ``z = (cam - mean) / s``, the loss is ``s`` times
+    ``-log`` of the ``softmax(sharpness * z)`` mass on the cells that the masks (B, H, W; any size; a soft mask counts
+    where it is > 0) touch.
+
+    Its gradient on a cell is ``sharpness * (the cell's softmax share - its share within the boxes' cells)``: bounded
+    whatever the map's scale, where a standardised map's without ``s`` grows as ``1 / s`` (a small map's gradient then
+    swamps the BCE's in Adam's moments, and cost AUC in the bench: bench/README.md). Unchanged by an offset of the
+    map, multiplied by its scale; 0 when the boxes touch every cell, and for a flat map."""
     cells = nn.functional.adaptive_max_pool2d(mask[:, None].float(), cam.shape[-2:])[:, 0].flatten(1) > 0
     flat = cam.flatten(1)
-    z = sharpness * (flat - flat.mean(1, keepdim=True)) / (flat.std(1, keepdim=True) + 1e-6)
-    return torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1)
+    spread = flat.std(1, keepdim=True).detach() + 1e-6
+    z = sharpness * (flat - flat.mean(1, keepdim=True)) / spread
+    return spread[:, 0] * (torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1))
 
 
 class BoxLoss(nn.Module):

@@ -133,8 +133,9 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
     ]
     if boxes := t.get("boxes"):
         lines.append(f"Box supervision: `{boxes['file']}` (sha256 {boxes['sha256'][:12]}), "
-                     f"{boxes['annotated_train_positives']} positive training images with boxes; {boxes.get('loss', 'grad-cam')} "
-                     f"loss x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} epochs).")
+                     f"{boxes['annotated_train_positives']} positive training images with boxes; "
+                     f"{boxes.get('loss', 'grad-cam')} loss x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} "
+                     "epochs).")
     semi = t.get("semi_supervised")
     if semi:
         lines.append(f"Semi-supervised: {semi['pseudo_labelled_studies']} of {semi['unlabelled_studies']} unlabelled "

@@ -77,7 +77,8 @@ class TrainConfig:
     boxes: str | None = opt(None, "COCO boxes (or polygons, by their bbox) of training images, matched by file name, "
                             "or a YOLO folder (labels/*.txt at any depth, 'class cx cy w h' normalised, one class "
                             "id: the findings, matched by file stem and folders): "
-                            "on annotated positives an auxiliary loss (a soft pointing game) pulls each member's Grad-CAM into the boxes "
+                            "on annotated positives an auxiliary loss (a soft pointing game) pulls each member's "
+                            "Grad-CAM into the boxes "
                             "(zoo.boxes); other images train as without; validation and test never train on them "
                             "(each member's pointing game on up to 200 of its abnormal validation images with these "
                             "boxes is recorded)",
