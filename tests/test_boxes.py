@@ -121,6 +121,10 @@ def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
     flat.backward()
     assert flat.item() == pytest.approx(0.0, abs=1e-5) and torch.isfinite(cam.grad).all()
     assert cam.grad.abs().max() <= 2.0 * 1.01
+    one = torch.full((1, 1, 1), 0.7, requires_grad=True)  # a 1 x 1 grid (a 32-px input at stride 32): a sure hit
+    single = pointing_loss(one, mask)
+    single.backward()
+    assert single.item() == 0.0 and torch.isfinite(one.grad).all()
 
 
 def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_where_one_is():

@@ -141,7 +141,7 @@ def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHAR
     map, multiplied by its scale; 0 when the boxes touch every cell, and for a flat map."""
     cells = nn.functional.adaptive_max_pool2d(mask[:, None].float(), cam.shape[-2:])[:, 0].flatten(1) > 0
     flat = cam.flatten(1)
-    spread = flat.std(1, keepdim=True).detach() + 1e-6
+    spread = flat.std(1, correction=0, keepdim=True).detach() + 1e-6  # a 1 x 1 grid: 0, not NaN
     z = sharpness * (flat - flat.mean(1, keepdim=True)) / spread
     return spread[:, 0] * (torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1))
 
