@@ -13,7 +13,7 @@ import torch
 from conftest import free_port, run_script
 from PIL import Image, ImageFilter
 
-from zoo.boxes import BoxDataset, BoxLoss, box_dataset, box_masks, gradcam, pointing_loss
+from zoo.boxes import SHARPNESS, BoxDataset, BoxLoss, box_dataset, box_masks, gradcam, pointing_loss
 from zoo.cam import cam_target, compute_cams
 from zoo.data import load_images
 from zoo.data.transforms import train_augment
@@ -92,39 +92,59 @@ def test_differentiable_gradcam_is_the_evaluated_gradcam(name):
 
 
 def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
-    """Low where the map peaks in the boxes' cells, high where it peaks elsewhere, 0 when the boxes cover the grid; an
-    offset of the map (the logit's) does not change it, its scale multiplies it; its gradient stays bounded however
-    small the map (a standardised map's grew as 1 / spread)."""
+    """Low where the map peaks in a target cell, high where it peaks elsewhere, 0 when every cell is a target; an
+    offset of the map (the logit's) does not change it, its scale multiplies it and gets no gradient; its gradient
+    stays bounded however small the map (a standardised map's grew as 1 / spread)."""
     mask = torch.zeros(1, 96, 96)
-    mask[0, 40:50, 70:80] = 1  # inside cell (1, 2) of a 3 x 3 grid over 96 px (32-px cells)
+    mask[0, 40:50, 70:80] = 1  # holds the peak pixel (47, 79) of cell (1, 2) of a 3 x 3 grid over 96 px
     inside, outside = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3)
     inside[0, 1, 2], outside[0, 2, 0] = 5.0, 5.0
-    spread = float(inside.std())
+    spread = float(inside.std(correction=0))
     hit, miss = pointing_loss(inside, mask).item(), pointing_loss(outside, mask).item()
     assert hit < 0.05 * spread and miss > np.log(9) * spread  # the pointing game's hit and miss, made soft
     noisy = inside + 0.3 * torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(0))
     assert pointing_loss(7.0 * noisy - 3.0, mask).item() == pytest.approx(7.0 * pointing_loss(noisy, mask).item(),
                                                                          rel=1e-4)
-    two = torch.zeros(2, 96, 96)
-    two[0] = mask[0]
-    two[1, 10:90, 5:90] = 0.4  # a soft (mixed-up) mask over every cell: nothing to pull
-    losses = pointing_loss(torch.stack([outside[0], outside[0]]), two)
-    assert losses[0].item() == pytest.approx(miss) and losses[1].item() == pytest.approx(0.0, abs=1e-6)
+    assert pointing_loss(outside, torch.full((1, 96, 96), 0.4)).item() == pytest.approx(0.0, abs=1e-6)  # all cells
+    assert pointing_loss(outside, 1e-3 * mask).item() == pytest.approx(1e-3 * miss)  # mixup: the annotated share
     for scale in (1.0, 1e-4):  # a map of any size, as small as an untrained member's
         cam = (scale * torch.arange(9.0).reshape(1, 3, 3)).requires_grad_()
         pointing_loss(cam, mask).backward()
         g = cam.grad.flatten()
-        assert g[5] < 0 and (g[torch.arange(9) != 5] >= 0).all()  # up in the box's cell, down elsewhere
-        assert g.abs().max() <= 2.0 * 1.01  # sharpness x (softmax share - share within the boxes): at most 2
+        assert g[5] < 0  # up in the box's cell
+        assert g.abs().max() <= 3 * SHARPNESS
+        along = float((g * cam.detach().flatten()).sum()) / float(g.norm() * cam.detach().norm())
+        assert abs(along) < 1e-2  # no pull along the map's scale: only where it peaks moves
     cam = torch.zeros(1, 3, 3, requires_grad=True)  # a flat map: no loss, no gradient to blow up
     flat = pointing_loss(cam, mask)
     flat.backward()
     assert flat.item() == pytest.approx(0.0, abs=1e-5) and torch.isfinite(cam.grad).all()
-    assert cam.grad.abs().max() <= 2.0 * 1.01
+    assert cam.grad.abs().max() <= 3 * SHARPNESS
     one = torch.full((1, 1, 1), 0.7, requires_grad=True)  # a 1 x 1 grid (a 32-px input at stride 32): a sure hit
     single = pointing_loss(one, mask)
     single.backward()
     assert single.item() == 0.0 and torch.isfinite(one.grad).all()
+
+
+def test_pointing_loss_targets_the_cells_the_evaluated_pointing_game_counts():
+    """A cell is a target where the evaluated CAM's maximum would land in the hit region when that cell peaks (its
+    peak pixel), not merely where the region touches it; a region that holds no cell's peak pixel falls back to the
+    cells it touches."""
+    from zoo.localisation import pad_geometry, pointing_hit
+
+    region = torch.zeros(1, 96, 96)
+    region[0, 20:50, 20:50] = 1  # touches cells (0, 0), (0, 1), (1, 0), (1, 1); holds only (1, 1)'s peak pixel (47, 47)
+    corner, centre = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3)
+    corner[0, 0, 0], centre[0, 1, 1] = 5.0, 5.0
+    assert pointing_loss(centre, region).item() < 0.05 < 1.0 < pointing_loss(corner, region).item()
+    geo = pad_geometry(96, 96, 96)  # the same verdicts from the evaluated pointing game, box = the region
+    box = np.array([[20.0, 20.0, 29.0, 29.0]])
+    for cam, hit in ((centre, True), (corner, False)):
+        up = torch.nn.functional.interpolate(cam[None], size=(96, 96), mode="bilinear", align_corners=False)[0, 0]
+        assert pointing_hit(up.numpy(), box, geo, tolerance=0) is hit
+    small = torch.zeros(1, 96, 96)
+    small[0, 30:34, 30:34] = 1  # no peak pixel inside: the four cells it touches
+    assert pointing_loss(corner, small).item() < 0.05 < 1.0 < pointing_loss(torch.flip(corner, (1, 2)), small).item()
 
 
 def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_where_one_is():

@@ -55,14 +55,19 @@ def file_record(path: str | Path) -> dict:
     return annotations_record(path)
 
 
-def box_masks(path: str | Path, paths: list[str], size: int, root: str | Path | None = None) -> dict[str, np.ndarray]:
+def box_masks(path: str | Path, paths: list[str], size: int, root: str | Path | None = None,
+              tolerance: float | None = None) -> dict[str, np.ndarray]:
     """``image path -> bool (size, size) mask`` of its annotated boxes in the model input (after resize and pad),
     for each of ``paths`` the COCO file (or YOLO folder) ``path`` annotates (:func:`zoo.localisation.boxes_by_image`:
-    by path relative to ``root``, else base name; YOLO by stem)."""
-    from zoo.localisation import _box_mask, boxes_by_image, load_annotations, pad_geometry
+    by path relative to ``root``, else base name; YOLO by stem). With ``tolerance`` (stored pixels), the pointing
+    game's hit region instead (:func:`zoo.localisation.hit_region`: the boxes grown by it): what the loss trains."""
+    from zoo.localisation import _box_mask, boxes_by_image, hit_region, load_annotations, pad_geometry
 
     coco = load_annotations(path, flag="--boxes")
-    return {p: _box_mask(pad_geometry(h, w, size).to_input(b), (size, size))
+    if tolerance is None:
+        return {p: _box_mask(pad_geometry(h, w, size).to_input(b), (size, size))
+                for p, (b, h, w) in boxes_by_image(coco, paths, root).items()}
+    return {p: hit_region(b, pad_geometry(h, w, size), tolerance)
             for p, (b, h, w) in boxes_by_image(coco, paths, root).items()}
 
 
@@ -99,8 +104,10 @@ def box_dataset(base: ArrayDataset, paths: list[str], path: str | Path, root: st
                 ) -> tuple[BoxDataset | None, dict]:
     """``base`` (the training split, ``paths`` in its order) with the masks of ``path`` for the images it annotates,
     and the record for config.json; ``(None, record)`` when it annotates none of them (train as without)."""
+    from zoo.localisation import TOLERANCE
+
     size = int(base.images.size)
-    by_path = box_masks(path, paths, size, root)
+    by_path = box_masks(path, paths, size, root, tolerance=TOLERANCE)
     masks = {i: by_path[p] for i, p in enumerate(paths) if p in by_path}
     positives = sum(1 for i in masks if base.labels[i] >= 0.5)
     record = {**file_record(path), "annotated_train_images": len(masks), "annotated_train_positives": positives}
@@ -129,21 +136,40 @@ def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=N
     return nn.functional.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHARPNESS) -> torch.Tensor:
-    """The soft pointing game on ``cam``'s grid (B, h, w), (B,), in the map's own units: with ``s`` each map's spread
-    over its cells (its standard deviation, held constant) and ``z = (cam - mean) / s``, the loss is ``s`` times
-    ``-log`` of the ``softmax(sharpness * z)`` mass on the cells that the masks (B, H, W; any size; a soft mask counts
-    where it is > 0) touch.
+def peak_pixels(cells: int, size: int) -> torch.Tensor:
+    """Where the evaluated map of each of ``cells`` grid rows (or columns) peaks in a ``size``-pixel input: pytorch-grad-
+    cam resizes the grid bilinearly with half-pixel centres (OpenCV), so a cell's value sits at ``(i + 0.5) size /
+    cells - 0.5`` (its first pixel, where that falls between two) and the first cell's is held up to the border (the
+    first maximum, NumPy's ``argmax``, is then pixel 0)."""
+    at = torch.floor((torch.arange(cells) + 0.5) * size / cells - 0.5).clamp(0, size - 1).long()
+    at[0] = 0
+    return at
 
-    Its gradient on a cell is ``sharpness * (the cell's softmax share - its share within the boxes' cells)``: bounded
-    whatever the map's scale, where a standardised map's without ``s`` grows as ``1 / s`` (a small map's gradient then
-    swamps the BCE's in Adam's moments, and cost AUC in the bench: bench/README.md). Unchanged by an offset of the
-    map, multiplied by its scale; 0 when the boxes touch every cell, and for a flat map."""
-    cells = nn.functional.adaptive_max_pool2d(mask[:, None].float(), cam.shape[-2:])[:, 0].flatten(1) > 0
+
+def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHARPNESS) -> torch.Tensor:
+    """The soft pointing game on ``cam``'s grid (B, h, w), (B,), in the map's own units.
+
+    The target cells are those whose peak pixel (:func:`peak_pixels`: where the evaluated CAM's maximum lands when
+    the cell is the grid's maximum) lies in the mask (B, H, W: the pointing game's hit region, :func:`box_masks` with
+    a tolerance), or, where no cell's does (a grid coarser than the boxes), every cell the mask touches. With ``z``
+    the map standardised over its cells and ``s`` its spread held constant, the loss is ``s`` times ``-log`` of the
+    ``softmax(sharpness * z)`` mass on the target cells, times the mask's largest value (1; under mixup, the share of
+    the annotated image).
+
+    Unchanged by an offset of the map and proportional to its scale, with no gradient along it: the gradient only
+    moves where the map peaks, and is bounded (at most ``3 sharpness`` a cell) whatever the map's scale, where a
+    standardised map's without ``s`` grows as ``1 / s`` (a small map's gradient then swamps the BCE's in Adam's moments,
+    and cost AUC: bench/README.md). 0 when every cell is a target, and for a flat map."""
+    h, w = cam.shape[-2:]
+    size_h, size_w = mask.shape[-2:]
+    at = mask[:, peak_pixels(h, size_h)][:, :, peak_pixels(w, size_w)].flatten(1) > 0
+    touched = nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))[:, 0].flatten(1) > 0
+    cells = torch.where(at.any(1, keepdim=True), at, touched)
     flat = cam.flatten(1)
-    spread = flat.std(1, correction=0, keepdim=True).detach() + 1e-6  # a 1 x 1 grid: 0, not NaN
-    z = sharpness * (flat - flat.mean(1, keepdim=True)) / spread
-    return spread[:, 0] * (torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1))
+    spread = flat.std(1, correction=0, keepdim=True)  # 0 on a 1 x 1 grid, not NaN
+    z = sharpness * (flat - flat.mean(1, keepdim=True)) / (spread + 1e-6)
+    miss = torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1)
+    return (spread[:, 0].detach() + 1e-6) * miss * mask.flatten(1).amax(1)
 
 
 class BoxLoss(nn.Module):
@@ -194,4 +220,9 @@ class BoxLoss(nn.Module):
         if not bool(pick.any()):
             return loss
         cam = cam_map(activation, logits.reshape(-1)[pick], self.reshape)[pick]
-        return loss + self.weight * self.ramp * pointing_loss(cam, mask[pick]).mean()
+        return loss + self.weight * self.ramp * self.term(cam, mask[pick]).mean()
+
+    def term(self, cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The box term of each annotated positive, (B,), from its pre-ReLU Grad-CAM on the layer's grid
+        (:func:`cam_map`, (B, h, w)) and its mask (B, H, W): :func:`pointing_loss`."""
+        return pointing_loss(cam, mask)

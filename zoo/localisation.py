@@ -86,6 +86,14 @@ def _distance_to_boxes(x: np.ndarray, y: np.ndarray, boxes: np.ndarray) -> np.nd
     return d
 
 
+def hit_region(boxes: np.ndarray, geo: Geometry, tolerance: float = TOLERANCE) -> np.ndarray:
+    """Bool (size, size): the model-input pixels (by their centres) where a CAM's maximum counts as a hit of the
+    pointing game (:func:`pointing_hit`): within ``tolerance`` stored pixels of one of the COCO ``boxes``."""
+    rows, cols = np.mgrid[0:geo.size, 0:geo.size]
+    x, y = geo.to_stored(rows, cols)
+    return _distance_to_boxes(x, y, boxes) <= tolerance
+
+
 def pointing_hit(cam: np.ndarray, boxes: np.ndarray, geo: Geometry, tolerance: float = TOLERANCE) -> bool:
     """Is the CAM's maximum within ``tolerance`` stored pixels of a box? (An all-equal CAM points nowhere: a miss.)"""
     cam = np.asarray(cam, float)
