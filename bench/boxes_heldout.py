@@ -2,7 +2,7 @@
 defaults were chosen; the test split is left to ``bench/explain.py --boxes``). FracAtlas (../shared/data/fracatlas-hand;
 CC BY 4.0, Abedeen et al. 2023), one member per setting, the modern recipe, no ImageNet weights:
 
-  python bench/boxes_heldout.py --settings none energy:1:1 pointing:0.3:0 --img-size 384 --epochs 16
+  python bench/boxes_heldout.py --settings none energy:1:1 pointing:1:0 --img-size 384 --epochs 16
 
 A setting is ``none`` (no boxes) or ``LOSS:WEIGHT:WARMUP``: ``pointing`` is the loss ``train_all.py --boxes`` trains
 (:func:`zoo.boxes.pointing_loss`); ``energy`` is the loss it replaced (``1 - energy share`` of the min-max-normalised,
@@ -10,7 +10,8 @@ upsampled Grad-CAM), kept here as the reference. Every setting trains on the sam
 boxes of the training split only (the member's own training images use them); the scores are on the member's
 validation and calibration images (held out of its training; abnormal, with FracAtlas boxes): pointing game (Wilson
 interval) and energy share (bootstrap interval) of the kept member (best validation AUC, what a user gets) and of the
-last epoch's weights, and the study AUC on the same held-out studies (DeLong interval). Writes OUT/heldout.csv.
+last epoch's weights; and the study AUC (DeLong interval) of both on the calibration studies, which chose nothing
+(the validation studies chose the kept epoch). Writes OUT/heldout.csv.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
@@ -28,43 +32,20 @@ sys.path.insert(0, str(ROOT))
 
 
 def energy_reference(BoxLoss):  # noqa: N803 (a class)
-    """The loss before the soft pointing game: ``1 - energy share`` of the differentiable, min-max-normalised Grad-CAM
-    resized to the input, averaged over the annotated positives."""
-    from zoo.boxes import gradcam
+    """The loss before the soft pointing game: ``1 - energy share`` (:func:`zoo.localisation.energy_share`'s ratio, on
+    the bare box mask) of the differentiable, min-max-normalised Grad-CAM resized to the input."""
+    from torch import nn
 
     class EnergyLoss(BoxLoss):
-        def forward(self, logits, target, mask=None):
-            loss = self.base(logits, target)
-            activation = self._held.pop("a", None)
-            if mask is None or activation is None or self.weight * self.ramp == 0:
-                return loss
-            mask = mask.reshape(len(mask), -1, *mask.shape[-2:])[:, 0].float()
-            pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
-            if not bool(pick.any()):
-                return loss
-            cam = gradcam(activation, logits.reshape(-1)[pick], mask.shape[-1], self.reshape)[pick]
-            share = (cam * mask[pick]).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-6)
-            return loss + self.weight * self.ramp * (1 - share).mean()
+        def term(self, cam, mask):
+            cam = nn.functional.relu(cam)
+            flat = cam.flatten(1)
+            lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+            cam = nn.functional.interpolate(((cam - lo) / (hi - lo + 1e-7))[:, None], size=mask.shape[-2:],
+                                            mode="bilinear", align_corners=False)[:, 0]
+            return 1 - (cam * mask).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-6)
 
     return EnergyLoss
-
-
-def held_out_scores(model, paths, images, boxes) -> dict:
-    """Pointing game and energy share of ``model``'s Grad-CAMs (:func:`zoo.localisation.summarise`)."""
-    import pandas as pd
-
-    from zoo.cam import compute_cams
-    from zoo.localisation import chance_levels, image_scores, summarise
-
-    rows = []
-    for start in range(0, len(paths), 32):
-        cams, _ = compute_cams(model, images[start:start + 32], "gradcam")
-        for p, cam in zip(paths[start:start + 32], cams, strict=True):
-            b, h, w = boxes[p]
-            cp, ce = chance_levels(b, h, w)
-            rows.append({"path": p, "member": "", "method": "gradcam", **image_scores(cam, b, h, w),
-                         "chance_point": cp, "chance_energy": ce, "road": float("nan"), "road_random": float("nan")})
-    return summarise(pd.DataFrame(rows)).iloc[0].to_dict()
 
 
 def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[dict]:
@@ -72,8 +53,6 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     (``size / stride`` cells a side) bilinearly with half-pixel centres, so a map's first maximum lies on a cell
     centre (on row or column 0 for a cell of the first row or column, whose value is held up to the border), and an
     image can be hit only if one of those points is within the tolerance of one of its boxes (stored pixels)."""
-    import numpy as np
-
     from zoo.localisation import TOLERANCE, _distance_to_boxes, pad_geometry
 
     coco = json.loads(boxes_file.read_text())
@@ -83,7 +62,7 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     images = [i for i in coco["images"] if i["id"] in by_image]
     rows = []
     for size in sizes:
-        cells = size // stride
+        cells = math.ceil(size / stride)  # timm's CNNs: a partial last cell
         centres = np.floor((np.arange(cells) + 0.5) * size / cells - 0.5)  # input pixels (row or column)
         centres[0] = 0
         hits = 0
@@ -96,30 +75,48 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     return rows
 
 
+def calibration_auc(model, trainer, size: int) -> dict:
+    """The study AUC (DeLong interval) of ``model`` on the trainer's calibration studies, which chose nothing."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from zoo.data import load_images
+    from zoo.inference import ArrayDataset, predict_array
+    from zoo.metrics import aggregate_studies
+    from zoo.stats import auc_ci
+
+    cal = trainer.cal_df[["id", "part", "label", "path"]].copy()
+    images = load_images(cal["path"].tolist(), size, quiet=True)
+    rows = images.index()
+    loader = DataLoader(ArrayDataset(images, [rows[p] for p in cal["path"]], cal["label"].to_numpy()), batch_size=32)
+    cal["prob"] = predict_array(model, loader, torch.device("cpu"))
+    studies = aggregate_studies(cal, "prob")
+    return auc_ci(studies["label"], studies["prob"])
+
+
 def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     import pandas as pd
 
     import zoo.boxes
     from zoo.config import resolve
     from zoo.data import load_dataset, load_images
-    from zoo.localisation import boxes_by_image, load_annotations
+    from zoo.localisation import load_annotations, validation_localisation
     from zoo.model import BoneClassifier
-    from zoo.stats import auc_ci
     from zoo.train import Trainer
 
     loss, weight, warmup = (setting.split(":") + ["", "", ""])[:3] if setting != "none" else ("none", "0", "0")
     if loss not in ("none", "pointing", "energy"):
         raise SystemExit(f"unknown setting {setting!r}: none, pointing:W:WARMUP or energy:W:WARMUP")
-    production = zoo.boxes.BoxLoss
-    if loss == "energy":
+    production, masks = zoo.boxes.BoxLoss, zoo.boxes.box_masks
+    if loss == "energy":  # the loss before, on the bare boxes it trained on (not the pointing game's hit region)
         zoo.boxes.BoxLoss = energy_reference(production)
+        zoo.boxes.box_masks = lambda *a, tolerance=None, **k: masks(*a, **k)
     out = Path(args.out) / f"{args.backbone}-{args.img_size}-s{args.seed}-{setting.replace(':', '_')}"
     given = {"img_size": args.img_size, "epochs": args.epochs, "seed": args.seed, "pretrained": False, "quiet": True,
              "export": False, "boxes": None if loss == "none" else str(boxes_file)}
     if loss != "none":
         given |= {"box_weight": float(weight), "box_warmup": float(warmup)}
-    cfg = resolve("modern", given, backbone=args.backbone)
-    trainer = Trainer(cfg, load_dataset(data), out)
+    trainer = Trainer(resolve("modern", given, backbone=args.backbone), load_dataset(data), out)
     last: dict = {}
     export = trainer.export
 
@@ -132,32 +129,32 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     try:
         trainer.fit()
     finally:
-        zoo.boxes.BoxLoss = production
-    held = pd.concat([trainer.val_df, trainer.cal_df])
+        zoo.boxes.BoxLoss, zoo.boxes.box_masks = production, masks
+    train_s = time.perf_counter() - t0
+    held = pd.concat([trainer.val_df, trainer.cal_df], ignore_index=True)
+    paths, labels = held["path"].tolist(), held["label"].to_numpy()
+    images = load_images(paths, args.img_size, quiet=True)
+    rows = images.index()
     coco = load_annotations(data / "annotations.coco.json")
-    positives = held[held["label"] >= 0.5]["path"].tolist()
-    boxes = boxes_by_image(coco, positives, data)
-    paths = [p for p in positives if p in boxes]
-    images = load_images(paths, args.img_size, quiet=True).array[:]
-    kept = held_out_scores(BoneClassifier.load(out), paths, images, boxes)
-    final = held_out_scores(last["model"], paths, images, boxes)
-    studies = pd.concat([pd.read_csv(out / "val_predictions.csv"), pd.read_csv(out / "calibration_predictions.csv")])
-    auc = auc_ci(studies["label"], studies["prob"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {"setting": setting, "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
-            "seed": args.seed, "images": len(paths), "best_epoch": metrics["best_epoch"],
-            **{f"kept_{k}": kept[k] for k in ("pointing", "pointing_lo", "pointing_hi", "energy", "energy_lo",
-                                              "energy_hi")},
-            "pointing_chance": kept["pointing_chance"], "energy_chance": kept["energy_chance"],
-            **{f"last_{k}": final[k] for k in ("pointing", "pointing_lo", "pointing_hi", "energy")},
-            "auc": auc["auc"], "auc_lo": auc["lo"], "auc_hi": auc["hi"], "studies": len(studies),
-            "train_s": round(time.perf_counter() - t0)}
+    row = {"setting": setting, "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
+           "seed": args.seed, "best_epoch": json.loads((out / "metrics.json").read_text())["best_epoch"],
+           "train_s": round(train_s)}
+    for name, model in (("kept", BoneClassifier.load(out)), ("last", last["model"])):
+        loc = validation_localisation(model, lambda i: images.read(np.array([rows[paths[j]] for j in i])), paths,
+                                      labels, coco, root=data, limit=len(paths))
+        auc = calibration_auc(model, trainer, args.img_size)
+        row |= {"images": loc["images"], "pointing_chance": loc["pointing_chance"],
+                "energy_chance": loc["energy_chance"], f"{name}_auc": auc["auc"], f"{name}_auc_lo": auc["lo"],
+                f"{name}_auc_hi": auc["hi"], "studies": len(trainer.cal_df),
+                **{f"{name}_{k}": loc[k] for k in ("pointing", "pointing_lo", "pointing_hi", "energy", "energy_lo",
+                                                   "energy_hi")}}
+    return row
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA), help="dataset folder with annotations.coco.json (default %(default)s)")
-    p.add_argument("--settings", nargs="+", default=["none", "energy:1:1", "pointing:0.3:0"])
+    p.add_argument("--settings", nargs="+", default=["none", "energy:1:1", "pointing:1:0"])
     p.add_argument("--backbone", default="resnet10t")
     p.add_argument("--img-size", type=int, default=384)
     p.add_argument("--epochs", type=int, default=16)
@@ -185,8 +182,8 @@ def main() -> int:
     for setting in args.settings:
         rows.append(run_setting(setting, args, data, boxes_file))
         r = rows[-1]
-        print(f"{setting}: kept pointing {r['kept_pointing']:.3f}, last {r['last_pointing']:.3f}, AUC {r['auc']:.3f}",
-              file=sys.stderr)
+        print(f"{setting}: pointing kept {r['kept_pointing']:.3f}, last {r['last_pointing']:.3f}; calibration AUC "
+              f"kept {r['kept_auc']:.3f}, last {r['last_auc']:.3f}", file=sys.stderr)
     table = pd.DataFrame(rows)
     csv = out / "heldout.csv"
     if csv.is_file():
@@ -203,11 +200,14 @@ def main() -> int:
                                  for r in table.itertuples()],
         "energy, last (x chance)": [f"{r.last_energy:.3f} ({r.last_energy / r.energy_chance:.1f})"
                                     for r in table.itertuples()],
-        "held-out AUC": [f"{r.auc:.3f} ({interval(r.auc_lo, r.auc_hi)})" for r in table.itertuples()]})
+        "calibration AUC, kept": [f"{r.kept_auc:.3f} ({interval(r.kept_auc_lo, r.kept_auc_hi)})"
+                                  for r in table.itertuples()],
+        "calibration AUC, last": [f"{r.last_auc:.3f} ({interval(r.last_auc_lo, r.last_auc_hi)})"
+                                  for r in table.itertuples()]})
     print(show.to_markdown(index=False, disable_numparse=True))
     print(f"\n{int(table['images'].iloc[-1])} held-out abnormal images with boxes; pointing chance "
           f"{table['pointing_chance'].iloc[-1]:.3f}, energy chance {table['energy_chance'].iloc[-1]:.3f}; AUC over "
-          f"{int(table['studies'].iloc[-1])} held-out studies")
+          f"{int(table['studies'].iloc[-1])} calibration studies")
     return 0
 
 
