@@ -332,6 +332,12 @@ def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
         "box_warmup 1.0 -> 0.0"]
     assert resume_changes(tmp_path / "m", fingerprint(replace(cfg, boxes=None), data)) == [
         f"boxes {str(boxes)!r} -> None"]
+    # a checkpoint of the loss before (its boxes record names no loss): the same file, weight and warm-up, but
+    # another training, refused by name rather than continued under the other loss
+    before = {**fp, "boxes": {k: v for k, v in fp["boxes"].items() if k not in ("loss", "sharpness")}}
+    Checkpoint(tmp_path / "e" / "checkpoint", fingerprint=before).save({"epoch": 1}, model, opt, sched, best=True)
+    assert resume_changes(tmp_path / "e", fingerprint(cfg, data)) == [
+        "the box loss (grad-cam energy share -> grad-cam soft pointing game, sharpness 2): another training"]
     # a finished member whose fingerprint.json predates the boxes hash: --boxes cannot be continued on it
     old = tmp_path / "old"
     old.mkdir()

@@ -137,10 +137,10 @@ def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=N
 
 
 def peak_pixels(cells: int, size: int) -> torch.Tensor:
-    """Where the evaluated map of each of ``cells`` grid rows (or columns) peaks in a ``size``-pixel input: pytorch-grad-
-    cam resizes the grid bilinearly with half-pixel centres (OpenCV), so a cell's value sits at ``(i + 0.5) size /
-    cells - 0.5`` (its first pixel, where that falls between two) and the first cell's is held up to the border (the
-    first maximum, NumPy's ``argmax``, is then pixel 0)."""
+    """Where the evaluated map of each of ``cells`` grid rows (or columns) peaks in a ``size``-pixel input:
+    pytorch-grad-cam resizes the grid bilinearly with half-pixel centres (OpenCV), so a cell's value sits at
+    ``(i + 0.5) size / cells - 0.5`` (its first pixel, where that falls between two), and the first cell's is held up
+    to the border (the first maximum, NumPy's ``argmax``, is then pixel 0)."""
     at = torch.floor((torch.arange(cells) + 0.5) * size / cells - 0.5).clamp(0, size - 1).long()
     at[0] = 0
     return at

@@ -134,8 +134,9 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
     if boxes := t.get("boxes"):
         lines.append(f"Box supervision: `{boxes['file']}` (sha256 {boxes['sha256'][:12]}), "
                      f"{boxes['annotated_train_positives']} positive training images with boxes; "
-                     f"{boxes.get('loss', 'grad-cam')} loss x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} "
-                     "epochs).")
+                     f"{boxes.get('loss', 'grad-cam')} loss"
+                     + (f" (sharpness {_num(boxes['sharpness'])})" if boxes.get("sharpness") is not None else "")
+                     + f" x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} epochs).")
     semi = t.get("semi_supervised")
     if semi:
         lines.append(f"Semi-supervised: {semi['pseudo_labelled_studies']} of {semi['unlabelled_studies']} unlabelled "

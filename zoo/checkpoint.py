@@ -37,6 +37,7 @@ from zoo.runtime import precision_name
 
 FINGERPRINT_FILE = "fingerprint.json"
 SPEED_FIELDS = ("micro_batch", "compile")  # change how fast a member trains, not what it learns: not compared
+LEGACY_BOX_LOSS = "grad-cam energy share"  # the --boxes loss of members that did not record theirs
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -217,18 +218,20 @@ def data_fingerprint(images, root: str | Path | None = None, pseudo=None) -> dic
 
 def boxes_fingerprint(config) -> dict | None:
     """What ``--boxes`` trains from: the file's name and SHA-256 (:func:`zoo.boxes.file_record`; ``sha256`` None
-    when it cannot be read) with ``--box-weight`` and ``--box-warmup``; None without ``--boxes``. The config holds
-    only the file's path: the same path with other boxes in it is another training."""
+    when it cannot be read) with ``--box-weight``, ``--box-warmup`` and the loss (its name and sharpness); None
+    without ``--boxes``. The config holds only the file's path: the same path with other boxes in it is another
+    training."""
     path = getattr(config, "boxes", None)
     if not path:
         return None
-    from zoo.boxes import file_record
+    from zoo.boxes import BOX_LOSS, SHARPNESS, file_record
 
     try:
         record = file_record(path)
     except (OSError, ValueError):  # unreadable, or a folder without YOLO labels
         record = {"file": Path(path).name, "sha256": None}
-    return {**record, "weight": config.box_weight, "warmup": config.box_warmup}
+    return {**record, "weight": config.box_weight, "warmup": config.box_warmup, "loss": BOX_LOSS,
+            "sharpness": SHARPNESS}
 
 
 def fingerprint(config, data: dict) -> dict:
@@ -265,7 +268,8 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
         box = cfg.get("boxes")
         stored = {"config": {k: v for k, v in cfg.items() if k in current["config"] and k not in resolved},
                   "data": None, "boxes": box and {"file": box.get("file"), "sha256": box.get("sha256"),
-                                                  "weight": box.get("weight"), "warmup": box.get("warmup")}}
+                                                  "weight": box.get("weight"), "warmup": box.get("warmup"),
+                                                  **{k: box[k] for k in ("loss", "sharpness") if k in box}}}
     old, new = _comparable(stored.get("config", {})), _comparable(current["config"])
     changes = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     changes += _boxes_changes(stored, current.get("boxes"), legacy)
@@ -290,10 +294,17 @@ def _boxes_changes(stored: dict, now: dict | None, legacy: bool = False) -> list
     if legacy and (was is None) != (now is None):
         return [f"boxes: trained without --boxes, now --boxes {now['file']}" if was is None else
                 f"boxes: trained with --boxes {was.get('file')}, now without"]
-    if was is None or now is None or (was.get("sha256") == now["sha256"] and now["sha256"] is not None):
+    if was is None or now is None:
         return []
+    changes = []
+    old_loss = (was.get("loss", LEGACY_BOX_LOSS), was.get("sharpness"))  # a member from before the loss was recorded
+    if old_loss != (now.get("loss"), now.get("sharpness")):
+        changes.append(f"the box loss ({old_loss[0]}" + (f", sharpness {old_loss[1]:g}" if old_loss[1] else "") +
+                       f" -> {now.get('loss')}, sharpness {now.get('sharpness'):g}): another training")
+    if was.get("sha256") == now["sha256"] and now["sha256"] is not None:
+        return changes
     if now["sha256"] is None:
-        return [f"the boxes file ({was.get('file')} -> {now['file']}: unreadable now, so it cannot be compared with "
-                f"the one trained with, sha256 {str(was.get('sha256'))[:12]})"]
-    return [f"the boxes file ({was.get('file')} -> {now['file']}: its content differs, sha256 "
-            f"{str(was.get('sha256'))[:12]} -> {str(now['sha256'])[:12]})"]
+        return changes + [f"the boxes file ({was.get('file')} -> {now['file']}: unreadable now, so it cannot be "
+                          f"compared with the one trained with, sha256 {str(was.get('sha256'))[:12]})"]
+    return changes + [f"the boxes file ({was.get('file')} -> {now['file']}: its content differs, sha256 "
+                      f"{str(was.get('sha256'))[:12]} -> {str(now['sha256'])[:12]})"]
