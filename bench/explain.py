@@ -11,9 +11,10 @@ bench/out/explain/ (git-ignored) and prints the localisation table and the paire
 twice, without and with ``train_all.py --boxes`` (the boxes of the training split only, written to
 OUT/train_boxes.coco.json), and both runs are scored on the test split against all the boxes: pointing game (Wilson
 interval) and energy share (bootstrap interval) of the fused Grad-CAM and of each member, beside chance, and the
-ensemble's study AUC (DeLong interval) with the paired DeLong difference with boxes - without. The full run:
+ensemble's study AUC (DeLong interval) with the paired DeLong difference with boxes - without. The full run (384 px:
+the CAM grid must resolve FracAtlas' boxes, ``bench/boxes_heldout.py --ceiling``; ~2 h on 2 CPU cores):
 
-  python bench/explain.py --boxes --models regnetx_002 resnet10t --img-size 128 --epochs 8 --seeds 0 1 2
+  python bench/explain.py --boxes --models regnetx_002 resnet10t --img-size 384 --epochs 16 --seeds 0 1 2
 """
 
 from __future__ import annotations
