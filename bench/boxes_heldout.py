@@ -178,17 +178,18 @@ def main() -> int:
     if args.ceiling:
         print(pd.DataFrame(grid_ceiling(boxes_file, args.ceiling)).to_markdown(index=False, floatfmt=".3f"))
         return 0
-    rows = []
+    csv = out / "heldout.csv"
     for setting in args.settings:
-        rows.append(run_setting(setting, args, data, boxes_file))
-        r = rows[-1]
+        r = run_setting(setting, args, data, boxes_file)
         print(f"{setting}: pointing kept {r['kept_pointing']:.3f}, last {r['last_pointing']:.3f}; calibration AUC "
               f"kept {r['kept_auc']:.3f}, last {r['last_auc']:.3f}", file=sys.stderr)
-    table = pd.DataFrame(rows)
-    csv = out / "heldout.csv"
-    if csv.is_file():
-        table = pd.concat([pd.read_csv(csv), table], ignore_index=True)
-    table.to_csv(csv, index=False)
+        table = pd.DataFrame([r])  # each setting's row lands as soon as it is scored: a stopped sweep keeps its rows
+        if csv.is_file():
+            table = pd.concat([pd.read_csv(csv), table], ignore_index=True)
+        table.to_csv(csv, index=False)
+    if not csv.is_file():
+        return 0
+    table = pd.read_csv(csv)
     show = pd.DataFrame({
         "setting": table["setting"], "backbone": table["backbone"], "px": table["img_size"], "seed": table["seed"],
         "best epoch": table["best_epoch"],
