@@ -13,9 +13,10 @@ annotated region on annotated positives.
   (its spec's ``cam_layer``, the ViT token reshape of :func:`zoo.cam.cam_target`; no per-backbone code). A forward
   hook keeps the layer's output A; the weights are the spatial mean of d logit / d A (``create_graph=True``), and the
   map ``M = sum_c w_c A_c`` (pytorch-grad-cam's ``GradCAM`` before its ReLU) is read on the layer's own grid. Each
-  annotated positive's map is standardised over its cells by its (constant) spread ``s`` and the loss is ``s`` times
-  ``-log`` of the ``softmax(SHARPNESS * z)`` mass on the cells its boxes touch (:func:`pointing_loss`): the pointing
-  game's hit (the map's maximum in the box) made differentiable, which also keeps the map from concentrating anywhere
+  annotated positive's map is standardised over its cells (``z``, spread ``s``) and the loss is ``s`` (held
+  constant) times ``-log`` of the ``softmax(SHARPNESS * z)`` mass on its target cells, those whose peak pixel lies in
+  the pointing game's hit region, the boxes grown by its 15-px tolerance (:func:`pointing_loss`): the pointing game's
+  hit (the map's maximum on the box) made differentiable, which also keeps the map from concentrating anywhere
   outside, with a gradient of the BCE's own order whatever the map's scale. Averaged over the annotated positives of
   the batch and added to the BCE with weight ``box_weight`` (ramped linearly from 0 over ``box_warmup`` epochs).
   Chosen over the earlier loss, ``1 - energy share`` of the min-max-normalised map, on held-out FracAtlas images
