@@ -23,8 +23,8 @@ annotated region on annotated positives.
   (``bench/boxes_heldout.py``; that one's gradient vanishes while the share is small, and it left the pointing game
   near chance).
 - **Cost.** A batch with annotated positives pays a second-order backward through the layers above the CAM layer
-  (the last stage and the head); a batch without any trains exactly as without ``--boxes``. Measured on CPU at 96 px
-  (``BOX_COST`` below, used by ``--budget-minutes``).
+  (the last stage and the head); a batch without any trains exactly as without ``--boxes``. Measured by
+  ``bench/box_cost.py`` (``BOX_COST`` below, used by ``--budget-minutes``): a few per cent a step.
 
 Validation, calibration and test never see boxes (only the training dataset is wrapped). Nothing is kept per process
 but the activation of the forward in flight, so DDP and gradient accumulation work unchanged; under bf16 autocast the
@@ -41,9 +41,10 @@ from torch import nn
 
 from zoo.inference import ArrayDataset
 
-# --budget-minutes: seconds per training image with --boxes / without, measured here (regnetx_002 and resnet10t at
-# 96 and 128 px, CPU, fp32, every image an annotated positive: the worst case)
-BOX_COST = 1.2
+# --budget-minutes: seconds per training step with --boxes / without, every image an annotated positive (the worst
+# case): bench/box_cost.py, regnetx_002 and resnet10t at 96, 128 and 384 px, CPU, fp32, 0.92-1.04 (median 1.03; the
+# second-order backward runs only through the layers above the CAM layer); the largest, rounded up
+BOX_COST = 1.05
 BOX_LOSS = "grad-cam soft pointing game"  # what config.json and the card name it (before: "grad-cam energy share")
 SHARPNESS = 2.0  # of the soft pointing game's softmax over the standardised map (bench/README.md)
 
