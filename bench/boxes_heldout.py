@@ -10,8 +10,11 @@ upsampled Grad-CAM), kept here as the reference. Every setting trains on the sam
 boxes of the training split only (the member's own training images use them); the scores are on the member's
 validation and calibration images (held out of its training; abnormal, with FracAtlas boxes): pointing game (Wilson
 interval) and energy share (bootstrap interval) of the kept member (best validation AUC, what a user gets) and of the
-last epoch's weights; and the study AUC (DeLong interval) of both on the calibration studies, which chose nothing
-(the validation studies chose the kept epoch). Writes OUT/heldout.csv.
+last epoch's weights; and the study AUC (DeLong interval) of both on the calibration studies, which chose no epoch
+(the validation studies chose the kept epoch; across a sweep they chose the defaults that ship, so they are a
+development set, not an unbiased estimate: that is the test split's job). Each row of OUT/heldout.csv names the
+loss, its sharpness and the commit that scored it. The ``energy`` arm trains the old loss through the new
+``BoxLoss.term`` seam; its member's config.json still names the shipped loss (read the setting, not the config).
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ def energy_reference(BoxLoss):  # noqa: N803 (a class)
 
 def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[dict]:
     """The best pointing game any CAM can score at each input size: pytorch-grad-cam resizes the CAM layer's grid
-    (``size / stride`` cells a side) bilinearly with half-pixel centres, so a map's first maximum lies on a cell
-    centre (on row or column 0 for a cell of the first row or column, whose value is held up to the border), and an
-    image can be hit only if one of those points is within the tolerance of one of its boxes (stored pixels)."""
+    (``size / stride`` cells a side) bilinearly with half-pixel centres, so a map's first maximum lies next to a cell
+    centre (:func:`zoo.boxes.peak_pixels`), and an image can be hit only if one of those points is within the
+    tolerance of one of its boxes (stored pixels)."""
+    from zoo.boxes import peak_pixels
     from zoo.localisation import TOLERANCE, _distance_to_boxes, pad_geometry
 
     coco = json.loads(boxes_file.read_text())
@@ -63,8 +67,7 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     rows = []
     for size in sizes:
         cells = math.ceil(size / stride)  # timm's CNNs: a partial last cell
-        centres = np.floor((np.arange(cells) + 0.5) * size / cells - 0.5)  # input pixels (row or column)
-        centres[0] = 0
+        centres = np.unique(np.concatenate([t.numpy() for t in peak_pixels(cells, size)]))  # input pixels, a side
         hits = 0
         for img in images:
             geo = pad_geometry(img["height"], img["width"], size)
@@ -94,6 +97,17 @@ def calibration_auc(model, trainer, size: int) -> dict:
     return auc_ci(studies["label"], studies["prob"])
 
 
+def _commit() -> str:
+    """The repository's commit (with ``+`` when the tree has changes): each row says which code scored it."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = "+" if git("status", "--porcelain", "--", "zoo") else ""
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + dirty
+
+
 def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     import pandas as pd
 
@@ -104,7 +118,7 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     from zoo.model import BoneClassifier
     from zoo.train import Trainer
 
-    loss, weight, warmup = (setting.split(":") + ["", "", ""])[:3] if setting != "none" else ("none", "0", "0")
+    loss, weight, warmup = (setting.split(":") + ["1", "0"])[:3] if setting != "none" else ("none", "0", "0")
     if loss not in ("none", "pointing", "energy"):
         raise SystemExit(f"unknown setting {setting!r}: none, pointing:W:WARMUP or energy:W:WARMUP")
     production, masks = zoo.boxes.BoxLoss, zoo.boxes.box_masks
@@ -136,7 +150,9 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     images = load_images(paths, args.img_size, quiet=True)
     rows = images.index()
     coco = load_annotations(data / "annotations.coco.json")
-    row = {"setting": setting, "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
+    row = {"setting": setting, "loss": {"none": "", "energy": "grad-cam energy share"}.get(loss, zoo.boxes.BOX_LOSS),
+           "sharpness": zoo.boxes.SHARPNESS if loss == "pointing" else "", "commit": _commit(),
+           "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
            "seed": args.seed, "best_epoch": json.loads((out / "metrics.json").read_text())["best_epoch"],
            "train_s": round(train_s)}
     for name, model in (("kept", BoneClassifier.load(out)), ("last", last["model"])):

@@ -13,7 +13,18 @@ import torch
 from conftest import free_port, run_script
 from PIL import Image, ImageFilter
 
-from zoo.boxes import SHARPNESS, BoxDataset, BoxLoss, box_dataset, box_masks, gradcam, pointing_loss
+from zoo.boxes import (
+    BOX_LOSS,
+    SHARPNESS,
+    BoxDataset,
+    BoxLoss,
+    box_dataset,
+    box_masks,
+    cam_map,
+    gradcam,
+    peak_pixels,
+    pointing_loss,
+)
 from zoo.cam import cam_target, compute_cams
 from zoo.data import load_images
 from zoo.data.transforms import train_augment
@@ -96,7 +107,7 @@ def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
     offset of the map (the logit's) does not change it, its scale multiplies it and gets no gradient; its gradient
     stays bounded however small the map (a standardised map's grew as 1 / spread)."""
     mask = torch.zeros(1, 96, 96)
-    mask[0, 40:50, 70:80] = 1  # holds the peak pixel (47, 79) of cell (1, 2) of a 3 x 3 grid over 96 px
+    mask[0, 40:50, 70:82] = 1  # holds the peak pixels (47 or 48, 80) of cell (1, 2) of a 3 x 3 grid over 96 px
     inside, outside = torch.zeros(1, 3, 3), torch.zeros(1, 3, 3)
     inside[0, 1, 2], outside[0, 2, 0] = 5.0, 5.0
     spread = float(inside.std(correction=0))
@@ -120,10 +131,73 @@ def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
     flat.backward()
     assert flat.item() == pytest.approx(0.0, abs=1e-5) and torch.isfinite(cam.grad).all()
     assert cam.grad.abs().max() <= 3 * SHARPNESS
-    one = torch.full((1, 1, 1), 0.7, requires_grad=True)  # a 1 x 1 grid (a 32-px input at stride 32): a sure hit
+    one = torch.full((1, 1, 1), 0.7, requires_grad=True)  # a 1 x 1 grid (a 32-px input at stride 32): nothing to move
     single = pointing_loss(one, mask)
     single.backward()
     assert single.item() == 0.0 and torch.isfinite(one.grad).all()
+
+
+@pytest.mark.parametrize(("cells", "size"), [(3, 96), (4, 128), (12, 384), (5, 150), (7, 64)])
+def test_peak_pixels_are_where_pytorch_grad_cams_resized_map_peaks(cells, size):
+    """For each cell as the grid's maximum, with neighbours of any order, the first maximum of the map as
+    pytorch-grad-cam resizes it (OpenCV, half-pixel centres) is one of the cell's two candidate pixels a side."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    first, second = (t.numpy() for t in peak_pixels(cells, size))
+    rng = np.random.default_rng(cells)
+    for _ in range(4):
+        for i in range(cells):
+            for j in range(cells):
+                grid = rng.uniform(0, 1, (cells, cells)).astype(np.float32)
+                grid[i, j] = 2.0
+                up = scale_cam_image(grid[None], (size, size))[0]
+                r, c = np.unravel_index(np.argmax(up), up.shape)
+                assert r in (first[i], second[i]) and c in (first[j], second[j]), (i, j, r, c)
+
+
+def test_pointing_loss_of_an_empty_mask_is_zero_not_nan():
+    cam = torch.randn(2, 3, 3, requires_grad=True)
+    mask = torch.zeros(2, 96, 96)
+    mask[1, 40:50, 40:50] = 1
+    loss = pointing_loss(cam, mask)
+    loss.sum().backward()
+    assert loss[0].item() == 0.0 and torch.isfinite(loss).all() and torch.isfinite(cam.grad).all()
+
+
+def test_box_loss_maps_each_image_alone_as_the_evaluated_gradcam_does():
+    """The map the loss trains is each image's own eval-mode Grad-CAM, in a training step too: the head's train-mode
+    BatchNorm (batch statistics) and dropout do not mix the other images of the batch into its weights."""
+    torch.manual_seed(0)
+    model = BoneClassifier("resnet10t", img_size=64, head_hidden=[16]).train()
+    for m in model.backbone.modules():  # the backbone's own activations per image, so only the head could mix them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    for m in model.head.modules():  # the head's running statistics held still, so every map below sees the same
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.momentum = 0.0
+    seen = []
+
+    class Capture(BoxLoss):
+        def term(self, cam, mask):
+            seen.append(cam.detach())
+            return super().term(cam, mask)
+
+    loss_fn = Capture(WeightedBCE(1.0), model, weight=1.0)
+    x = torch.randn(6, 1, 64, 64)
+    mask = torch.zeros(6, 1, 64, 64)
+    mask[:, :, :20, :20] = 1
+    for others in (x[1:], torch.randn(5, 1, 64, 64)):  # the same first image among other companions
+        loss_fn(model(torch.cat([x[:1], others])), torch.ones(6), mask)
+    layer, reshape = cam_target(model)
+    held = {}
+    hook = layer.register_forward_hook(lambda m, i, o: held.update(a=o))
+    model.eval()
+    logit = model(x[:1])  # the image alone, eval mode: what localisation scores
+    alone = cam_map(held["a"], logit, reshape)
+    hook.remove()
+    loss_fn.remove()
+    torch.testing.assert_close(seen[0][0], seen[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen[0][0], alone[0].detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_pointing_loss_targets_the_cells_the_evaluated_pointing_game_counts():
@@ -237,6 +311,10 @@ def test_a_boxes_file_that_matches_no_image_says_so_and_trains_exactly_as_withou
                      "--out", tmp_path / "bad", cwd=tmp_path)
     assert bad.returncode == 2 and "--boxes" in bad.stderr and "no such file" in bad.stderr
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+    compiled = run_script("train_all.py", "--data", synthetic_root, *TRAIN, "--boxes", other, "--compile",
+                          "--out", tmp_path / "compiled", cwd=tmp_path)
+    assert compiled.returncode == 2 and "drop --compile" in compiled.stderr  # no double backward when compiled
+    assert not (tmp_path / "compiled").exists()
 
 
 ENERGY_MARGIN = 0.02  # energy share inside the box, with minus without (chance, the boxes' share, is about 0.03)
@@ -337,7 +415,12 @@ def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
     before = {**fp, "boxes": {k: v for k, v in fp["boxes"].items() if k not in ("loss", "sharpness")}}
     Checkpoint(tmp_path / "e" / "checkpoint", fingerprint=before).save({"epoch": 1}, model, opt, sched, best=True)
     assert resume_changes(tmp_path / "e", fingerprint(cfg, data)) == [
-        "the box loss (grad-cam energy share -> grad-cam soft pointing game, sharpness 2): another training"]
+        f"the box loss (grad-cam energy share -> {BOX_LOSS}, sharpness 2): another training"]
+    # the soft pointing game before its map was each image's own (the train-mode head's): another training too
+    first = {**fp, "boxes": {**fp["boxes"], "loss": "grad-cam soft pointing game"}}
+    Checkpoint(tmp_path / "v1" / "checkpoint", fingerprint=first).save({"epoch": 1}, model, opt, sched, best=True)
+    assert resume_changes(tmp_path / "v1", fingerprint(cfg, data)) == [
+        f"the box loss (grad-cam soft pointing game, sharpness 2 -> {BOX_LOSS}, sharpness 2): another training"]
     # a finished member whose fingerprint.json predates the boxes hash: --boxes cannot be continued on it
     old = tmp_path / "old"
     old.mkdir()

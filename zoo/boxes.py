@@ -45,7 +45,9 @@ from zoo.inference import ArrayDataset
 # case): bench/box_cost.py, regnetx_002 and resnet10t at 96, 128 and 384 px, CPU, fp32, 0.92-1.04 (median 1.03; the
 # second-order backward runs only through the layers above the CAM layer); the largest, rounded up
 BOX_COST = 1.05
-BOX_LOSS = "grad-cam soft pointing game"  # what config.json and the card name it (before: "grad-cam energy share")
+# what config.json and the card name it, and resume compares (before: "grad-cam energy share", then "grad-cam soft
+# pointing game": the map of the train-mode head, targets by one peak pixel a cell)
+BOX_LOSS = "grad-cam soft pointing game v2"
 SHARPNESS = 2.0  # of the soft pointing game's softmax over the standardised map (bench/README.md)
 
 
@@ -138,35 +140,43 @@ def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=N
     return nn.functional.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def peak_pixels(cells: int, size: int) -> torch.Tensor:
-    """Where the evaluated map of each of ``cells`` grid rows (or columns) peaks in a ``size``-pixel input:
-    pytorch-grad-cam resizes the grid bilinearly with half-pixel centres (OpenCV), so a cell's value sits at
-    ``(i + 0.5) size / cells - 0.5`` (its first pixel, where that falls between two), and the first cell's is held up
-    to the border (the first maximum, NumPy's ``argmax``, is then pixel 0)."""
-    at = torch.floor((torch.arange(cells) + 0.5) * size / cells - 0.5).clamp(0, size - 1).long()
-    at[0] = 0
-    return at
+def peak_pixels(cells: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the evaluated map of each of ``cells`` grid rows (or columns) can peak in a ``size``-pixel input, as two
+    candidates ``(first, second)`` a cell: pytorch-grad-cam resizes the grid bilinearly with half-pixel centres
+    (OpenCV), so a cell's value sits at ``c = (i + 0.5) size / cells - 0.5``. An inner cell's maximum (the first,
+    NumPy's ``argmax``) is ``floor(c)`` or ``ceil(c)``, towards its larger neighbour; the first cell's value is held
+    from the border to ``c``, so its first maximum is pixel 0; the last cell's is held from ``c`` to the border, so
+    it is ``ceil(c)``."""
+    c = (torch.arange(cells, dtype=torch.float64) + 0.5) * size / cells - 0.5
+    first, second = torch.floor(c).long(), torch.ceil(c).long()
+    first[0] = second[0] = 0
+    first[-1] = second[-1]
+    return first.clamp(0, size - 1), second.clamp(0, size - 1)
 
 
 def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHARPNESS) -> torch.Tensor:
     """The soft pointing game on ``cam``'s grid (B, h, w), (B,), in the map's own units.
 
-    The target cells are those whose peak pixel (:func:`peak_pixels`: where the evaluated CAM's maximum lands when
-    the cell is the grid's maximum) lies in the mask (B, H, W: the pointing game's hit region, :func:`box_masks` with
-    a tolerance), or, where no cell's does (a grid coarser than the boxes), every cell the mask touches. With ``z``
-    the map standardised over its cells and ``s`` its spread held constant, the loss is ``s`` times ``-log`` of the
-    ``softmax(sharpness * z)`` mass on the target cells, times the mask's largest value (1; under mixup, the share of
-    the annotated image).
+    The target cells are those whose peak pixels (:func:`peak_pixels`: where the evaluated CAM's maximum can land
+    when the cell is the grid's maximum) all lie in the mask (B, H, W: the pointing game's hit region,
+    :func:`box_masks` with a tolerance); where no cell's do, those with one that does; where none has one (a grid
+    coarser than the boxes), every cell the mask touches. With ``z`` the map standardised over its cells and ``s`` its
+    spread held constant, the loss is ``s`` times ``-log`` of the ``softmax(sharpness * z)`` mass on the target
+    cells, times the mask's largest value (1; under mixup, the share of the annotated image); 0 for an empty mask.
 
     Unchanged by an offset of the map and proportional to its scale, with no gradient along it: the gradient only
     moves where the map peaks, and is bounded (at most ``3 sharpness`` a cell) whatever the map's scale, where a
     standardised map's without ``s`` grows as ``1 / s`` (a small map's gradient then swamps the BCE's in Adam's moments,
-    and cost AUC: bench/README.md). 0 when every cell is a target, and for a flat map."""
+    and cost AUC: bench/README.md). 0 when every cell is a target, and for a flat map. Being blind to the offset, it
+    does not see that pytorch-grad-cam's ReLU flattens a map whose largest cell is <= 0 (the evaluated pointing game
+    counts that a miss)."""
     h, w = cam.shape[-2:]
-    size_h, size_w = mask.shape[-2:]
-    at = mask[:, peak_pixels(h, size_h)][:, :, peak_pixels(w, size_w)].flatten(1) > 0
+    rows, cols = peak_pixels(h, mask.shape[-2]), peak_pixels(w, mask.shape[-1])
+    corners = torch.stack([mask[:, r][:, :, c].flatten(1) > 0 for r in rows for c in cols])  # (4, B, h w)
+    sure, some = corners.all(0), corners.any(0)
     touched = nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))[:, 0].flatten(1) > 0
-    cells = torch.where(at.any(1, keepdim=True), at, touched)
+    cells = torch.where(sure.any(1, keepdim=True), sure, torch.where(some.any(1, keepdim=True), some, touched))
+    cells = cells | ~cells.any(1, keepdim=True)  # an empty mask: every cell, so no loss and no NaN (times 0 below)
     flat = cam.flatten(1)
     spread = flat.std(1, correction=0, keepdim=True)  # 0 on a 1 x 1 grid, not NaN
     z = sharpness * (flat - flat.mean(1, keepdim=True)) / (spread + 1e-6)
@@ -189,13 +199,19 @@ class BoxLoss(nn.Module):
         self.base, self.weight, self.warmup, self.ramp = base, float(weight), float(warmup), 1.0
         layer, self.reshape = cam_target(model)
         held: dict[str, torch.Tensor] = {}
-        self._held = held
+        self._held, self._head = held, model.head
 
-        def keep(module, inputs, output):  # a closure, so a deep copy of the model (the EMA) shares no state
+        # a deep copy of the model (the weight EMA) carries these hooks and shares ``held``, but is only ever run in
+        # eval mode or without gradients, where they keep nothing
+        def keep(module, inputs, output):
             if module.training and torch.is_grad_enabled():
                 held["a"] = output
 
-        self._hook = layer.register_forward_hook(keep)
+        def keep_features(module, inputs):
+            if module.training and torch.is_grad_enabled():
+                held["f"] = inputs[0]
+
+        self._hooks = [layer.register_forward_hook(keep), model.head.register_forward_pre_hook(keep_features)]
         # fused attention kernels (SDPA flash/efficient) have no double backward: timm's attention layers compute
         # it explicitly instead while the loss is attached (same maths, more memory)
         self._unfused = [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
@@ -208,21 +224,35 @@ class BoxLoss(nn.Module):
 
     def remove(self) -> None:
         """Release the hook and give attention layers their fused kernels back."""
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         for m in self._unfused:
             m.fused_attn = True
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.base(logits, target)
-        activation = self._held.pop("a", None)
-        if mask is None or activation is None or self.weight * self.ramp == 0:
+        activation, features = self._held.pop("a", None), self._held.pop("f", None)
+        if mask is None or activation is None or features is None or self.weight * self.ramp == 0:
             return loss
         mask = mask.reshape(len(mask), -1, *mask.shape[-2:])[:, 0].float()
         pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
         if not bool(pick.any()):
             return loss
-        cam = cam_map(activation, logits.reshape(-1)[pick], self.reshape)[pick]
+        cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
         return loss + self.weight * self.ramp * self.term(cam, mask[pick]).mean()
+
+    def scored_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits the map is taken of: the head run again on the pooled ``features`` (with their graph) in eval
+        mode, as the evaluated Grad-CAM runs it. In train mode the head's BatchNorm would make each image's logit
+        depend on every image of the batch (and its dropout on chance), so one image's Grad-CAM weights would carry
+        the others' gradients; in eval mode each map is its own image's. No running statistic is updated. In the
+        head's own dtype (fp32 weights; the features of a bf16 autocast forward are cast up, with their gradient)."""
+        head, was = self._head, self._head.training
+        head.eval()
+        try:
+            return head(features.to(next(head.parameters()).dtype)).reshape(-1)  # bf16 features under autocast
+        finally:
+            head.train(was)
 
     def term(self, cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The box term of each annotated positive, (B,), from its pre-ReLU Grad-CAM on the layer's grid

@@ -158,6 +158,8 @@ def unusable_boxes(args: argparse.Namespace) -> str | None:
     trains."""
     if not args.boxes:
         return None
+    if getattr(args, "compile", False):  # the box loss's Grad-CAM needs a double backward, which compiled graphs lack
+        return "--boxes cannot train a --compile'd model (its CAM loss needs a double backward); drop --compile"
     from zoo.localisation import load_annotations
 
     try:
