@@ -83,7 +83,7 @@ class TrainConfig:
                             "(each member's pointing game on up to 200 of its abnormal validation images with these "
                             "boxes is recorded)",
                             metavar="FILE.coco.json|DIR")
-    box_weight: float = opt(1.0, "with --boxes: weight of that loss beside the BCE (bench/README.md)")
+    box_weight: float = opt(3.0, "with --boxes: weight of that loss beside the BCE (bench/README.md)")
     box_warmup: float = opt(0.0, "with --boxes: epochs over which its weight ramps up from 0 (epochs trained before "
                             "it acts can be the ones kept: the best validation AUC chooses)")
     folds: int = opt(1, "K-fold cross-validation: K members per backbone, every labelled study validated once; "
