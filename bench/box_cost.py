@@ -48,7 +48,7 @@ def step_times(backbone: str, size: int, batch: int, steps: int) -> tuple[float,
         logits = model(x)
         loss = boxed(logits, y, mask) if with_boxes else base(logits, y)
         if with_boxes and not checked:  # the box term is in the loss timed (not a no-op)
-            assert float(loss) > float(base(logits.detach(), y)), "the box loss added nothing"
+            assert float(loss.detach()) > float(base(logits.detach(), y)), "the box loss added nothing"
             checked.append(True)
         loss.backward()
         opt.step()
