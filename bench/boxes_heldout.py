@@ -179,17 +179,14 @@ def main() -> int:
     p.add_argument("--ceiling", type=int, nargs="+", metavar="PX", help="only print the best pointing game a "
                    "stride-32 CAM grid allows at these sizes (on the training split's boxes), and stop")
     args = p.parse_args()
-    data = Path(args.data)
-    if not (data / "annotations.coco.json").is_file():
-        print(f"skip: {data / 'annotations.coco.json'} not present")
-        return 0
     import pandas as pd
-    from explain import train_split_boxes  # bench/explain.py: the training split's boxes only
+    from explain import data_and_out, train_split_boxes  # bench/explain.py: the training split's boxes only
 
     from zoo.stats import interval
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if (folders := data_and_out(args)) is None:
+        return 0
+    data, out = folders
     boxes_file = train_split_boxes(data, out)
     if args.ceiling:
         print(pd.DataFrame(grid_ceiling(boxes_file, args.ceiling)).to_markdown(index=False, floatfmt=".3f"))

@@ -46,12 +46,9 @@ def main() -> int:
                    "instead of --epochs (the boxes arm then plans for its extra cost)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
-    data = Path(args.data)
-    if not (data / "annotations.coco.json").is_file():
-        print(f"skip: {data / 'annotations.coco.json'} not present")
+    if (folders := data_and_out(args)) is None:
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data, out = folders
     if args.boxes:
         return compare_boxes(args, data, out)
     run = Path(args.run) if args.run else out / "weights"
@@ -104,6 +101,18 @@ def train_split_boxes(data: Path, out: Path) -> Path:
     print(f"train-split boxes: {len(coco['annotations'])} boxes on {len({a['image_id'] for a in coco['annotations']})} "
           f"of {len(images)} training images -> {path}", file=sys.stderr)
     return path
+
+
+def data_and_out(args) -> tuple[Path, Path] | None:
+    """``(--data, --out)`` with the output folder made, or None (said) when the data has no FracAtlas boxes: the
+    bench skips cleanly where the dataset is absent."""
+    data = Path(args.data)
+    if not (data / "annotations.coco.json").is_file():
+        print(f"skip: {data / 'annotations.coco.json'} not present")
+        return None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return data, out
 
 
 def train_and_score(args, data: Path, run: Path, seed: int, boxes: Path | None) -> None:
