@@ -118,7 +118,10 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     from zoo.model import BoneClassifier
     from zoo.train import Trainer
 
-    loss, weight, warmup = (setting.split(":") + ["1", "0"])[:3] if setting != "none" else ("none", "0", "0")
+    parts = setting.split(":")
+    loss, weight, warmup = parts[0], *(parts[1:] + ["1", "0"][len(parts) - 1:])[:2]  # LOSS[:WEIGHT[:WARMUP]]
+    if setting == "none":
+        weight = warmup = "0"
     if loss not in ("none", "pointing", "energy"):
         raise SystemExit(f"unknown setting {setting!r}: none, pointing:W:WARMUP or energy:W:WARMUP")
     production, masks = zoo.boxes.BoxLoss, zoo.boxes.box_masks

@@ -348,7 +348,8 @@ def test_a_member_trained_with_boxes_puts_more_cam_energy_in_the_lesion_box(tmp_
         if with_boxes:  # recorded in config.json and the card
             assert record["file"] == "annotations.coco.json" and record["annotated_train_positives"] > 20
             assert record["weight"] == 1.0
-            assert "Box supervision: `annotations.coco.json`" in (out / "README.md").read_text()
+            assert "Box supervision: `annotations.coco.json`" in (card := (out / "README.md").read_text())
+            assert record["supervised"] > 0 and f"applied to {record['supervised']} annotated positives" in card
         else:
             assert record is None
         cams, _ = compute_cams(model, images, "gradcam")
@@ -371,7 +372,7 @@ def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "train_all.py"), "--data", str(synthetic_root), *TRAIN, "--quiet", "--device", "cpu",
-           "--mixed-precision", "bf16", "--boxes", str(synthetic_root / "annotations.coco.json"),
+           "--mixed-precision", "bf16", "--grad-accum", "2", "--boxes", str(synthetic_root / "annotations.coco.json"),
            "--out", str(tmp_path / "w")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -379,7 +380,20 @@ def test_boxes_train_under_ddp_and_bf16(tmp_path, synthetic_root):
     cfg = json.loads((tmp_path / "w" / "resnet10t" / "config.json").read_text())["training"]
     assert cfg["processes"] == 2 and cfg["mixed_precision"] == "bf16"
     assert cfg["boxes"]["annotated_train_positives"] > 20 and cfg["boxes"]["weight"] == cfg["box_weight"]
+    assert cfg["boxes"]["supervised"] > 0  # the box term was in the loss, not silently skipped under DDP
+    assert cfg["grad_accum"] == 2
     assert proc.stdout.count("positive training images with boxes") == 1  # said once, by the main process
+
+
+def test_a_trainer_refuses_boxes_on_a_compiled_model(tmp_path, synthetic_root):
+    """The library path too, not only train_all.py: a compiled graph has no double backward."""
+    from zoo.data import load_dataset
+    from zoo.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(backbone="resnet10t", epochs=1, img_size=32, head_hidden=[8], compile=True, quiet=True,
+                      export=False, cache_dir="", boxes=str(synthetic_root / "annotations.coco.json"))
+    with pytest.raises(ValueError, match="drop --compile"):
+        Trainer(cfg, load_dataset(synthetic_root), tmp_path / "m").fit()
 
 
 def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):

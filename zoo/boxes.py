@@ -43,9 +43,10 @@ from zoo.inference import ArrayDataset
 
 # --budget-minutes: seconds per training step with --boxes / without, every image an annotated positive (the worst
 # case): bench/box_cost.py, regnetx_002 and resnet10t at 96, 128 and 384 px, CPU, fp32, 0.92-1.07 (median 1.02; the
-# second-order backward runs only through the layers above the CAM layer); the largest, rounded up. Not measured for
-# a ViT (whose attention runs unfused while the loss is attached) nor on a GPU
-BOX_COST = 1.1
+# second-order backward runs only through the layers above the CAM layer). Not measured for
+# a ViT (whose attention runs unfused while the loss is attached) nor on a GPU, and the alternated steps differ by up
+# to 8% where the work is the same or more: 1.15 leaves that noise as margin
+BOX_COST = 1.15
 # what config.json and the card name it, and resume compares (before: "grad-cam energy share", then "grad-cam soft
 # pointing game": the map of the train-mode head, targets by one peak pixel a cell)
 BOX_LOSS = "grad-cam soft pointing game v2"
@@ -200,16 +201,19 @@ class BoxLoss(nn.Module):
         self.base, self.weight, self.warmup, self.ramp = base, float(weight), float(warmup), 1.0
         layer, self.reshape = cam_target(model)
         held: dict[str, torch.Tensor] = {}
-        self._held, self._head = held, model.head
+        head = model.head
+        self._held, self._heads = held, (head,)  # a tuple: the model's head is not this loss's submodule
+        self.supervised = 0  # annotated positives the box term was added for, in this process since it was built
 
-        # a deep copy of the model (the weight EMA) carries these hooks and shares ``held``, but is only ever run in
-        # eval mode or without gradients, where they keep nothing
+        # both gated on the head's mode (not the CAM layer's own, which may be a BatchNorm held in eval mode); a deep
+        # copy of the model (the weight EMA) carries these hooks and shares ``held``, but is only ever run in eval
+        # mode or without gradients, where they keep nothing
         def keep(module, inputs, output):
-            if module.training and torch.is_grad_enabled():
+            if head.training and torch.is_grad_enabled():
                 held["a"] = output
 
         def keep_features(module, inputs):
-            if module.training and torch.is_grad_enabled():
+            if head.training and torch.is_grad_enabled():
                 held["f"] = inputs[0]
 
         self._hooks = [layer.register_forward_hook(keep), model.head.register_forward_pre_hook(keep_features)]
@@ -240,15 +244,19 @@ class BoxLoss(nn.Module):
         if not bool(pick.any()):
             return loss
         cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
+        self.supervised += int(pick.sum())
         return loss + self.weight * self.ramp * self.term(cam, mask[pick]).mean()
 
     def scored_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The logits the map is taken of: the head run again on the pooled ``features`` (with their graph) in eval
         mode, as the evaluated Grad-CAM runs it. In train mode the head's BatchNorm would make each image's logit
         depend on every image of the batch (and its dropout on chance), so one image's Grad-CAM weights would carry
-        the others' gradients; in eval mode each map is its own image's. No running statistic is updated. In the
+        the others' gradients; in eval mode each map's weights are its own image's. (The activation itself is the
+        training forward's: a backbone's train-mode BatchNorm below the CAM layer still normalises it with the
+        batch's statistics, as training does.) No running statistic is updated. In the
         head's own dtype (fp32 weights; the features of a bf16 autocast forward are cast up, with their gradient)."""
-        head, was = self._head, self._head.training
+        head = self._heads[0]
+        was = head.training
         head.eval()
         try:
             return head(features.to(next(head.parameters()).dtype)).reshape(-1)  # bf16 features under autocast

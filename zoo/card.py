@@ -136,7 +136,9 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
                      f"{boxes['annotated_train_positives']} positive training images with boxes; "
                      f"{boxes.get('loss', 'grad-cam')} loss"
                      + (f" (sharpness {_num(boxes['sharpness'])})" if boxes.get("sharpness") is not None else "")
-                     + f" x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} epochs).")
+                     + f" x{_num(boxes['weight'])} (warm-up {_num(boxes['warmup'])} epochs)"
+                     + (f", applied to {boxes['supervised']} annotated positives in training"
+                        if boxes.get("supervised") is not None else "") + ".")
     semi = t.get("semi_supervised")
     if semi:
         lines.append(f"Semi-supervised: {semi['pseudo_labelled_studies']} of {semi['unlabelled_studies']} unlabelled "

@@ -265,6 +265,7 @@ class Trainer:
                 break
         if run.box_loss is not None:  # release the CAM layer's hook before validation and export
             run.box_loss.remove()
+            self.boxes_record = {**self.boxes_record, "supervised": run.box_loss.supervised}
         metrics = self.export(run.scored, run.val_loader, data, run.state)
         tracking.finish(acc, metrics)
         return metrics
@@ -280,6 +281,9 @@ class Trainer:
         if getattr(data.train_ds, "masks", None) is not None:  # + the CAM pointing loss on annotated positives
             from zoo.boxes import BoxLoss
 
+            if cfg.compile:  # also refused by train_all.py before anything is read
+                raise ValueError("--boxes cannot train a --compile'd model (its CAM loss needs a double backward); "
+                                 "drop --compile")
             loss_fn = box_loss = BoxLoss(loss_fn, model, cfg.box_weight, cfg.box_warmup)
         model, opt = acc.prepare(model, opt)
         ema = None
