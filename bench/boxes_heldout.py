@@ -37,15 +37,11 @@ sys.path.insert(0, str(ROOT))
 def energy_reference(BoxLoss):  # noqa: N803 (a class)
     """The loss before the soft pointing game: ``1 - energy share`` (:func:`zoo.localisation.energy_share`'s ratio, on
     the bare box mask) of the differentiable, min-max-normalised Grad-CAM resized to the input."""
-    from torch import nn
+    from zoo.boxes import shown
 
     class EnergyLoss(BoxLoss):
         def term(self, cam, mask):
-            cam = nn.functional.relu(cam)
-            flat = cam.flatten(1)
-            lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-            cam = nn.functional.interpolate(((cam - lo) / (hi - lo + 1e-7))[:, None], size=mask.shape[-2:],
-                                            mode="bilinear", align_corners=False)[:, 0]
+            cam = shown(cam, mask.shape[-1])  # the map as shown and scored (masks are square, the model input)
             return 1 - (cam * mask).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-6)
 
     return EnergyLoss

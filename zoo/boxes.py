@@ -135,7 +135,13 @@ def cam_map(activation: torch.Tensor, logits: torch.Tensor, reshape=None) -> tor
 def gradcam(activation: torch.Tensor, logits: torch.Tensor, size: int, reshape=None) -> torch.Tensor:
     """:func:`cam_map` as pytorch-grad-cam's GradCAM shows it: ReLU, min-max normalised per image and resized to
     (B, size, size) bilinearly, differentiable (what the demo draws and :mod:`zoo.localisation` scores)."""
-    cam = torch.relu(cam_map(activation, logits, reshape))
+    return shown(cam_map(activation, logits, reshape), size)
+
+
+def shown(cam: torch.Tensor, size: int) -> torch.Tensor:
+    """A pre-ReLU map on the CAM grid (B, h, w) as pytorch-grad-cam shows it: ReLU, min-max normalised per image,
+    resized to (B, size, size) bilinearly with half-pixel centres; differentiable."""
+    cam = torch.relu(cam)
     flat = cam.flatten(1)
     lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     cam = (cam - lo) / (hi - lo + 1e-7)
