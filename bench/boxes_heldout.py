@@ -47,6 +47,41 @@ def energy_reference(BoxLoss):  # noqa: N803 (a class)
     return EnergyLoss
 
 
+def combined_reference(BoxLoss):  # noqa: N803 (a class)
+    """The soft pointing game plus ``1 - energy share`` of the shown map on the same mask (the hit region): the
+    pointing game moves the peak into the box, the energy term then presses the rest of the map down."""
+    from zoo.boxes import pointing_loss, shown
+
+    class CombinedLoss(BoxLoss):
+        def term(self, cam, mask):
+            m = shown(cam, mask.shape[-1])
+            energy = 1 - (m * mask).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-6)
+            return pointing_loss(cam, mask) + energy * mask.flatten(1).amax(1)
+
+    return CombinedLoss
+
+
+def signed_reference(BoxLoss):  # noqa: N803 (a class)
+    """The soft pointing game plus a sign term: pytorch-grad-cam's ReLU shows only the map's positive part, so the map
+    (in units of its spread) is pushed below 0 on the cells outside the targets (the mean of its positive part there)
+    and above 1 at its largest target cell (a hinge), times the spread held constant like the pointing game's."""
+    import torch
+
+    from zoo.boxes import pointing_loss, target_cells
+
+    class SignedLoss(BoxLoss):
+        def term(self, cam, mask):
+            flat = cam.flatten(1)
+            spread = flat.std(1, correction=0, keepdim=True).detach() + 1e-6
+            u, cells = flat / spread, target_cells(cam.shape[-2:], mask)
+            outside = (torch.relu(u) * ~cells).sum(1) / (~cells).sum(1).clamp_min(1)
+            inside = torch.relu(1 - u.masked_fill(~cells, -torch.inf).amax(1))
+            sign = (outside + inside) * spread[:, 0] * mask.flatten(1).amax(1)
+            return pointing_loss(cam, mask) + sign
+
+    return SignedLoss
+
+
 def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[dict]:
     """The best pointing game any CAM can score at each input size: pytorch-grad-cam resizes the CAM layer's grid
     (``size / stride`` cells a side) bilinearly with half-pixel centres, so a map's first maximum lies next to a cell
@@ -118,15 +153,21 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     loss, weight, warmup = parts[0], *(parts[1:] + ["1", "0"][len(parts) - 1:])[:2]  # LOSS[:WEIGHT[:WARMUP]]
     if setting == "none":
         weight = warmup = "0"
-    if loss not in ("none", "pointing", "energy"):
-        raise SystemExit(f"unknown setting {setting!r}: none, pointing:W:WARMUP or energy:W:WARMUP")
+    if loss not in ("none", "pointing", "energy", "both", "signed"):
+        raise SystemExit(f"unknown setting {setting!r}: none or LOSS:WEIGHT:WARMUP, LOSS one of pointing, energy, "
+                         "both, signed")
     production, masks = zoo.boxes.BoxLoss, zoo.boxes.box_masks
     if loss == "energy":  # the loss before, on the bare boxes it trained on (not the pointing game's hit region)
         zoo.boxes.BoxLoss = energy_reference(production)
         zoo.boxes.box_masks = lambda *a, tolerance=None, **k: masks(*a, **k)
+    if loss == "both":  # pointing + energy, on the pointing game's hit region
+        zoo.boxes.BoxLoss = combined_reference(production)
+    if loss == "signed":  # pointing + the map's sign outside and at the targets
+        zoo.boxes.BoxLoss = signed_reference(production)
     out = Path(args.out) / f"{args.backbone}-{args.img_size}-s{args.seed}-{setting.replace(':', '_')}"
     given = {"img_size": args.img_size, "epochs": args.epochs, "seed": args.seed, "pretrained": False, "quiet": True,
-             "export": False, "boxes": None if loss == "none" else str(boxes_file)}
+             "export": False, "keep": "best",  # "kept": the best validation AUC's; "last" is read before export
+             "boxes": None if loss == "none" else str(boxes_file)}
     if loss != "none":
         given |= {"box_weight": float(weight), "box_warmup": float(warmup)}
     trainer = Trainer(resolve("modern", given, backbone=args.backbone), load_dataset(data), out)
@@ -149,8 +190,10 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     images = load_images(paths, args.img_size, quiet=True)
     rows = images.index()
     coco = load_annotations(data / "annotations.coco.json")
-    row = {"setting": setting, "loss": {"none": "", "energy": "grad-cam energy share"}.get(loss, zoo.boxes.BOX_LOSS),
-           "sharpness": zoo.boxes.SHARPNESS if loss == "pointing" else "", "commit": _commit(),
+    names = {"none": "", "energy": "grad-cam energy share", "both": f"{zoo.boxes.BOX_LOSS} + energy share",
+             "signed": f"{zoo.boxes.BOX_LOSS} + sign"}
+    row = {"setting": setting, "loss": names.get(loss, zoo.boxes.BOX_LOSS),
+           "sharpness": zoo.boxes.SHARPNESS if loss in ("pointing", "both", "signed") else "", "commit": _commit(),
            "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
            "seed": args.seed, "best_epoch": json.loads((out / "metrics.json").read_text())["best_epoch"],
            "train_s": round(train_s)}

@@ -683,3 +683,41 @@ def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_m
     assert record["pointing_chance"] > 0 and 0 <= record["pointing"] <= 1
     assert validation_localisation(model, read, paths, labels, coco, limit=1)["images"] == 1
     assert validation_localisation(model, read, paths, np.zeros(5), coco) is None
+
+
+@pytest.mark.parametrize("boxes", [False, True])
+def test_keep_auto_keeps_the_last_epoch_with_boxes_and_the_best_validation_auc_without(tmp_path, synthetic_root,
+                                                                                        boxes):
+    """--keep auto: with a box loss acting, the member is the last epoch's weights (the maps go on moving into the
+    boxes after the validation AUC peaks); without, the best validation AUC's, as before."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    from zoo.data import load_dataset
+    from zoo.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(backbone="resnet10t", epochs=3, img_size=32, head_hidden=[8], lr=1e-3, quiet=True,
+                      export=False, cache_dir="", calibration_fraction=0, mixed_precision="no",
+                      boxes=str(synthetic_root / "annotations.coco.json") if boxes else None)
+    trainer = Trainer(cfg, load_dataset(synthetic_root), tmp_path / "m")
+    last, export = {}, trainer.export
+
+    def capture(model, *a, **k):  # the weights after the last epoch, before export loads the kept ones
+        last.update({k: v.clone() for k, v in copy.deepcopy(trainer.accelerator.unwrap_model(model)).state_dict()
+                     .items()})
+        return export(model, *a, **k)
+
+    trainer.export = capture
+    metrics = trainer.fit()
+    config = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert config["keep"] == ("last" if boxes else "best")
+    if boxes:
+        assert metrics["kept_epoch"] == metrics["epochs_run"] == 3
+        kept = load_file(tmp_path / "m" / "model.safetensors")
+        assert kept and set(kept) <= set(last) and all(torch.equal(kept[k], last[k]) for k in kept)
+        assert "kept epoch 3, the last trained" in card
+    else:
+        assert metrics["kept_epoch"] == metrics["best_epoch"]
+        assert f"best epoch {metrics['best_epoch']} by validation AUC" in card

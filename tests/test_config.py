@@ -39,8 +39,8 @@ OLD_DEFAULTS = {
     'workers': -1,
     # issue 23's tracking flags, recorded on the hand-written parser of branch gpu (before issue 20's merge)
     'log_with': None, 'project_dir': None}
-# the flags added after that recording, by TrainConfig fields (issue 24: --boxes): given or not, what they parse to
-NEW_DEFAULTS = {'boxes': None, 'box_weight': 3.0, 'box_warmup': 0.0}
+# the flags added after that recording, by TrainConfig fields (issue 24: --boxes, --keep): what they parse to
+NEW_DEFAULTS = {'boxes': None, 'box_weight': 3.0, 'box_warmup': 0.0, 'keep': 'auto'}
 OLD_ARGV = {
     **OLD_DEFAULTS, 'batch_size': 8, 'budget_minutes': 5.0, 'cache_dir': '', 'cache_max_gb': 1.5,
     'calibration_fraction': 0.0, 'compile': True, 'data': 'D', 'device': 'cpu', 'ema_decay': 0.99, 'epochs': 3,
@@ -71,7 +71,8 @@ def test_train_flags_parse_as_the_hand_written_parser_did():
     assert vars(_args(*ARGV)) == {**OLD_ARGV, **NEW_DEFAULTS, "mixed_precision": "fp32", "export": True}
     assert _args("--no-export").export is False
     boxes = vars(_args("--boxes", "b.coco.json", "--box-weight", "0.5", "--box-warmup", "2"))
-    assert boxes == {**OLD_DEFAULTS, "boxes": "b.coco.json", "box_weight": 0.5, "box_warmup": 2.0, "export": True}
+    assert boxes == {**OLD_DEFAULTS, "boxes": "b.coco.json", "box_weight": 0.5, "box_warmup": 2.0, "keep": "auto",
+                     "export": True}
 
 
 def test_every_recipe_value_is_a_flag_that_defaults_to_unset():

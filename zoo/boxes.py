@@ -96,14 +96,14 @@ class BoxDataset(ArrayDataset):
         return x, self.labels[i], i, m.as_subclass(torch.Tensor)
 
 
-def describe(record: dict, weight: float, warmup: float) -> str:
+def describe(record: dict, weight: float, warmup: float, keep: str = "auto") -> str:
     """One line for the training log: what ``--boxes`` matched and what it does."""
     if not record["annotated_train_positives"]:
         return (f"--boxes {record['file']}: no positive training image has a box ({record['annotated_train_images']} "
                 "training images matched by file name); training without box supervision, exactly as without --boxes")
     return (f"--boxes {record['file']}: {record['annotated_train_positives']} positive training images with boxes "
             f"({record['annotated_train_images']} matched); CAM pointing loss x{weight:g}, warm-up {warmup:g} "
-            "epochs")
+            f"epochs; keeps {'the best validation AUC' if keep == 'best' else 'the last'} epoch")
 
 
 def box_dataset(base: ArrayDataset, paths: list[str], path: str | Path, root: str | Path | None = None
@@ -162,15 +162,29 @@ def peak_pixels(cells: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return first.clamp(0, size - 1), second.clamp(0, size - 1)
 
 
+def target_cells(grid: tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
+    """The target cells of a (h, w) ``grid`` for each mask (B, H, W), (B, h w) bool: those whose peak pixels
+    (:func:`peak_pixels`) all lie in the mask; where no cell's do, those with one that does; where none has one (a grid
+    coarser than the boxes), every cell the mask touches; for an empty mask, every cell."""
+    h, w = grid
+    rows, cols = peak_pixels(h, mask.shape[-2]), peak_pixels(w, mask.shape[-1])
+    corners = torch.stack([mask[:, r][:, :, c].flatten(1) > 0 for r in rows for c in cols])  # (4, B, h w)
+    sure, some = corners.all(0), corners.any(0)
+    touched = nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))[:, 0].flatten(1) > 0
+    cells = torch.where(sure.any(1, keepdim=True), sure, torch.where(some.any(1, keepdim=True), some, touched))
+    return cells | ~cells.any(1, keepdim=True)  # an empty mask: every cell (no loss, no NaN)
+
+
 def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHARPNESS) -> torch.Tensor:
     """The soft pointing game on ``cam``'s grid (B, h, w), (B,), in the map's own units.
 
-    The target cells are those whose peak pixels (:func:`peak_pixels`: where the evaluated CAM's maximum can land
-    when the cell is the grid's maximum) all lie in the mask (B, H, W: the pointing game's hit region,
-    :func:`box_masks` with a tolerance); where no cell's do, those with one that does; where none has one (a grid
-    coarser than the boxes), every cell the mask touches. With ``z`` the map standardised over its cells and ``s`` its
-    spread held constant, the loss is ``s`` times ``-log`` of the ``softmax(sharpness * z)`` mass on the target
-    cells, times the mask's largest value (1; under mixup, the share of the annotated image); 0 for an empty mask.
+    The target cells (:func:`target_cells`) are those whose peak pixels (:func:`peak_pixels`: where the evaluated
+    CAM's maximum can land when the cell is the grid's maximum) all lie in the mask (B, H, W: the pointing game's hit
+    region, :func:`box_masks` with a tolerance); where no cell's do, those with one that does; where none has one (a
+    grid coarser than the boxes), every cell the mask touches. With ``z`` the map standardised over its cells and
+    ``s`` its spread held constant, the loss is ``s`` times ``-log`` of the ``softmax(sharpness * z)`` mass on the
+    target cells, times the mask's largest value (1; under mixup, the share of the annotated image); 0 for an empty
+    mask.
 
     Unchanged by an offset of the map and proportional to its scale, with no gradient along it: the gradient only
     moves where the map peaks, and is bounded (at most ``3 sharpness`` a cell) whatever the map's scale, where a
@@ -178,13 +192,7 @@ def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHAR
     and cost AUC: bench/README.md). 0 when every cell is a target, and for a flat map. Being blind to the offset, it
     does not see that pytorch-grad-cam's ReLU flattens a map whose largest cell is <= 0 (the evaluated pointing game
     counts that a miss)."""
-    h, w = cam.shape[-2:]
-    rows, cols = peak_pixels(h, mask.shape[-2]), peak_pixels(w, mask.shape[-1])
-    corners = torch.stack([mask[:, r][:, :, c].flatten(1) > 0 for r in rows for c in cols])  # (4, B, h w)
-    sure, some = corners.all(0), corners.any(0)
-    touched = nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))[:, 0].flatten(1) > 0
-    cells = torch.where(sure.any(1, keepdim=True), sure, torch.where(some.any(1, keepdim=True), some, touched))
-    cells = cells | ~cells.any(1, keepdim=True)  # an empty mask: every cell, so no loss and no NaN (times 0 below)
+    cells = target_cells(cam.shape[-2:], mask)
     flat = cam.flatten(1)
     spread = flat.std(1, correction=0, keepdim=True)  # 0 on a 1 x 1 grid, not NaN
     z = sharpness * (flat - flat.mean(1, keepdim=True)) / (spread + 1e-6)

@@ -59,6 +59,15 @@ def _ema(t: dict[str, Any]) -> str:
     return f"decay {_num(d)} (timm ModelEmaV3; the EMA weights are validated and exported)" if d else "none"
 
 
+def _kept(t: dict, metrics: dict) -> str:
+    """Which epoch's weights these are (``--keep``; a member from before it kept the best validation AUC's)."""
+    best = metrics.get("best_epoch", "?")
+    if t.get("keep") == "last":
+        return (f"kept epoch {metrics.get('kept_epoch', '?')}, the last trained; the best validation AUC was at epoch "
+                f"{best}")
+    return f"best epoch {best} by validation AUC"
+
+
 def _augmentation(t: dict[str, Any]) -> str:
     parts = [f"random resized crop (area >= {_num(t['crop_scale'])})" if t["crop_scale"] < 1 else "",
              f"rotation ±{_num(t['rotation'])}°" if t["rotation"] else "",
@@ -125,7 +134,7 @@ def recipe_lines(cfg: dict[str, Any]) -> list[str]:
         f"Optimizer: {_optimizer(t)}.",
         f"Schedule: {_schedule(t)}.",
         f"Weight EMA: {_ema(t)}.",
-        f"Epochs: {t['epochs']} (best epoch {metrics.get('best_epoch', '?')} by validation AUC{stop}); batch "
+        f"Epochs: {t['epochs']} ({_kept(t, metrics)}{stop}); batch "
         f"{t['batch_size']}{accum}, seed {t['seed']}, mixed precision {precision}.",
         f"Image size: {t['img_size']} px.",
         f"Augmentation: {_augmentation(t)}.",

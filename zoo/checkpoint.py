@@ -264,7 +264,7 @@ def resume_changes(member_dir: str | Path, current: dict) -> list[str]:
         if not cfg:
             return []
         # recorded as resolved, not as the flag: not comparable (config.json's "boxes" is what --boxes matched)
-        resolved = ("mixed_precision", "pos_weight", "boxes")
+        resolved = ("mixed_precision", "pos_weight", "boxes", "keep")
         box = cfg.get("boxes")
         stored = {"config": {k: v for k, v in cfg.items() if k in current["config"] and k not in resolved},
                   "data": None, "boxes": box and {"file": box.get("file"), "sha256": box.get("sha256"),

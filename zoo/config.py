@@ -22,6 +22,7 @@ from zoo.tracking import LOG_WITH
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("step", "cosine")
+KEEPS = ("auto", "best", "last")
 
 
 def opt(default: Any, help: str, **flag: Any) -> Any:
@@ -51,6 +52,10 @@ class TrainConfig:
     warmup_epochs: float = opt(0.0, "cosine schedule warm-up in epochs")
     ema_decay: float = opt(0.0, "weight EMA decay (timm ModelEmaV3), validated and exported; 0 = off")
     patience: int = opt(0, "early stop after N epochs without a better val AUC; 0 = off")
+    keep: str = opt("auto", "the epoch whose weights the member keeps: best (its validation AUC), last (the last epoch "
+                    "trained; with --patience, the one it stopped at), auto: last with --boxes (the CAMs go on "
+                    "moving into the boxes after the validation AUC peaks: bench/README.md), else best",
+                    choices=KEEPS)
     val_fraction: float = opt(0.2, "share of labelled studies held out for validation, split by study, without "
                               "--folds (of those left after the calibration split)")
     # zoo.calibration.calibration_split / auto_calibration_fraction

@@ -13,7 +13,7 @@ import pandas as pd
 from zoo.members import MemberError, finished_members, read_member_config
 
 COLUMNS = ["member", "backbone", "val_auc", "val_kappa", "val_accuracy", "val_sensitivity", "val_specificity",
-           "val_ece", "threshold", "best_epoch", "params", "train_time_s", "val_auc_lo", "val_auc_hi"]
+           "val_ece", "threshold", "best_epoch", "kept_epoch", "params", "train_time_s", "val_auc_lo", "val_auc_hi"]
 CV_HEADING = "\n## Cross-validated (out-of-fold predictions, every labelled study once)\n\n"
 
 

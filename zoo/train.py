@@ -124,7 +124,7 @@ class _Run:
     ema: Any  # timm ModelEmaV3, or None
     step: TrainStep
     state: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0,
-                                                           "train_time_s": 0.0, "steps": 0})
+                                                           "kept_epoch": 0, "train_time_s": 0.0, "steps": 0})
     box_loss: Any = None  # zoo.boxes.BoxLoss with --boxes (also run.step.loss_fn): its warm-up, its hook
 
     @property
@@ -170,6 +170,7 @@ class Trainer:
         self.unreadable: dict[str, str] = {}  # path -> why, among this member's images
         self.pos_weight: float | None = None  # set from the readable training split
         self.boxes_record: dict | None = None  # what --boxes matched (zoo.boxes), for config.json
+        self.keep = "best" if config.keep == "auto" else config.keep  # auto: resolved in _start (the box loss's)
 
     @property
     def is_main(self) -> bool:
@@ -205,7 +206,8 @@ class Trainer:
 
             boxed, self.boxes_record = box_dataset(train_ds, train_df["path"].tolist(), cfg.boxes, self.dataset.root)
             if self.is_main:
-                tqdm.write(f"[{cfg.backbone}] {describe(self.boxes_record, cfg.box_weight, cfg.box_warmup)}")
+                said = describe(self.boxes_record, cfg.box_weight, cfg.box_warmup, cfg.keep)
+                tqdm.write(f"[{cfg.backbone}] {said}")
             train_ds = boxed or train_ds
         return TrainData(train_df, val_df, train_ds,
                          ArrayDataset(self.images, rows(val_df), val_df["label"].to_numpy()),
@@ -285,6 +287,8 @@ class Trainer:
                 raise ValueError("--boxes cannot train a --compile'd model (its CAM loss needs a double backward); "
                                  "drop --compile")
             loss_fn = box_loss = BoxLoss(loss_fn, model, cfg.box_weight, cfg.box_warmup)
+        if cfg.keep == "auto":  # the last epoch when the box loss acts (its maps improve after the AUC peaks)
+            self.keep = "last" if box_loss is not None else "best"
         model, opt = acc.prepare(model, opt)
         ema = None
         if cfg.ema_decay > 0:  # validated and exported instead of the raw weights
@@ -330,6 +334,9 @@ class Trainer:
         best = auc > state["best_auc"]
         if best:
             state["best_auc"], state["best_epoch"] = auc, epoch
+        kept = best if self.keep == "best" else True  # the weights export() loads: best.safetensors
+        if kept:
+            state["kept_epoch"] = epoch
         state["epoch"] = epoch
         row = {"epoch": epoch, "train_loss": train_loss, "val_auc": m["auc"], "val_kappa": m["kappa"],
                "val_accuracy": m["accuracy"], "val_ece": ece(val_st["label"].to_numpy(), val_st["prob"].to_numpy()),
@@ -339,7 +346,7 @@ class Trainer:
         if self.is_main:
             self._append_log(row, epoch)
             self.checkpoint.save(state, acc.unwrap_model(run.model), run.optimizer.optimizer, run.schedule, acc.scaler,
-                                 ema=None if run.ema is None else run.ema.module, best=best)
+                                 ema=None if run.ema is None else run.ema.module, best=kept)
         acc.wait_for_everyone()
         self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
                  f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
@@ -348,7 +355,7 @@ class Trainer:
         """What was trained, as config.json and the trackers record it: the resolved config without how it ran
         (:data:`RUNTIME_FIELDS`), with the precision and the process count it trained with."""
         acc = self.accelerator
-        return {**{k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS},
+        return {**{k: v for k, v in asdict(self.cfg).items() if k not in RUNTIME_FIELDS}, "keep": self.keep,
                 "mixed_precision": precision_name(acc.mixed_precision), "processes": acc.num_processes}
 
     def _sync_ema(self, module: torch.nn.Module) -> None:
@@ -369,7 +376,8 @@ class Trainer:
         write_text(log, "".join(json.dumps(r) + "\n" for r in rows))
 
     def export(self, model, val_loader, data: TrainData, state: dict) -> dict[str, Any]:
-        """Best epoch's weights -> the member folder, with its validation threshold, metrics and card."""
+        """The kept epoch's weights (``self.keep``) -> the member folder, with its validation threshold, metrics and
+        card."""
         cfg, acc = self.cfg, self.accelerator
         acc.unwrap_model(model).load_state_dict(self.checkpoint.best_weights())
         st, _ = self.validate(model, val_loader, data)
@@ -386,7 +394,8 @@ class Trainer:
         metrics = {
             "backbone": cfg.backbone, "val_auc": m["auc"], "val_kappa": m["kappa"], "val_accuracy": m["accuracy"],
             "val_sensitivity": m["sensitivity"], "val_specificity": m["specificity"], "threshold": thr,
-            "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+            "best_epoch": state["best_epoch"], "kept_epoch": state.get("kept_epoch", state["best_epoch"]),
+            "epochs_run": state["epoch"],
             "params": sum(p.numel() for p in net.parameters()), "train_time_s": round(state["train_time_s"], 2),
             "n_val_studies": m["n"], "val_ece": ece(y, p), "val_brier": brier(y, p),
             "n_calibration_studies": 0 if cal_st is None else len(cal_st),
