@@ -2,19 +2,21 @@
 defaults were chosen; the test split is left to ``bench/explain.py --boxes``). FracAtlas (../shared/data/fracatlas-hand;
 CC BY 4.0, Abedeen et al. 2023), one member per setting, the modern recipe, no ImageNet weights:
 
-  python bench/boxes_heldout.py --settings none energy:1:1 pointing:1:0 --img-size 384 --epochs 16
+  python bench/boxes_heldout.py --settings none signed:10:0 pointing:10:0 --img-size 384 --epochs 16
 
-A setting is ``none`` (no boxes) or ``LOSS:WEIGHT:WARMUP``: ``pointing`` is the loss ``train_all.py --boxes`` trains
-(:func:`zoo.boxes.pointing_loss`); ``energy`` is the loss it replaced (``1 - energy share`` of the min-max-normalised,
-upsampled Grad-CAM), kept here as the reference. Every setting trains on the same split with the same seed, with the
-boxes of the training split only (the member's own training images use them); the scores are on the member's
+A setting is ``none`` (no boxes) or ``LOSS:WEIGHT:WARMUP``: ``signed`` is the loss ``train_all.py --boxes`` trains
+(:class:`zoo.boxes.BoxLoss`: :func:`zoo.boxes.pointing_loss` plus :func:`zoo.boxes.sign_loss`); the references, each
+trained through the ``BoxLoss.term`` seam (their member's config.json still names the shipped loss: read the
+setting, not the config): ``pointing``, the soft pointing game alone (the loss before the sign term); ``energy``,
+``1 - energy share`` of the min-max-normalised, upsampled Grad-CAM on the bare boxes (the first loss); ``both``, the
+pointing game plus that energy term (tried, not kept). Every setting trains on the same split with the same seed, with
+the boxes of the training split only (the member's own training images use them); the scores are on the member's
 validation and calibration images (held out of its training; abnormal, with FracAtlas boxes): pointing game (Wilson
-interval) and energy share (bootstrap interval) of the kept member (best validation AUC, what a user gets) and of the
-last epoch's weights; and the study AUC (DeLong interval) of both on the calibration studies, which chose no epoch
-(the validation studies chose the kept epoch; across a sweep they chose the defaults that ship, so they are a
-development set, not an unbiased estimate: that is the test split's job). Each row of OUT/heldout.csv names the
-loss, its sharpness and the commit that scored it. The ``energy`` arm trains the old loss through the new
-``BoxLoss.term`` seam; its member's config.json still names the shipped loss (read the setting, not the config).
+interval) and energy share (bootstrap interval) of the member at its best validation AUC ("kept", ``--keep best``)
+and of the last epoch's weights (what ``--keep auto`` keeps with boxes); and the study AUC (DeLong interval) of both
+on the calibration studies, which chose no epoch (the validation studies chose the best epoch; across a sweep they
+chose the defaults that ship, so they are a development set, not an unbiased estimate: that is the test split's
+job). Each row of OUT/heldout.csv names the loss, its sharpness and the commit that scored it.
 """
 
 from __future__ import annotations
@@ -61,25 +63,26 @@ def combined_reference(BoxLoss):  # noqa: N803 (a class)
     return CombinedLoss
 
 
-def signed_reference(BoxLoss):  # noqa: N803 (a class)
-    """The soft pointing game plus a sign term: pytorch-grad-cam's ReLU shows only the map's positive part, so the map
-    (in units of its spread) is pushed below 0 on the cells outside the targets (the mean of its positive part there)
-    and above 1 at its largest target cell (a hinge), times the spread held constant like the pointing game's."""
-    import torch
+def pointing_reference(BoxLoss):  # noqa: N803 (a class)
+    """The soft pointing game alone (``grad-cam soft pointing game v2``, shipped before the sign term was added)."""
+    from zoo.boxes import pointing_loss
 
-    from zoo.boxes import pointing_loss, target_cells
-
-    class SignedLoss(BoxLoss):
+    class PointingLoss(BoxLoss):
         def term(self, cam, mask):
-            flat = cam.flatten(1)
-            spread = flat.std(1, correction=0, keepdim=True).detach() + 1e-6
-            u, cells = flat / spread, target_cells(cam.shape[-2:], mask)
-            outside = (torch.relu(u) * ~cells).sum(1) / (~cells).sum(1).clamp_min(1)
-            inside = torch.relu(1 - u.masked_fill(~cells, -torch.inf).amax(1))
-            sign = (outside + inside) * spread[:, 0] * mask.flatten(1).amax(1)
-            return pointing_loss(cam, mask) + sign
+            return pointing_loss(cam, mask)
 
-    return SignedLoss
+    return PointingLoss
+
+
+def strong_sign_reference(BoxLoss, factor: float = 4.0):  # noqa: N803 (a class)
+    """The shipped loss with its sign term ``factor`` times as strong (tried for the energy share)."""
+    from zoo.boxes import pointing_loss, sign_loss
+
+    class StrongSignLoss(BoxLoss):
+        def term(self, cam, mask):
+            return pointing_loss(cam, mask) + factor * sign_loss(cam, mask)
+
+    return StrongSignLoss
 
 
 def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[dict]:
@@ -153,17 +156,19 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     loss, weight, warmup = parts[0], *(parts[1:] + ["1", "0"][len(parts) - 1:])[:2]  # LOSS[:WEIGHT[:WARMUP]]
     if setting == "none":
         weight = warmup = "0"
-    if loss not in ("none", "pointing", "energy", "both", "signed"):
-        raise SystemExit(f"unknown setting {setting!r}: none or LOSS:WEIGHT:WARMUP, LOSS one of pointing, energy, "
-                         "both, signed")
+    if loss not in ("none", "signed", "pointing", "energy", "both", "signed4"):
+        raise SystemExit(f"unknown setting {setting!r}: none or LOSS:WEIGHT:WARMUP, LOSS one of signed, pointing, "
+                         "energy, both, signed4")
     production, masks = zoo.boxes.BoxLoss, zoo.boxes.box_masks
     if loss == "energy":  # the loss before, on the bare boxes it trained on (not the pointing game's hit region)
         zoo.boxes.BoxLoss = energy_reference(production)
         zoo.boxes.box_masks = lambda *a, tolerance=None, **k: masks(*a, **k)
     if loss == "both":  # pointing + energy, on the pointing game's hit region
         zoo.boxes.BoxLoss = combined_reference(production)
-    if loss == "signed":  # pointing + the map's sign outside and at the targets
-        zoo.boxes.BoxLoss = signed_reference(production)
+    if loss == "signed4":  # the sign term x4
+        zoo.boxes.BoxLoss = strong_sign_reference(production)
+    if loss == "pointing":  # the soft pointing game without the sign term
+        zoo.boxes.BoxLoss = pointing_reference(production)
     out = Path(args.out) / f"{args.backbone}-{args.img_size}-s{args.seed}-{setting.replace(':', '_')}"
     given = {"img_size": args.img_size, "epochs": args.epochs, "seed": args.seed, "pretrained": False, "quiet": True,
              "export": False, "keep": "best",  # "kept": the best validation AUC's; "last" is read before export
@@ -190,10 +195,11 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
     images = load_images(paths, args.img_size, quiet=True)
     rows = images.index()
     coco = load_annotations(data / "annotations.coco.json")
-    names = {"none": "", "energy": "grad-cam energy share", "both": f"{zoo.boxes.BOX_LOSS} + energy share",
-             "signed": f"{zoo.boxes.BOX_LOSS} + sign"}
+    names = {"none": "", "energy": "grad-cam energy share", "pointing": "grad-cam soft pointing game v2",
+             "both": "grad-cam soft pointing game v2 + energy share",
+             "signed4": "grad-cam soft pointing game v2 + 4 sign"}
     row = {"setting": setting, "loss": names.get(loss, zoo.boxes.BOX_LOSS),
-           "sharpness": zoo.boxes.SHARPNESS if loss in ("pointing", "both", "signed") else "", "commit": _commit(),
+           "sharpness": zoo.boxes.SHARPNESS if loss != "energy" and loss != "none" else "", "commit": _commit(),
            "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs,
            "seed": args.seed, "best_epoch": json.loads((out / "metrics.json").read_text())["best_epoch"],
            "train_s": round(train_s)}
@@ -212,7 +218,7 @@ def run_setting(setting: str, args, data: Path, boxes_file: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA), help="dataset folder with annotations.coco.json (default %(default)s)")
-    p.add_argument("--settings", nargs="+", default=["none", "energy:1:1", "pointing:1:0"])
+    p.add_argument("--settings", nargs="+", default=["none", "signed:10:0", "pointing:10:0"])
     p.add_argument("--backbone", default="resnet10t")
     p.add_argument("--img-size", type=int, default=384)
     p.add_argument("--epochs", type=int, default=16)

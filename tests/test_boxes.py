@@ -24,6 +24,8 @@ from zoo.boxes import (
     gradcam,
     peak_pixels,
     pointing_loss,
+    shown,
+    sign_loss,
 )
 from zoo.cam import cam_target, compute_cams
 from zoo.data import load_images
@@ -135,6 +137,37 @@ def test_pointing_loss_is_a_soft_pointing_game_on_the_cam_grid():
     single = pointing_loss(one, mask)
     single.backward()
     assert single.item() == 0.0 and torch.isfinite(one.grad).all()
+
+
+def test_sign_loss_wants_the_shown_map_on_the_box_and_zero_elsewhere():
+    """pytorch-grad-cam shows a map's positive part: the sign term is 0 for a map that is > 0 only at the box's cell
+    (by at least its spread), positive for the same map lifted so that its uneven background is > 0 (the pointing
+    game cannot tell the two apart; the shown map, min-max normalised, keeps that background's unevenness, and the
+    energy share inside the box drops) and for a map <= 0 everywhere (the ReLU flattens it: a miss); scale multiplies
+    it, its gradient is at most 1 a cell, pushes the background down and the box's cell up; an empty mask gives 0,
+    not NaN."""
+    mask = torch.zeros(1, 96, 96)
+    mask[0, 40:50, 70:82] = 1  # cell (1, 2) of a 3 x 3 grid over 96 px (see the pointing test)
+    clean = -torch.linspace(0.5, 2.0, 9).reshape(1, 3, 3)  # an uneven background, all < 0
+    clean[0, 1, 2] = 5.0
+    lifted = clean + 3.0  # the same map, its background now 1 to 2.5
+    assert sign_loss(clean, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert pointing_loss(lifted, mask).item() == pytest.approx(pointing_loss(clean, mask).item(), rel=1e-5)
+    assert sign_loss(lifted, mask).item() > 0.5
+    energy = lambda cam: float((shown(cam, 96) * mask).sum() / shown(cam, 96).sum())  # noqa: E731
+    assert energy(clean) > 1.5 * energy(lifted)  # what the sign term buys: the share inside the box (0.091 vs 0.050)
+    assert sign_loss(clean - 6.0, mask).item() > 0.5  # <= 0 everywhere: shown as flat
+    assert sign_loss(4.0 * lifted, mask).item() == pytest.approx(4.0 * sign_loss(lifted, mask).item(), rel=1e-5)
+    for cam in (lifted.clone(), (clean - 6.0).clone(), 1e-4 * lifted.clone()):
+        cam.requires_grad_()
+        sign_loss(cam, mask).backward()
+        g = cam.grad.flatten()
+        assert torch.isfinite(g).all() and g.abs().max() <= 1.0 + 1e-6
+        assert g[5] <= 0 and (g[torch.arange(9) != 5] >= 0).all() and g.abs().sum() > 0
+    empty = torch.randn(2, 3, 3, requires_grad=True)
+    loss = sign_loss(empty, torch.zeros(2, 96, 96))
+    loss.sum().backward()
+    assert (loss == 0).all() and torch.isfinite(empty.grad).all()
 
 
 @pytest.mark.parametrize(("cells", "size"), [(3, 96), (4, 128), (12, 384), (5, 150), (7, 64)])
@@ -435,6 +468,11 @@ def test_resume_sees_the_boxes_files_content_and_the_box_settings(tmp_path):
     Checkpoint(tmp_path / "v1" / "checkpoint", fingerprint=first).save({"epoch": 1}, model, opt, sched, best=True)
     assert resume_changes(tmp_path / "v1", fingerprint(cfg, data)) == [
         f"the box loss (grad-cam soft pointing game, sharpness 2 -> {BOX_LOSS}, sharpness 2): another training"]
+    # the soft pointing game before the sign term: another training too
+    second = {**fp, "boxes": {**fp["boxes"], "loss": "grad-cam soft pointing game v2"}}
+    Checkpoint(tmp_path / "v2" / "checkpoint", fingerprint=second).save({"epoch": 1}, model, opt, sched, best=True)
+    assert resume_changes(tmp_path / "v2", fingerprint(cfg, data)) == [
+        f"the box loss (grad-cam soft pointing game v2, sharpness 2 -> {BOX_LOSS}, sharpness 2): another training"]
     # a finished member whose fingerprint.json predates the boxes hash: --boxes cannot be continued on it
     old = tmp_path / "old"
     old.mkdir()

@@ -17,7 +17,10 @@ annotated region on annotated positives.
   constant) times ``-log`` of the ``softmax(SHARPNESS * z)`` mass on its target cells, those whose peak pixel lies in
   the pointing game's hit region, the boxes grown by its 15-px tolerance (:func:`pointing_loss`): the pointing game's
   hit (the map's maximum on the box) made differentiable, which also keeps the map from concentrating anywhere
-  outside, with a gradient of the BCE's own order whatever the map's scale. Averaged over the annotated positives of
+  outside, with a gradient of the BCE's own order whatever the map's scale. Plus the map's sign
+  (:func:`sign_loss`): pytorch-grad-cam's ReLU shows only the positive part, so the map is pushed below 0 outside the
+  target cells and kept above 0 at its best target cell (the shown map then peaks on the box and is 0 elsewhere:
+  its energy share). Averaged over the annotated positives of
   the batch and added to the BCE with weight ``box_weight`` (ramped linearly from 0 over ``box_warmup`` epochs).
   Chosen over the earlier loss, ``1 - energy share`` of the min-max-normalised map, on held-out FracAtlas images
   (``bench/boxes_heldout.py``; that one's gradient vanishes while the share is small, and it left the pointing game
@@ -48,8 +51,8 @@ from zoo.inference import ArrayDataset
 # to 8% where the work is the same or more: 1.15 leaves that noise as margin
 BOX_COST = 1.15
 # what config.json and the card name it, and resume compares (before: "grad-cam energy share", then "grad-cam soft
-# pointing game": the map of the train-mode head, targets by one peak pixel a cell)
-BOX_LOSS = "grad-cam soft pointing game v2"
+# pointing game": the map of the train-mode head, targets by one peak pixel a cell; then "... v2": without the sign)
+BOX_LOSS = "grad-cam soft pointing game v2 + sign"
 SHARPNESS = 2.0  # of the soft pointing game's softmax over the standardised map (bench/README.md)
 
 
@@ -191,13 +194,32 @@ def pointing_loss(cam: torch.Tensor, mask: torch.Tensor, sharpness: float = SHAR
     standardised map's without ``s`` grows as ``1 / s`` (a small map's gradient then swamps the BCE's in Adam's moments,
     and cost AUC: bench/README.md). 0 when every cell is a target, and for a flat map. Being blind to the offset, it
     does not see that pytorch-grad-cam's ReLU flattens a map whose largest cell is <= 0 (the evaluated pointing game
-    counts that a miss)."""
+    counts that a miss), nor what the map shows outside the box: :func:`sign_loss` does."""
     cells = target_cells(cam.shape[-2:], mask)
     flat = cam.flatten(1)
     spread = flat.std(1, correction=0, keepdim=True)  # 0 on a 1 x 1 grid, not NaN
     z = sharpness * (flat - flat.mean(1, keepdim=True)) / (spread + 1e-6)
     miss = torch.logsumexp(z, 1) - torch.logsumexp(z.masked_fill(~cells, -torch.inf), 1)
     return (spread[:, 0].detach() + 1e-6) * miss * mask.flatten(1).amax(1)
+
+
+def sign_loss(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The map's sign on ``cam``'s grid (B, h, w), (B,), in the map's own units: pytorch-grad-cam's ReLU shows only a
+    map's positive part, so with ``u`` the map in units of its spread ``s`` (held constant), the loss is ``s`` times
+    the mean of ``relu(u)`` over the cells outside the targets (:func:`target_cells`: positive evidence there is drawn
+    and counted in the energy share) plus ``relu(1 - max u)`` over the targets (the largest must stay above 0, or the
+    ReLU flattens the map and the pointing game counts a miss), times the mask's largest value; 0 for an empty mask.
+
+    What :func:`pointing_loss` cannot see (it is blind to the offset): together they make the shown map peak on the
+    box and stay at 0 elsewhere. Proportional to the map's scale, its gradient at most 1 a cell."""
+    cells = target_cells(cam.shape[-2:], mask)
+    flat = cam.flatten(1)
+    spread = flat.std(1, correction=0, keepdim=True).detach() + 1e-6
+    u = flat / spread
+    others = ~cells
+    outside = (torch.relu(u) * others).sum(1) / others.sum(1).clamp_min(1)  # 0 when every cell is a target
+    inside = torch.relu(1 - u.masked_fill(others, -torch.inf).amax(1))
+    return spread[:, 0] * (outside + inside) * mask.flatten(1).amax(1)
 
 
 class BoxLoss(nn.Module):
@@ -279,5 +301,5 @@ class BoxLoss(nn.Module):
 
     def term(self, cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The box term of each annotated positive, (B,), from its pre-ReLU Grad-CAM on the layer's grid
-        (:func:`cam_map`, (B, h, w)) and its mask (B, H, W): :func:`pointing_loss`."""
-        return pointing_loss(cam, mask)
+        (:func:`cam_map`, (B, h, w)) and its mask (B, H, W): :func:`pointing_loss` plus :func:`sign_loss`."""
+        return pointing_loss(cam, mask) + sign_loss(cam, mask)
