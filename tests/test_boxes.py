@@ -723,11 +723,14 @@ def test_validation_localisation_scores_only_abnormal_images_with_boxes_and_at_m
     assert validation_localisation(model, read, paths, np.zeros(5), coco) is None
 
 
-@pytest.mark.parametrize("boxes", [False, True])
-def test_keep_auto_keeps_the_last_epoch_with_boxes_and_the_best_validation_auc_without(tmp_path, synthetic_root,
-                                                                                        boxes):
-    """--keep auto: with a box loss acting, the member is the last epoch's weights (the maps go on moving into the
-    boxes after the validation AUC peaks); without, the best validation AUC's, as before."""
+@pytest.mark.parametrize(("boxes", "weight", "keep", "kept"), [
+    (True, 3.0, "auto", "last"), (False, 3.0, "auto", "best"), (True, 0.0, "auto", "best"),
+    (False, 3.0, "last", "last")])
+def test_keep_auto_keeps_the_last_epoch_where_a_box_loss_acts_and_the_best_validation_auc_elsewhere(
+        tmp_path, synthetic_root, boxes, weight, keep, kept):
+    """--keep auto: where a box loss acts (boxes matched, weight > 0) the member is the last epoch's weights (the maps
+    go on moving into the boxes after the validation AUC peaks); otherwise the best validation AUC's, as before;
+    --keep last asks for the last anyway. The validation AUC is made to peak at epoch 1 of 3, so the two differ."""
     import copy
 
     from safetensors.torch import load_file
@@ -736,26 +739,30 @@ def test_keep_auto_keeps_the_last_epoch_with_boxes_and_the_best_validation_auc_w
     from zoo.train import TrainConfig, Trainer
 
     cfg = TrainConfig(backbone="resnet10t", epochs=3, img_size=32, head_hidden=[8], lr=1e-3, quiet=True,
-                      export=False, cache_dir="", calibration_fraction=0, mixed_precision="no",
-                      boxes=str(synthetic_root / "annotations.coco.json") if boxes else None)
+                      export=False, cache_dir="", calibration_fraction=0, mixed_precision="no", keep=keep,
+                      boxes=str(synthetic_root / "annotations.coco.json") if boxes else None, box_weight=weight)
     trainer = Trainer(cfg, load_dataset(synthetic_root), tmp_path / "m")
-    last, export = {}, trainer.export
+    last, export, validate, aucs = {}, trainer.export, trainer.validate, iter([0.9, 0.5, 0.6])
+
+    def scored(*a, **k):  # the epochs' validation AUCs: best at epoch 1
+        st, m = validate(*a, **k)
+        return st, {**m, "auc": next(aucs, m["auc"])}
 
     def capture(model, *a, **k):  # the weights after the last epoch, before export loads the kept ones
-        last.update({k: v.clone() for k, v in copy.deepcopy(trainer.accelerator.unwrap_model(model)).state_dict()
-                     .items()})
+        last.update(copy.deepcopy(trainer.accelerator.unwrap_model(model)).state_dict())
         return export(model, *a, **k)
 
-    trainer.export = capture
+    trainer.validate, trainer.export = scored, capture
     metrics = trainer.fit()
     config = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
     card = (tmp_path / "m" / "README.md").read_text()
-    assert config["keep"] == ("last" if boxes else "best")
-    if boxes:
-        assert metrics["kept_epoch"] == metrics["epochs_run"] == 3
-        kept = load_file(tmp_path / "m" / "model.safetensors")
-        assert kept and set(kept) <= set(last) and all(torch.equal(kept[k], last[k]) for k in kept)
-        assert "kept epoch 3, the last trained" in card
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    assert weights and set(weights) <= set(last)
+    same = all(torch.equal(weights[k], last[k]) for k in weights)
+    assert config["keep"] == kept and metrics["best_epoch"] == 1
+    if kept == "last":
+        assert metrics["kept_epoch"] == metrics["epochs_run"] == 3 and same
+        assert "kept epoch 3 (the last trained), `--keep last`; the best validation AUC was at epoch 1" in card
     else:
-        assert metrics["kept_epoch"] == metrics["best_epoch"]
-        assert f"best epoch {metrics['best_epoch']} by validation AUC" in card
+        assert metrics["kept_epoch"] == 1 and not same
+        assert "best epoch 1 by validation AUC, kept" in card

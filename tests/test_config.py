@@ -40,7 +40,7 @@ OLD_DEFAULTS = {
     # issue 23's tracking flags, recorded on the hand-written parser of branch gpu (before issue 20's merge)
     'log_with': None, 'project_dir': None}
 # the flags added after that recording, by TrainConfig fields (issue 24: --boxes, --keep): what they parse to
-NEW_DEFAULTS = {'boxes': None, 'box_weight': 3.0, 'box_warmup': 0.0, 'keep': 'auto'}
+NEW_DEFAULTS = {'boxes': None, 'box_weight': 10.0, 'box_warmup': 0.0, 'keep': 'auto'}
 OLD_ARGV = {
     **OLD_DEFAULTS, 'batch_size': 8, 'budget_minutes': 5.0, 'cache_dir': '', 'cache_max_gb': 1.5,
     'calibration_fraction': 0.0, 'compile': True, 'data': 'D', 'device': 'cpu', 'ema_decay': 0.99, 'epochs': 3,

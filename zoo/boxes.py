@@ -99,13 +99,13 @@ class BoxDataset(ArrayDataset):
         return x, self.labels[i], i, m.as_subclass(torch.Tensor)
 
 
-def describe(record: dict, weight: float, warmup: float, keep: str = "auto") -> str:
+def describe(record: dict, weight: float, warmup: float, keep: str = "best") -> str:
     """One line for the training log: what ``--boxes`` matched and what it does."""
     if not record["annotated_train_positives"]:
         return (f"--boxes {record['file']}: no positive training image has a box ({record['annotated_train_images']} "
                 "training images matched by file name); training without box supervision, exactly as without --boxes")
     return (f"--boxes {record['file']}: {record['annotated_train_positives']} positive training images with boxes "
-            f"({record['annotated_train_images']} matched); CAM pointing loss x{weight:g}, warm-up {warmup:g} "
+            f"({record['annotated_train_images']} matched); CAM pointing + sign loss x{weight:g}, warm-up {warmup:g} "
             f"epochs; keeps {'the best validation AUC' if keep == 'best' else 'the last'} epoch")
 
 
@@ -223,9 +223,9 @@ def sign_loss(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class BoxLoss(nn.Module):
-    """``loss(logits, target, mask=None)``: the BCE ``base`` plus ``weight * ramp * mean(pointing loss)`` of the
-    differentiable Grad-CAM (:func:`cam_map`, :func:`pointing_loss`) over the annotated positives (target >= 0.5, a
-    non-empty mask).
+    """``loss(logits, target, mask=None)``: the BCE ``base`` plus ``weight * ramp * mean(term)`` of the
+    differentiable Grad-CAM (:func:`cam_map`; :meth:`term`: :func:`pointing_loss` plus :func:`sign_loss`) over the
+    annotated positives (target >= 0.5, a non-empty mask).
 
     Hooks ``model``'s CAM layer (only while training with gradients; validation and the weight EMA are untouched).
     Without a mask, or with no annotated positive in the batch, it is ``base`` exactly."""

@@ -62,10 +62,11 @@ def _ema(t: dict[str, Any]) -> str:
 def _kept(t: dict, metrics: dict) -> str:
     """Which epoch's weights these are (``--keep``; a member from before it kept the best validation AUC's)."""
     best = metrics.get("best_epoch", "?")
-    if t.get("keep") == "last":
-        return (f"kept epoch {metrics.get('kept_epoch', '?')}, the last trained; the best validation AUC was at epoch "
-                f"{best}")
-    return f"best epoch {best} by validation AUC"
+    kept = metrics.get("kept_epoch", best)
+    if kept == best:
+        return f"best epoch {best} by validation AUC, kept"
+    last = " (the last trained)" if kept == metrics.get("epochs_run") else ""
+    return f"kept epoch {kept}{last}, `--keep {t.get('keep', '?')}`; the best validation AUC was at epoch {best}"
 
 
 def _augmentation(t: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ Tensors go to safetensors, the rest to JSON; never a pickle. Layout of a checkpo
 
     checkpoint/
       epoch-0003/   model.safetensors  optimizer.safetensors  [ema.safetensors]  rng.safetensors  state.json
-      best.safetensors                 # weights of the best epoch so far (by validation AUC)
+      best.safetensors                 # weights of the epoch kept so far (--keep: best validation AUC, or last)
       LATEST                           # "epoch-0003": the last complete epoch
 
 An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` is replaced atomically after
@@ -149,7 +149,7 @@ class Checkpoint:
         (tmp / "state.json").write_text(json.dumps(meta, default=float))
         if self.fingerprint is not None:
             (tmp / FINGERPRINT_FILE).write_text(json.dumps(self.fingerprint))
-        if best:  # the weights of the epoch that scored best: what the member exports
+        if best:  # the weights of the epoch kept (--keep: the best validation AUC's, or the last): what it exports
             with atomic_path(self.folder / "best.safetensors") as f:
                 save_file(_state_dict(ema) if ema is not None else weights, str(f))
         final = self.folder / name

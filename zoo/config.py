@@ -53,8 +53,9 @@ class TrainConfig:
     ema_decay: float = opt(0.0, "weight EMA decay (timm ModelEmaV3), validated and exported; 0 = off")
     patience: int = opt(0, "early stop after N epochs without a better val AUC; 0 = off")
     keep: str = opt("auto", "the epoch whose weights the member keeps: best (its validation AUC), last (the last epoch "
-                    "trained; with --patience, the one it stopped at), auto: last with --boxes (the CAMs go on "
-                    "moving into the boxes after the validation AUC peaks: bench/README.md), else best",
+                    "trained; with --patience, the one it stopped at), auto: last where a box loss acts (--boxes "
+                    "matched training positives, --box-weight > 0: the CAMs go on moving into the boxes after the "
+                    "validation AUC peaks: bench/README.md), else best",
                     choices=KEEPS)
     val_fraction: float = opt(0.2, "share of labelled studies held out for validation, split by study, without "
                               "--folds (of those left after the calibration split)")
@@ -82,15 +83,15 @@ class TrainConfig:
     boxes: str | None = opt(None, "COCO boxes (or polygons, by their bbox) of training images, matched by file name, "
                             "or a YOLO folder (labels/*.txt at any depth, 'class cx cy w h' normalised, one class "
                             "id: the findings, matched by file stem and folders): "
-                            "on annotated positives an auxiliary loss (a soft pointing game) pulls each member's "
-                            "Grad-CAM into the boxes "
+                            "on annotated positives an auxiliary loss (a soft pointing game and the map's sign) "
+                            "pulls each member's Grad-CAM into the boxes "
                             "(zoo.boxes); other images train as without; validation and test never train on them "
                             "(each member's pointing game on up to 200 of its abnormal validation images with these "
                             "boxes is recorded)",
                             metavar="FILE.coco.json|DIR")
-    box_weight: float = opt(3.0, "with --boxes: weight of that loss beside the BCE (bench/README.md)")
-    box_warmup: float = opt(0.0, "with --boxes: epochs over which its weight ramps up from 0 (epochs trained before "
-                            "it acts can be the ones kept: the best validation AUC chooses)")
+    box_weight: float = opt(10.0, "with --boxes: weight of that loss beside the BCE (bench/README.md)")
+    box_warmup: float = opt(0.0, "with --boxes: epochs over which its weight ramps up from 0 (with --keep best, "
+                            "epochs trained before it acts can be the ones kept)")
     folds: int = opt(1, "K-fold cross-validation: K members per backbone, every labelled study validated once; "
                      "out-of-fold predictions go to OUT/oof_predictions.csv and fit the ensemble (1: one validation "
                      "split)", metavar="K")

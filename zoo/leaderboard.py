@@ -33,6 +33,7 @@ def _row(member_dir: Path) -> dict | None:
         metrics = json.loads(f.read_text())
         if not isinstance(metrics, dict):
             raise ValueError("not a JSON object")
+        metrics.setdefault("kept_epoch", metrics.get("best_epoch"))  # a member from before --keep kept its best
         return metrics | {"member": member_dir.name, "backbone": read_member_config(member_dir)["backbone"]}
     except MemberError as exc:  # names its config.json
         why = str(exc)

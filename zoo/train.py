@@ -170,7 +170,12 @@ class Trainer:
         self.unreadable: dict[str, str] = {}  # path -> why, among this member's images
         self.pos_weight: float | None = None  # set from the readable training split
         self.boxes_record: dict | None = None  # what --boxes matched (zoo.boxes), for config.json
-        self.keep = "best" if config.keep == "auto" else config.keep  # auto: resolved in _start (the box loss's)
+        self.keep = self._resolve_keep(False)  # auto: resolved again in _start, where the box loss is known
+
+    def _resolve_keep(self, box_loss_acts: bool) -> str:
+        """``--keep`` as resolved: auto is last where a box loss acts (its maps go on moving into the boxes after the
+        validation AUC peaks), else best."""
+        return self.cfg.keep if self.cfg.keep != "auto" else ("last" if box_loss_acts else "best")
 
     @property
     def is_main(self) -> bool:
@@ -206,7 +211,8 @@ class Trainer:
 
             boxed, self.boxes_record = box_dataset(train_ds, train_df["path"].tolist(), cfg.boxes, self.dataset.root)
             if self.is_main:
-                said = describe(self.boxes_record, cfg.box_weight, cfg.box_warmup, cfg.keep)
+                said = describe(self.boxes_record, cfg.box_weight, cfg.box_warmup,
+                                self._resolve_keep(boxed is not None and cfg.box_weight > 0))
                 tqdm.write(f"[{cfg.backbone}] {said}")
             train_ds = boxed or train_ds
         return TrainData(train_df, val_df, train_ds,
@@ -287,8 +293,7 @@ class Trainer:
                 raise ValueError("--boxes cannot train a --compile'd model (its CAM loss needs a double backward); "
                                  "drop --compile")
             loss_fn = box_loss = BoxLoss(loss_fn, model, cfg.box_weight, cfg.box_warmup)
-        if cfg.keep == "auto":  # the last epoch when the box loss acts (its maps improve after the AUC peaks)
-            self.keep = "last" if box_loss is not None else "best"
+        self.keep = self._resolve_keep(box_loss is not None and cfg.box_weight > 0)
         model, opt = acc.prepare(model, opt)
         ema = None
         if cfg.ema_decay > 0:  # validated and exported instead of the raw weights
@@ -301,7 +306,8 @@ class Trainer:
             restored = self.checkpoint.restore(acc.unwrap_model(model), opt.optimizer, sched, acc.scaler,
                                                ema=None if ema is None else ema.module)
             if restored is not None:
-                run.state = {"steps": 0, **restored}
+                # a checkpoint from before --keep kept its best epoch's weights
+                run.state = {"steps": 0, "kept_epoch": restored.get("best_epoch", 0), **restored}
                 self.log(f"resuming after epoch {run.state['epoch']}")
 
         def on_step() -> None:  # after each optimizer step
@@ -394,7 +400,7 @@ class Trainer:
         metrics = {
             "backbone": cfg.backbone, "val_auc": m["auc"], "val_kappa": m["kappa"], "val_accuracy": m["accuracy"],
             "val_sensitivity": m["sensitivity"], "val_specificity": m["specificity"], "threshold": thr,
-            "best_epoch": state["best_epoch"], "kept_epoch": state.get("kept_epoch", state["best_epoch"]),
+            "best_epoch": state["best_epoch"], "kept_epoch": state["kept_epoch"],
             "epochs_run": state["epoch"],
             "params": sum(p.numel() for p in net.parameters()), "train_time_s": round(state["train_time_s"], 2),
             "n_val_studies": m["n"], "val_ece": ece(y, p), "val_brier": brier(y, p),
