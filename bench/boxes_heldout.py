@@ -89,9 +89,13 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     """The best pointing game any CAM can score at each input size: pytorch-grad-cam resizes the CAM layer's grid
     (``size / stride`` cells a side) bilinearly with half-pixel centres, so a map's first maximum lies next to a cell
     centre (:func:`zoo.boxes.peak_pixels`), and an image can be hit only if one of those points is within the
-    tolerance of one of its boxes (stored pixels)."""
-    from zoo.boxes import peak_pixels
-    from zoo.localisation import TOLERANCE, _distance_to_boxes, pad_geometry
+    tolerance of one of its boxes (stored pixels). Beside it, the energy share (and its ratio to chance, the boxes'
+    share of the image) of the map the box loss asks for: 1 on its target cells (:func:`zoo.boxes.target_cells`),
+    below 0 elsewhere, shown as pytorch-grad-cam shows it (:func:`zoo.boxes.shown`)."""
+    import torch
+
+    from zoo.boxes import peak_pixels, shown, target_cells
+    from zoo.localisation import TOLERANCE, _distance_to_boxes, chance_levels, energy_share, hit_region, pad_geometry
 
     coco = json.loads(boxes_file.read_text())
     by_image: dict[int, list] = {}
@@ -102,13 +106,19 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
     for size in sizes:
         cells = math.ceil(size / stride)  # timm's CNNs: a partial last cell
         centres = np.unique(np.concatenate([t.numpy() for t in peak_pixels(cells, size)]))  # input pixels, a side
-        hits = 0
+        hits, energy, chance = 0, [], []
         for img in images:
             geo = pad_geometry(img["height"], img["width"], size)
+            boxes = np.asarray(by_image[img["id"]], float)
             xs, ys = geo.to_stored(centres[:, None], centres[None, :])
-            hits += bool((_distance_to_boxes(xs, ys, np.asarray(by_image[img["id"]], float)) <= TOLERANCE).any())
+            hits += bool((_distance_to_boxes(xs, ys, boxes) <= TOLERANCE).any())
+            targets = target_cells((cells, cells), torch.from_numpy(hit_region(boxes, geo))[None])
+            shown_map = shown(torch.where(targets, 1.0, -1.0).reshape(1, cells, cells), size)[0].numpy()
+            energy.append(energy_share(shown_map, boxes, geo))
+            chance.append(chance_levels(boxes, img["height"], img["width"])[1])
         rows.append({"img_size": size, "grid": f"{cells}x{cells}", "best pointing game": hits / len(images),
-                     "images": len(images)})
+                     "target map energy": float(np.nanmean(energy)),  # NaN: every cell a target, a flat map
+                     "x chance": float(np.nanmean(energy) / np.mean(chance)), "images": len(images)})
     return rows
 
 
@@ -225,7 +235,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "boxes_heldout"))
     p.add_argument("--ceiling", type=int, nargs="+", metavar="PX", help="only print the best pointing game a "
-                   "stride-32 CAM grid allows at these sizes (on the training split's boxes), and stop")
+                   "stride-32 CAM grid allows at these sizes, and the energy share of the map the box loss asks for "
+                   "(on the training split's boxes), and stop")
     args = p.parse_args()
     import pandas as pd
     from explain import data_and_out, train_split_boxes  # bench/explain.py: the training split's boxes only
