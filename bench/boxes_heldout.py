@@ -118,7 +118,8 @@ def grid_ceiling(boxes_file: Path, sizes: list[int], stride: int = 32) -> list[d
             chance.append(chance_levels(boxes, img["height"], img["width"])[1])
         rows.append({"img_size": size, "grid": f"{cells}x{cells}", "best pointing game": hits / len(images),
                      "target map energy": float(np.nanmean(energy)),  # NaN: every cell a target, a flat map
-                     "x chance": float(np.nanmean(energy) / np.mean(chance)), "images": len(images)})
+                     "x chance": float(np.nanmean(energy) / np.mean(np.asarray(chance)[np.isfinite(energy)])),
+                     "images": len(images)})
     return rows
 
 

@@ -37,13 +37,14 @@ def test_grid_ceiling_hits_only_where_a_peak_pixel_is_within_the_tolerance(heldo
 
 
 def test_grid_ceiling_energy_is_that_of_the_map_the_loss_asks_for(heldout, tmp_path):
-    """One cell-sized box on a 12 x 12 grid: the target map (1 on the cells near the box, below 0 elsewhere) shown as
-    pytorch-grad-cam shows it puts most of its mass near the box: far above chance (the box's share), below 1 (the
-    bilinear resize spreads it past the box's edges)."""
+    """A box that is exactly cell 5 of a 12 x 12 grid (pixels 160-192; the neighbours' peak pixels are 16 px away,
+    past the 15 px tolerance): the loss's target map is that one cell, which the bilinear resize spreads over 3 x 3
+    cells as a tent, (3/4)^2 = 0.5625 of its mass on the cell itself, energy on the bare box, 81x its 1/144 share (on
+    the tolerance-grown box it would be ~1)."""
     row = heldout.grid_ceiling(_coco(tmp_path, [[160.0, 160.0, 32.0, 32.0]]), [384])[0]
-    chance = 32 * 32 / 384**2
-    assert row["grid"] == "12x12" and 0.1 < row["target map energy"] < 1.0
-    assert row["x chance"] == pytest.approx(row["target map energy"] / chance) and row["x chance"] > 10
+    assert row["grid"] == "12x12" and row["best pointing game"] == 1.0
+    assert row["target map energy"] == pytest.approx(0.5625, abs=1e-6)
+    assert row["x chance"] == pytest.approx(81.0, abs=1e-4)
 
 
 def test_the_reference_energy_loss_is_one_minus_the_share_inside_the_box(heldout):
@@ -62,32 +63,65 @@ def test_the_reference_energy_loss_is_one_minus_the_share_inside_the_box(heldout
     loss.remove()
 
 
-def _fake_member(folder, val_ids, calibration_ids):
+def _fake_member(folder, val_ids, calibration_ids, boxes=None):
+    """A member folder as boxes_fit reads it: config.json (with the boxes file's record when ``boxes`` is given) and
+    its validation and calibration predictions."""
+    from zoo.localisation import annotations_record
+
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
+    training = {"boxes": None if boxes is None else {**annotations_record(boxes), "annotated_train_positives": 1}}
+    (folder / "config.json").write_text(json.dumps({"backbone": "resnet10t", "training": training}))
     for name, ids in (("val_predictions.csv", val_ids), ("calibration_predictions.csv", calibration_ids)):
-        (folder / name).write_text("id,part,label,prob\n" + "".join(f"{i},HAND,0,0.5\n" for i in ids))
+        if ids is not None:
+            (folder / name).write_text("id,part,label,prob\n" + "".join(f"{i},HAND,0,0.5\n" for i in ids))
+    return folder
 
 
 def test_boxes_fit_holds_out_a_members_validation_and_calibration_studies(tmp_path):
     fit = bench_module("boxes_fit")
-    _fake_member(tmp_path / "a", ["HAND_01", "HAND_02"], ["HAND_03"])
-    assert fit.held_out_ids(tmp_path / "a") == {"HAND_01", "HAND_02", "HAND_03"}
+    _fake_member(tmp_path / "a", ["HAND_01", "NA"], ["HAND_03"])
+    assert fit.held_out_ids(tmp_path / "a") == {"HAND_01", "NA", "HAND_03"}  # an id "NA" stays an id
+    assert fit.run_members(tmp_path / "a") == [tmp_path / "a"]  # a member folder is a run of one
+    assert fit.run_members(tmp_path) == [tmp_path / "a"]
 
 
-@pytest.mark.parametrize("second", [(["HAND_01"], ["HAND_04"]), None])
-def test_boxes_fit_refuses_members_that_split_differently_or_not_at_all(tmp_path, monkeypatch, capsys, second):
-    """Members holding out different studies (or none: unknown) would mislabel what each trained on: an error."""
+@pytest.mark.parametrize("case, message", [
+    ("split", "different studies"), ("unknown", "held out is unknown"), ("no boxes", "trained without --boxes"),
+    ("other boxes", "another boxes file"), ("pseudonyms", "not in the training split")])
+def test_boxes_fit_refuses_what_would_mislabel_trained_on_and_held_out(tmp_path, case, message):
+    """Whatever would put an image in the wrong group (members split differently or not at all, a run without the
+    box term or with another boxes file, held-out ids that are not this dataset's) is an error, not a table."""
     fit = bench_module("boxes_fit")
-    if second is None:
-        (tmp_path / "run" / "a").mkdir(parents=True)
-        (tmp_path / "run" / "a" / "config.json").write_text("{}")
+    boxes = _coco(tmp_path, [[10.0, 10.0, 5.0, 5.0]])
+    other = tmp_path / "other.coco.json"
+    other.write_text(boxes.read_text().replace("384", "385"))
+    train_ids = {"HAND_01", "HAND_02", "HAND_03", "HAND_04"}
+    a = _fake_member(tmp_path / "run" / "a", ["HAND_01"], ["HAND_03"], boxes)
+    members = [a]
+    if case == "split":
+        members.append(_fake_member(tmp_path / "run" / "b", ["HAND_01"], ["HAND_04"], boxes))
+    elif case == "unknown":
+        members = [_fake_member(tmp_path / "run" / "c", None, None, boxes)]
+    elif case == "no boxes":
+        members = [_fake_member(tmp_path / "run" / "c", ["HAND_01"], ["HAND_03"])]
+    elif case == "other boxes":
+        members = [_fake_member(tmp_path / "run" / "c", ["HAND_01"], ["HAND_03"], other)]
     else:
-        _fake_member(tmp_path / "run" / "a", ["HAND_01"], ["HAND_03"])
-        _fake_member(tmp_path / "run" / "b", *second)
-    monkeypatch.setattr("sys.argv", ["boxes_fit.py", str(tmp_path / "run"), "--boxes", str(tmp_path / "x.json"),
+        train_ids = {"HAND_01", "HAND_02"}
+    assert fit.check_members([a], boxes, {"HAND_01", "HAND_03"}) == {"HAND_01", "HAND_03"}
+    with pytest.raises(ValueError, match=message):
+        fit.check_members(members, boxes, train_ids)
+
+
+def test_boxes_fit_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    fit = bench_module("boxes_fit")
+    monkeypatch.setattr("sys.argv", ["boxes_fit.py", str(tmp_path / "nowhere"), "--boxes", "x.json",
                                      "--data", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_:
         fit.main()
-    assert exit_.value.code == 2
-    assert ("different studies" if second else "held out") in capsys.readouterr().err
+    assert exit_.value.code == 2 and "no run folder" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["boxes_fit.py", str(tmp_path), "--boxes", "x.json",
+                                     "--data", str(tmp_path / "no-data")])
+    with pytest.raises(SystemExit) as exit_:
+        fit.main()
+    assert exit_.value.code == 2 and "no dataset" in capsys.readouterr().err
