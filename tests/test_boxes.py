@@ -269,14 +269,17 @@ def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_
     logits = model(x)
     loss = loss_fn(logits, y, mask)
     assert loss > base(logits, y)
+    # the epoch's mean unweighted term (metrics.jsonl's train_box_term) is what was added, over the one image
+    assert loss_fn.epoch_term() == pytest.approx((loss - base(logits, y)).item(), rel=1e-5)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     loss_fn.set_epoch(1)  # nothing changes at warm-up 0
-    assert loss_fn.ramp == 1.0
+    assert loss_fn.ramp == 1.0 and loss_fn.epoch_term() is None  # a new epoch: nothing added yet
     ramped = BoxLoss(base, model, weight=1.0, warmup=2)
     ramped.set_epoch(1)
     assert ramped.ramp == 0.0
     assert torch.equal(ramped(logits := model(x), y, mask), base(logits, y))  # epoch 1 of a warm-up: BCE only
+    assert ramped.epoch_term() is None
     ramped.set_epoch(2)
     assert ramped.ramp == 0.5
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the map is computed in fp32
@@ -760,6 +763,11 @@ def test_keep_auto_keeps_the_last_epoch_where_a_box_loss_acts_and_the_best_valid
     assert weights and set(weights) <= set(last)
     same = all(torch.equal(weights[k], last[k]) for k in weights)
     assert config["keep"] == kept and metrics["best_epoch"] == 1
+    terms = [json.loads(line).get("train_box_term") for line in (tmp_path / "m" / "metrics.jsonl").open()]
+    if boxes and weight > 0:  # the box term's own fit, every epoch, apart from the BCE
+        assert len(terms) == 3 and all(t is not None and np.isfinite(t) and t > 0 for t in terms), terms
+    else:
+        assert terms == [None] * 3
     if kept == "last":
         assert metrics["kept_epoch"] == metrics["epochs_run"] == 3 and same
         assert "kept epoch 3 (the last trained), `--keep last`; the best validation AUC was at epoch 1" in card

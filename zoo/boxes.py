@@ -240,6 +240,7 @@ class BoxLoss(nn.Module):
         head = model.head
         self._held, self._heads = held, (head,)  # a tuple: the model's head is not this loss's submodule
         self.supervised = 0  # annotated positives the box term was added for, in this process since it was built
+        self._fit = torch.zeros(2, dtype=torch.float64)  # this epoch's (sum of the unweighted term, images): epoch_term
 
         # both gated on the head's mode (not the CAM layer's own, which may be a BatchNorm held in eval mode); a deep
         # copy of the model (the weight EMA) carries these hooks and shares ``held``, but is only ever run in eval
@@ -262,6 +263,16 @@ class BoxLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Linear warm-up: 0 in epoch 1, full weight from epoch ``1 + warmup`` (full from the start for 0)."""
         self.ramp = 1.0 if self.warmup <= 0 else min(1.0, (epoch - 1) / self.warmup)
+        self._fit = torch.zeros(2, dtype=torch.float64)
+
+    def epoch_term(self, accelerator=None) -> float | None:
+        """The mean unweighted box term (:meth:`term`) over the annotated positives it was added for since
+        :meth:`set_epoch`, over every process with ``accelerator``; None where it acted on none (a warm-up epoch of
+        weight 0 included). How well the map fits the boxes, whatever ``weight``: metrics.jsonl's ``train_box_term``."""
+        fit = self._fit.to(accelerator.device) if accelerator is not None else self._fit
+        if accelerator is not None:
+            fit = accelerator.reduce(fit, reduction="sum")
+        return float(fit[0] / fit[1]) if fit[1] > 0 else None
 
     def remove(self) -> None:
         """Release the hook and give attention layers their fused kernels back."""
@@ -281,7 +292,9 @@ class BoxLoss(nn.Module):
             return loss
         cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
         self.supervised += int(pick.sum())
-        return loss + self.weight * self.ramp * self.term(cam, mask[pick]).mean()
+        term = self.term(cam, mask[pick])
+        self._fit += torch.stack([term.detach().double().sum().cpu(), torch.tensor(len(term), dtype=torch.float64)])
+        return loss + self.weight * self.ramp * term.mean()
 
     def scored_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The logits the map is taken of: the head run again on the pooled ``features`` (with their graph) in eval

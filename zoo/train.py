@@ -348,14 +348,18 @@ class Trainer:
                "val_accuracy": m["accuracy"], "val_ece": ece(val_st["label"].to_numpy(), val_st["prob"].to_numpy()),
                "lr": lr, "train_s": round(train_s, 3), "images_per_s": round(len(data.train_ds) / train_s, 2),
                "time_s": round(time.perf_counter() - t0, 3)}
+        if run.box_loss is not None:  # how well the maps fit the boxes, apart from the BCE (zoo.boxes.BoxLoss)
+            row["train_box_term"] = run.box_loss.epoch_term(acc)
         tracking.log(acc, row, step=epoch)
         if self.is_main:
             self._append_log(row, epoch)
             self.checkpoint.save(state, acc.unwrap_model(run.model), run.optimizer.optimizer, run.schedule, acc.scaler,
                                  ema=None if run.ema is None else run.ema.module, best=kept)
         acc.wait_for_everyone()
-        self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} val AUC {m['auc']:.4f} "
-                 f"kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
+        term = row.get("train_box_term")
+        self.log(f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f}"
+                 + ("" if term is None else f" (box term {term:.3f})")
+                 + f" val AUC {m['auc']:.4f} kappa {m['kappa']:.3f} ({row['time_s']:.1f}s)")
 
     def recorded_config(self) -> dict[str, Any]:
         """What was trained, as config.json and the trackers record it: the resolved config without how it ran
@@ -524,10 +528,13 @@ def plot_curves(jsonl: Path, path: Path, title: str) -> None:
     fig = Figure(figsize=(5, 3), dpi=110)
     ax = fig.subplots()
     ax.plot(df["epoch"], df["train_loss"], "o-", label="train loss")
-    ax.set(xlabel="epoch", ylabel="weighted BCE", title=title)
+    boxed = "train_box_term" in df and df["train_box_term"].notna().any()  # --boxes: its unweighted term
+    if boxed:
+        ax.plot(df["epoch"], df["train_box_term"], "^--", color="C2", label="box term")
+    ax.set(xlabel="epoch", ylabel="weighted BCE" + (" / box term" if boxed else ""), title=title)
     ax2 = ax.twinx()
     ax2.plot(df["epoch"], df["val_auc"], "s-", color="C1", label="val AUC")
     ax2.set(ylabel="val AUC (study)", ylim=(0, 1))
-    fig.legend(loc="lower center", ncol=2, fontsize=7)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3 if boxed else 2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the axis label
     save_figure(fig, path)
