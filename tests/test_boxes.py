@@ -22,6 +22,7 @@ from zoo.boxes import (
     box_masks,
     cam_map,
     gradcam,
+    in_spread_units,
     peak_pixels,
     pointing_loss,
     shown,
@@ -269,17 +270,15 @@ def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_
     logits = model(x)
     loss = loss_fn(logits, y, mask)
     assert loss > base(logits, y)
-    # the epoch's mean unweighted term (metrics.jsonl's train_box_term) is what was added, over the one image
-    assert loss_fn.epoch_term() == pytest.approx((loss - base(logits, y)).item(), rel=1e-5)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     loss_fn.set_epoch(1)  # nothing changes at warm-up 0
-    assert loss_fn.ramp == 1.0 and loss_fn.epoch_term() is None  # a new epoch: nothing added yet
+    assert loss_fn.ramp == 1.0
     ramped = BoxLoss(base, model, weight=1.0, warmup=2)
     ramped.set_epoch(1)
     assert ramped.ramp == 0.0
     assert torch.equal(ramped(logits := model(x), y, mask), base(logits, y))  # epoch 1 of a warm-up: BCE only
-    assert ramped.epoch_term() is None
+    assert ramped.epoch_stats()["train_box_term"] is None  # it acted on no image
     ramped.set_epoch(2)
     assert ramped.ramp == 0.5
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the map is computed in fp32
@@ -292,6 +291,48 @@ def test_box_loss_is_the_bce_where_no_positive_is_annotated_and_adds_a_gradient_
     assert torch.equal(loss_fn(logits, y, mask), base(logits, y))
     loss_fn.remove()
     ramped.remove()
+
+
+def test_the_logged_box_term_is_the_unweighted_mean_per_annotated_image_whatever_the_maps_scale():
+    """metrics.jsonl's train_box_term: over an epoch's batches, the mean box term per annotated positive, without the
+    weight or the warm-up ramp, in units of each map's spread (the term itself scales with the map); train_bce the
+    mean BCE per image; a new epoch starts from nothing."""
+    torch.manual_seed(0)
+    model = BoneClassifier("resnet10t", img_size=64, head_hidden=[16]).train()
+    seen = []
+
+    class Capture(BoxLoss):
+        def term(self, cam, mask):
+            seen.append((cam.detach(), mask))
+            return super().term(cam, mask)
+
+    base = WeightedBCE(2.0)
+    loss_fn = Capture(base, model, weight=3.0, warmup=2)
+    loss_fn.set_epoch(2)
+    assert loss_fn.ramp == 0.5
+    y, bce = torch.tensor([1.0, 0.0, 1.0, 1.0]), []
+    for annotated in ([0], [2, 3]):  # 1, then 2 annotated positives (and an annotated negative, not counted)
+        x, mask = torch.randn(4, 1, 64, 64), torch.zeros(4, 1, 64, 64)
+        for i in [*annotated, 1]:
+            mask[i, :, 6 * i:6 * i + 20, 10:34] = 1
+        logits = model(x)
+        bce.append(base(logits, y).item())
+        loss_fn(logits, y, mask)
+    per_image = torch.cat([(pointing_loss(c, m) + sign_loss(c, m)) / (c.flatten(1).std(1, correction=0) + 1e-6)
+                           for c, m in seen])
+    assert len(per_image) == 3 and (per_image > 0).all()
+    stats = loss_fn.epoch_stats()
+    assert stats["train_box_term"] == pytest.approx(per_image.mean().item(), rel=1e-5)
+    assert stats["train_bce"] == pytest.approx(np.mean(bce), rel=1e-5)
+    cam, mask = seen[1]
+    for scale in (0.01, 10.0):  # the map's scale moves the term in proportion, the logged value not (but for 1e-6s)
+        torch.testing.assert_close(loss_fn.term(scale * cam, mask), scale * loss_fn.term(cam, mask), rtol=1e-2,
+                                   atol=0)
+        torch.testing.assert_close(in_spread_units(loss_fn.term(scale * cam, mask), scale * cam),
+                                   in_spread_units(loss_fn.term(cam, mask), cam), rtol=1e-2, atol=0)
+    loss_fn.set_epoch(3)
+    assert loss_fn.epoch_stats() == {"train_bce": None, "train_box_term": None}
+    loss_fn.remove()
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -763,11 +804,14 @@ def test_keep_auto_keeps_the_last_epoch_where_a_box_loss_acts_and_the_best_valid
     assert weights and set(weights) <= set(last)
     same = all(torch.equal(weights[k], last[k]) for k in weights)
     assert config["keep"] == kept and metrics["best_epoch"] == 1
-    terms = [json.loads(line).get("train_box_term") for line in (tmp_path / "m" / "metrics.jsonl").open()]
-    if boxes and weight > 0:  # the box term's own fit, every epoch, apart from the BCE
-        assert len(terms) == 3 and all(t is not None and np.isfinite(t) and t > 0 for t in terms), terms
+    rows = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").open()]
+    assert len(rows) == 3
+    if boxes:  # the BCE apart from the box term, and the term's own fit where it acts (null at weight 0)
+        assert all(0 < r["train_bce"] <= r["train_loss"] + 1e-6 for r in rows), rows
+        terms = [r["train_box_term"] for r in rows]
+        assert all(np.isfinite(t) and t > 0 for t in terms) if weight > 0 else terms == [None] * 3, terms
     else:
-        assert terms == [None] * 3
+        assert not any({"train_bce", "train_box_term"} & set(r) for r in rows)
     if kept == "last":
         assert metrics["kept_epoch"] == metrics["epochs_run"] == 3 and same
         assert "kept epoch 3 (the last trained), `--keep last`; the best validation AUC was at epoch 1" in card

@@ -222,6 +222,12 @@ def sign_loss(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return spread[:, 0] * (outside + inside) * mask.flatten(1).amax(1)
 
 
+def in_spread_units(term: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """A box term (B,) of :func:`pointing_loss` and :func:`sign_loss` (both proportional to the map's spread, held
+    constant) divided by that spread: the same term whatever the map's scale (no gradient)."""
+    return term.detach() / (cam.detach().flatten(1).std(1, correction=0) + 1e-6)
+
+
 class BoxLoss(nn.Module):
     """``loss(logits, target, mask=None)``: the BCE ``base`` plus ``weight * ramp * mean(term)`` of the
     differentiable Grad-CAM (:func:`cam_map`; :meth:`term`: :func:`pointing_loss` plus :func:`sign_loss`) over the
@@ -240,7 +246,7 @@ class BoxLoss(nn.Module):
         head = model.head
         self._held, self._heads = held, (head,)  # a tuple: the model's head is not this loss's submodule
         self.supervised = 0  # annotated positives the box term was added for, in this process since it was built
-        self._fit = torch.zeros(2, dtype=torch.float64)  # this epoch's (sum of the unweighted term, images): epoch_term
+        self._sums: torch.Tensor | None = None  # this epoch's (BCE sum, images, box fit sum, annotated positives)
 
         # both gated on the head's mode (not the CAM layer's own, which may be a BatchNorm held in eval mode); a deep
         # copy of the model (the weight EMA) carries these hooks and shares ``held``, but is only ever run in eval
@@ -263,16 +269,28 @@ class BoxLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Linear warm-up: 0 in epoch 1, full weight from epoch ``1 + warmup`` (full from the start for 0)."""
         self.ramp = 1.0 if self.warmup <= 0 else min(1.0, (epoch - 1) / self.warmup)
-        self._fit = torch.zeros(2, dtype=torch.float64)
+        self._sums = None
 
-    def epoch_term(self, accelerator=None) -> float | None:
-        """The mean unweighted box term (:meth:`term`) over the annotated positives it was added for since
-        :meth:`set_epoch`, over every process with ``accelerator``; None where it acted on none (a warm-up epoch of
-        weight 0 included). How well the map fits the boxes, whatever ``weight``: metrics.jsonl's ``train_box_term``."""
-        fit = self._fit.to(accelerator.device) if accelerator is not None else self._fit
+    def epoch_stats(self, accelerator=None) -> dict[str, float | None]:
+        """Since :meth:`set_epoch`, over every process with ``accelerator`` (metrics.jsonl's columns):
+        ``train_bce``, the mean BCE (``base``) per training image, without the box term; ``train_box_term``, the mean
+        box term (:meth:`term`) per annotated positive it was added for, unweighted and in units of each map's spread
+        (:func:`in_spread_units`), so it says how well the maps fit the boxes whatever the weight and the maps' scale
+        (0: every map on its box and 0 elsewhere), None where the term acted on none (a warm-up epoch of weight 0
+        included). Under ``--mixup`` a mixed image's term is scaled by its annotated image's share."""
+        sums = torch.zeros(4, dtype=torch.float64) if self._sums is None else self._sums
         if accelerator is not None:
-            fit = accelerator.reduce(fit, reduction="sum")
-        return float(fit[0] / fit[1]) if fit[1] > 0 else None
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum")
+        sums = sums.tolist()
+        return {"train_bce": sums[0] / sums[1] if sums[1] else None,
+                "train_box_term": sums[2] / sums[3] if sums[3] else None}
+
+    def _add(self, *values: torch.Tensor | int) -> None:
+        """Into this epoch's sums, on the batch's device (no synchronisation a step)."""
+        device = next(v.device for v in values if isinstance(v, torch.Tensor))
+        add = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(())
+                           for v in values])
+        self._sums = add if self._sums is None else self._sums.to(device) + add
 
     def remove(self) -> None:
         """Release the hook and give attention layers their fused kernels back."""
@@ -285,15 +303,17 @@ class BoxLoss(nn.Module):
         loss = self.base(logits, target)
         activation, features = self._held.pop("a", None), self._held.pop("f", None)
         if mask is None or activation is None or features is None or self.weight * self.ramp == 0:
+            self._add(loss * len(target), len(target), 0, 0)
             return loss
         mask = mask.reshape(len(mask), -1, *mask.shape[-2:])[:, 0].float()
         pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
         if not bool(pick.any()):
+            self._add(loss * len(target), len(target), 0, 0)
             return loss
         cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
         self.supervised += int(pick.sum())
         term = self.term(cam, mask[pick])
-        self._fit += torch.stack([term.detach().double().sum().cpu(), torch.tensor(len(term), dtype=torch.float64)])
+        self._add(loss * len(target), len(target), in_spread_units(term, cam).sum(), len(term))
         return loss + self.weight * self.ramp * term.mean()
 
     def scored_logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ Each member is one run named after the member, grouped by the zoo run (the name 
   as wandb documents it).
 
 Every run gets the member's resolved config as hyperparameters, per epoch the row of ``metrics.jsonl`` (training
-loss, validation AUC, kappa, ECE, learning rate, images/s) at step = epoch, and at its end the member's final
-metrics (``final/...``). After the zoo, one more run, ``leaderboard``, holds the leaderboard.
+loss, validation AUC, kappa, ECE, learning rate, images/s; with ``--boxes``, the BCE and the box term apart) at
+step = epoch, and at its end the member's final metrics (``final/...``). After the zoo, one more run,
+``leaderboard``, holds the leaderboard.
 
 Nothing here imports a tracker library: without ``--log-with`` the Accelerator gets ``log_with=None`` and nothing is
 logged or imported (tests/test_tracking.py checks ``sys.modules``).

@@ -348,8 +348,8 @@ class Trainer:
                "val_accuracy": m["accuracy"], "val_ece": ece(val_st["label"].to_numpy(), val_st["prob"].to_numpy()),
                "lr": lr, "train_s": round(train_s, 3), "images_per_s": round(len(data.train_ds) / train_s, 2),
                "time_s": round(time.perf_counter() - t0, 3)}
-        if run.box_loss is not None:  # how well the maps fit the boxes, apart from the BCE (zoo.boxes.BoxLoss)
-            row["train_box_term"] = run.box_loss.epoch_term(acc)
+        if run.box_loss is not None:  # the BCE and how well the maps fit the boxes, apart (zoo.boxes.BoxLoss)
+            row.update(run.box_loss.epoch_stats(acc))
         tracking.log(acc, row, step=epoch)
         if self.is_main:
             self._append_log(row, epoch)
@@ -521,20 +521,24 @@ def augmentation(cfg: TrainConfig):
 
 
 def plot_curves(jsonl: Path, path: Path, title: str) -> None:
-    """Training loss and validation AUC per epoch (matplotlib's Figure API: no global backend switch)."""
+    """Training loss and validation AUC per epoch; with a box loss, its BCE apart and, below, the box term (its own
+    axis: a different quantity). matplotlib's Figure API: no global backend switch."""
     from matplotlib.figure import Figure
 
     df = pd.read_json(jsonl, lines=True)
-    fig = Figure(figsize=(5, 3), dpi=110)
-    ax = fig.subplots()
-    ax.plot(df["epoch"], df["train_loss"], "o-", label="train loss")
-    boxed = "train_box_term" in df and df["train_box_term"].notna().any()  # --boxes: its unweighted term
+    boxed = "train_box_term" in df and df["train_box_term"].notna().any()  # --boxes (zoo.boxes.BoxLoss.epoch_stats)
+    fig = Figure(figsize=(5, 4.6 if boxed else 3), dpi=110)
+    ax, *below = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1)) if boxed else [fig.subplots()]
+    ax.plot(df["epoch"], df["train_loss"], "o-", label="train loss" + (" (BCE + box term)" if boxed else ""))
     if boxed:
-        ax.plot(df["epoch"], df["train_box_term"], "^--", color="C2", label="box term")
-    ax.set(xlabel="epoch", ylabel="weighted BCE" + (" / box term" if boxed else ""), title=title)
+        ax.plot(df["epoch"], df["train_bce"], ".:", color="C0", label="train BCE")
+        below[0].plot(df["epoch"], df["train_box_term"], "^--", color="C2", label="box term")
+        below[0].set(xlabel="epoch", ylabel="box term\n(map spread units)")
+        below[0].set_ylim(bottom=0)
+    ax.set(xlabel="" if boxed else "epoch", ylabel="loss" if boxed else "weighted BCE", title=title)
     ax2 = ax.twinx()
     ax2.plot(df["epoch"], df["val_auc"], "s-", color="C1", label="val AUC")
     ax2.set(ylabel="val AUC (study)", ylim=(0, 1))
-    fig.legend(loc="lower center", ncol=3 if boxed else 2, fontsize=7)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the axis label
+    fig.legend(loc="lower center", ncol=4 if boxed else 2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.05 if boxed else 0.07, 1, 1))  # room for the legend under the axis label
     save_figure(fig, path)
