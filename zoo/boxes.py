@@ -285,12 +285,19 @@ class BoxLoss(nn.Module):
         return {"train_bce": sums[0] / sums[1] if sums[1] else None,
                 "train_box_term": sums[2] / sums[3] if sums[3] else None}
 
-    def _add(self, *values: torch.Tensor | int) -> None:
-        """Into this epoch's sums, on the batch's device (no synchronisation a step)."""
-        device = next(v.device for v in values if isinstance(v, torch.Tensor))
-        add = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(())
-                           for v in values])
-        self._sums = add if self._sums is None else self._sums.to(device) + add
+    def _add(self, loss: torch.Tensor, images: int, fit: torch.Tensor | None = None) -> None:
+        """Into this epoch's sums, on the batch's device, in place: ``loss`` (``base``'s mean over the batch's
+        ``images``) and the box term in spread units of each annotated positive (``fit``). Python counts are added
+        as kernel scalars, not copied to the device: no host-device copy or synchronisation a step."""
+        sums = self._sums
+        if sums is None or sums.device != loss.device:
+            sums = torch.zeros(4, dtype=torch.float64, device=loss.device) if sums is None else sums.to(loss.device)
+        sums[0] += loss.detach().double() * images
+        sums[1] += images
+        if fit is not None:
+            sums[2] += fit.detach().double().sum()
+            sums[3] += len(fit)
+        self._sums = sums
 
     def remove(self) -> None:
         """Release the hook and give attention layers their fused kernels back."""
@@ -303,17 +310,17 @@ class BoxLoss(nn.Module):
         loss = self.base(logits, target)
         activation, features = self._held.pop("a", None), self._held.pop("f", None)
         if mask is None or activation is None or features is None or self.weight * self.ramp == 0:
-            self._add(loss * len(target), len(target), 0, 0)
+            self._add(loss, len(target))
             return loss
         mask = mask.reshape(len(mask), -1, *mask.shape[-2:])[:, 0].float()
         pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
         if not bool(pick.any()):
-            self._add(loss * len(target), len(target), 0, 0)
+            self._add(loss, len(target))
             return loss
         cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
         self.supervised += int(pick.sum())
         term = self.term(cam, mask[pick])
-        self._add(loss * len(target), len(target), in_spread_units(term, cam).sum(), len(term))
+        self._add(loss, len(target), in_spread_units(term, cam))
         return loss + self.weight * self.ramp * term.mean()
 
     def scored_logits(self, features: torch.Tensor) -> torch.Tensor:

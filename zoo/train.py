@@ -529,9 +529,10 @@ def plot_curves(jsonl: Path, path: Path, title: str) -> None:
     boxed = "train_box_term" in df and df["train_box_term"].notna().any()  # --boxes (zoo.boxes.BoxLoss.epoch_stats)
     fig = Figure(figsize=(5, 4.6 if boxed else 3), dpi=110)
     ax, *below = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1)) if boxed else [fig.subplots()]
-    ax.plot(df["epoch"], df["train_loss"], "o-", label="train loss" + (" (BCE + box term)" if boxed else ""))
+    ax.plot(df["epoch"], df["train_loss"], "o-", label="train loss" + (" (BCE + weight x box term)" if boxed else ""))
     if boxed:
-        ax.plot(df["epoch"], df["train_bce"], ".:", color="C0", label="train BCE")
+        if "train_bce" in df:  # not in a log of bdf0b63, whose term was also in other units
+            ax.plot(df["epoch"], df["train_bce"], ".:", color="C0", label="train BCE")
         below[0].plot(df["epoch"], df["train_box_term"], "^--", color="C2", label="box term")
         below[0].set(xlabel="epoch", ylabel="box term\n(map spread units)")
         below[0].set_ylim(bottom=0)
