@@ -34,13 +34,6 @@ def held_out_ids(member: Path) -> set[str]:
     return ids
 
 
-def run_members(run: Path) -> list[Path]:
-    """RUN itself when it is a member folder, else its member sub-folders."""
-    if (run / "config.json").exists():
-        return [run]
-    return sorted(d for d in run.iterdir() if (d / "config.json").exists())
-
-
 def check_members(members: list[Path], boxes: Path, train_ids: set[str]) -> set[str]:
     """The studies every member held out, after checking that the labelling can be trusted: each member trained
     with ``boxes`` (config.json's SHA-256), all split alike, and the held-out ids are this dataset's (not the
@@ -89,11 +82,11 @@ def main() -> int:
     from zoo.data.layouts import load_dataset
     from zoo.ensemble import Ensemble
     from zoo.localisation import LocalisationOptions, load_annotations, localise
-    from zoo.members import read_member_config
+    from zoo.members import members_in, read_member_config
 
-    members = run_members(args.run)
+    members = members_in(args.run)  # RUN itself when it is a member folder
     if not members:
-        p.error(f"{args.run} holds no member (no config.json in it or in a sub-folder)")
+        p.error(f"{args.run} holds no member (no model.safetensors and config.json in it or in a sub-folder)")
     images = load_dataset(data).train
     try:
         held = check_members(members, args.boxes, set(images["id"]))

@@ -64,13 +64,14 @@ def test_the_reference_energy_loss_is_one_minus_the_share_inside_the_box(heldout
 
 
 def _fake_member(folder, val_ids, calibration_ids, boxes=None):
-    """A member folder as boxes_fit reads it: config.json (with the boxes file's record when ``boxes`` is given) and
-    its validation and calibration predictions."""
+    """A member folder as boxes_fit reads it: config.json (with the boxes file's record when ``boxes`` is given), its
+    validation and calibration predictions, and a (placeholder) model.safetensors, which makes it a member folder."""
     from zoo.localisation import annotations_record
 
     folder.mkdir(parents=True)
     training = {"boxes": None if boxes is None else {**annotations_record(boxes), "annotated_train_positives": 1}}
     (folder / "config.json").write_text(json.dumps({"backbone": "resnet10t", "training": training}))
+    (folder / "model.safetensors").touch()
     for name, ids in (("val_predictions.csv", val_ids), ("calibration_predictions.csv", calibration_ids)):
         if ids is not None:
             (folder / name).write_text("id,part,label,prob\n" + "".join(f"{i},HAND,0,0.5\n" for i in ids))
@@ -81,8 +82,10 @@ def test_boxes_fit_holds_out_a_members_validation_and_calibration_studies(tmp_pa
     fit = bench_module("boxes_fit")
     _fake_member(tmp_path / "a", ["HAND_01", "NA"], ["HAND_03"])
     assert fit.held_out_ids(tmp_path / "a") == {"HAND_01", "NA", "HAND_03"}  # an id "NA" stays an id
-    assert fit.run_members(tmp_path / "a") == [tmp_path / "a"]  # a member folder is a run of one
-    assert fit.run_members(tmp_path) == [tmp_path / "a"]
+    from zoo.members import members_in  # what boxes_fit reads RUN with
+
+    assert members_in(tmp_path / "a") == [tmp_path / "a"]  # a member folder is a run of one
+    assert members_in(tmp_path) == [tmp_path / "a"]
 
 
 @pytest.mark.parametrize("case, message", [

@@ -289,15 +289,14 @@ class BoxLoss(nn.Module):
         """Into this epoch's sums, on the batch's device, in place: ``loss`` (``base``'s mean over the batch's
         ``images``) and the box term in spread units of each annotated positive (``fit``). Python counts are added
         as kernel scalars, not copied to the device: no host-device copy or synchronisation a step."""
+        if self._sums is None:
+            self._sums = torch.zeros(4, dtype=torch.float64, device=loss.device)
         sums = self._sums
-        if sums is None or sums.device != loss.device:
-            sums = torch.zeros(4, dtype=torch.float64, device=loss.device) if sums is None else sums.to(loss.device)
         sums[0] += loss.detach().double() * images
         sums[1] += images
         if fit is not None:
             sums[2] += fit.detach().double().sum()
             sums[3] += len(fit)
-        self._sums = sums
 
     def remove(self) -> None:
         """Release the hook and give attention layers their fused kernels back."""
@@ -308,20 +307,24 @@ class BoxLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.base(logits, target)
+        term, cam = self._box_term(target, mask)
+        self._add(loss, len(target), None if term is None else in_spread_units(term, cam))
+        return loss if term is None else loss + self.weight * self.ramp * term.mean()
+
+    def _box_term(self, target: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+        """(:meth:`term` of each annotated positive, its map on the grid), or (None, None) where none acts: no mask,
+        no held activation (validation), weight or ramp 0, or no annotated positive in the batch. Always takes what the
+        hooks held, so a step never sees the previous one's."""
         activation, features = self._held.pop("a", None), self._held.pop("f", None)
         if mask is None or activation is None or features is None or self.weight * self.ramp == 0:
-            self._add(loss, len(target))
-            return loss
+            return None, None
         mask = mask.reshape(len(mask), -1, *mask.shape[-2:])[:, 0].float()
         pick = (target.reshape(-1) >= 0.5) & (mask.flatten(1).amax(1) > 0)
         if not bool(pick.any()):
-            self._add(loss, len(target))
-            return loss
+            return None, None
         cam = cam_map(activation, self.scored_logits(features[pick]), self.reshape)[pick]
         self.supervised += int(pick.sum())
-        term = self.term(cam, mask[pick])
-        self._add(loss, len(target), in_spread_units(term, cam))
-        return loss + self.weight * self.ramp * term.mean()
+        return self.term(cam, mask[pick]), cam
 
     def scored_logits(self, features: torch.Tensor) -> torch.Tensor:
         """The logits the map is taken of: the head run again on the pooled ``features`` (with their graph) in eval
