@@ -15,6 +15,8 @@ ensemble's study AUC (DeLong interval) with the paired DeLong difference with bo
 the CAM grid must resolve FracAtlas' boxes, ``bench/boxes_heldout.py --ceiling``; ~2 h on 2 CPU cores):
 
   python bench/explain.py --boxes --models regnetx_002 resnet10t --img-size 384 --epochs 16 --seeds 0 1 2
+
+A run already in ``--out`` is reused as it was scored; ``--rescore`` scores it again with the code as it is now.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="with --boxes (default %(default)s)")
     p.add_argument("--budget-minutes", type=float, default=None, help="with --boxes: the same budget for both arms "
                    "instead of --epochs (the boxes arm then plans for its extra cost)")
+    p.add_argument("--rescore", action="store_true", help="with --boxes: score runs already trained in --out again "
+                   "(after a change to how maps are made or scored; nothing is retrained)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
     if (folders := data_and_out(args)) is None:
@@ -116,14 +120,18 @@ def data_and_out(args) -> tuple[Path, Path] | None:
 
 
 def train_and_score(args, data: Path, run: Path, seed: int, boxes: Path | None) -> None:
-    """train_all.py (the same zoo, seed and budget; ``--boxes`` for the boxes arm), then ``zoo evaluate`` (Grad-CAM
-    against every test box, no ROAD)."""
+    """train_all.py (the same zoo, seed and budget; ``--boxes`` for the boxes arm), then :func:`score`."""
     size = ["--budget-minutes", str(args.budget_minutes)] if args.budget_minutes else ["--epochs", str(args.epochs)]
     cmd = [sys.executable, str(ROOT / "train_all.py"), "--data", str(data), "--models", *args.models, "--img-size",
            str(args.img_size), *size, "--seed", str(seed), "--out", str(run), "--quiet", *args.train_args]
     t0 = time.perf_counter()
     subprocess.run(cmd + (["--boxes", str(boxes)] if boxes else []), check=True)
     print(f"{run.name}: train_all {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    score(args, data, run)
+
+
+def score(args, data: Path, run: Path) -> None:
+    """``zoo evaluate`` of a trained run on the test split: Grad-CAM against every test box, no ROAD."""
     subprocess.run([sys.executable, "-m", "zoo", "evaluate", str(run), "--data", str(data), "--report-dir",
                     str(run / "report"), "--annotations", str(data / "annotations.coco.json"), "--road-samples", "0",
                     "--loc-methods", *(args.loc_methods or ["gradcam"]), "--quiet"], check=True, cwd=ROOT)
@@ -154,6 +162,8 @@ def compare_boxes(args, data: Path, out: Path) -> int:
             run = out / f"seed{seed}-{'boxes' if file else 'plain'}"
             if not (run / "report" / "localisation.csv").is_file():
                 train_and_score(args, data, run, seed, file)
+            elif args.rescore:
+                score(args, data, run)
             loc, preds[arm] = _scores(run, labels)
             a = auc_ci(preds[arm]["label"], preds[arm]["prob"])
             for _, r in loc.iterrows():
