@@ -7,12 +7,7 @@ would not close the gap to the grid's ceiling, a stronger fit would. FracAtlas (
   python bench/boxes_fit.py bench/out/boxes-v3/seed2-boxes --boxes bench/out/boxes-v3/train_boxes.coco.json
 
 RUN is a ``train_all.py`` output folder (one sub-folder a member); ``--boxes`` the file the run trained with (the
-training split's boxes only). ``--fusion mean geometric`` scores the fused map under each rule of
-:func:`zoo.cam.fuse_cams` (one row per rule); the default rule was chosen with it, on these images, not the test's:
-
-  python bench/boxes_fit.py bench/out/boxes-v3-e32/seed0-boxes --boxes bench/out/boxes-v3-e32/train_boxes.coco.json \
-      --fusion mean geometric
- Grad-CAM, pointing game (15 px) and energy share with :mod:`zoo.localisation`, as
+training split's boxes only). Grad-CAM, pointing game (15 px) and energy share with :mod:`zoo.localisation`, as
 ``predict.py --evaluate`` scores the test split; no test image is read.
 """
 
@@ -73,8 +68,6 @@ def main() -> int:
     p.add_argument("run", type=Path, help="train_all.py output folder (or one member folder)")
     p.add_argument("--boxes", type=Path, required=True, help="the COCO file the run trained with")
     p.add_argument("--data", type=Path, default=None, help=f"dataset folder (default {DATA})")
-    p.add_argument("--fusion", nargs="+", default=None, metavar="RULE",
-                   help="fused-map rules to score (zoo.cam.FUSIONS; default: the default rule)")
     args = p.parse_args()
     data = args.data or DATA
     if not data.exists():
@@ -86,15 +79,10 @@ def main() -> int:
         p.error(f"no run folder at {args.run}")
     if not args.boxes.exists():
         p.error(f"no boxes file at {args.boxes}")
-    from zoo.cam import DEFAULT_FUSION, FUSIONS
     from zoo.data.layouts import load_dataset
     from zoo.ensemble import Ensemble
-    from zoo.localisation import FUSED, LocalisationOptions, load_annotations, localise
+    from zoo.localisation import LocalisationOptions, load_annotations, localise
     from zoo.members import members_in, read_member_config
-
-    rules = list(dict.fromkeys(args.fusion or [DEFAULT_FUSION]))
-    if unknown := [r for r in rules if r not in FUSIONS]:
-        p.error(f"unknown --fusion {', '.join(unknown)}: choose from {', '.join(FUSIONS)}")
 
     members = members_in(args.run)  # RUN itself when it is a member folder
     if not members:
@@ -106,14 +94,8 @@ def main() -> int:
         p.error(str(e))
     ens = Ensemble.from_paths([str(m) for m in members])
     images = images[images["label"].notna()][["path", "id", "label"]]
-    coco = load_annotations(args.boxes, flag="--boxes")
-    parts = []
-    for i, rule in enumerate(rules):  # the members' rows once; the fused map's once per rule
-        r = localise(ens, images, coco, data, LocalisationOptions(methods=("gradcam",), road_samples=0, fusion=rule))
-        r = r if i == 0 else r[r["member"] == FUSED]
-        parts.append(r.assign(member=r["member"].where(r["member"] != FUSED, f"{FUSED}, {rule}")
-                              if len(rules) > 1 else r["member"]))
-    records = pd.concat(parts, ignore_index=True)
+    records = localise(ens, images, load_annotations(args.boxes, flag="--boxes"), data,
+                       LocalisationOptions(methods=("gradcam",), road_samples=0))
     if records.empty:
         p.error(f"{args.boxes} annotates no abnormal image of {data}'s training split")
     records["images"] = records["id"].isin(held).map({True: "held out", False: "trained on"})

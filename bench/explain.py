@@ -153,6 +153,11 @@ def compare_boxes(args, data: Path, out: Path) -> int:
     from zoo.localisation import FUSED
     from zoo.stats import auc_ci, delong_test, describe_difference, interval
 
+    runs = [out / f"seed{seed}-{arm}" for seed in args.seeds for arm in ("plain", "boxes")]
+    if args.rescore and (missing := [r for r in runs if not (r / "report" / "localisation.csv").is_file()]):
+        print(f"--rescore scores runs already trained and scored; not there: {', '.join(map(str, missing))} (run "
+              "without --rescore to train them)", file=sys.stderr)
+        return 2
     boxes = train_split_boxes(data, out)
     labels = pd.read_csv(data / "test_labels.csv")[["id", "label"]]
     rows, diffs = [], []

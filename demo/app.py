@@ -268,8 +268,8 @@ def analyse(files: list[str], members: list[str], method: str = "Grad-CAM", pool
     ``members`` are voters (a member, or a backbone's fold members) or member names; repeats count once.
     Member study probability = mean over the readable images; ensemble = the chosen combiner (zoo.combiners) over
     the voters, then the ensemble calibration: the score and threshold of predict.py (:meth:`Ensemble.calibrate`,
-    fitted once per kept ensemble), so the verdict is its ``--binary`` label; fused heatmap = members' CAMs fused
-    by their probability-weighted geometric mean, bright where they agree (:func:`zoo.cam.fuse_cams`).
+    fitted once per kept ensemble), so the verdict is its ``--binary`` label; fused heatmap = members' CAMs weighted
+    by their probabilities (:func:`zoo.cam.fuse_cams`).
     """
     pool = pool or default_pool()
     paths = _check_files(files)
@@ -351,7 +351,7 @@ def _panels(ens: Ensemble, ex, paths: list[str], pool: MemberPool) -> tuple[list
         for m in ens.members:
             p = float(ex.image_probs.at[j, m.name])
             panels.append((cam_panel(ex.cams[m.name][j]), f"{name}: {m.name} p={p:.2f}"))
-        panels.append((cam_panel(ex.fused[j]), f"{name}: ensemble (where members agree)"))
+        panels.append((cam_panel(ex.fused[j]), f"{name}: ensemble (probability-weighted)"))
         if gt is not None:
             hits = [(n, pointing_hit(c, gt[0], pad_geometry(gt[1], gt[2], c.shape[0])))
                     for n, c in [*((m.name, ex.cams[m.name][j]) for m in ens.members), (FUSED, ex.fused[j])]]

@@ -36,64 +36,14 @@ def test_unknown_method_is_refused():
         compute_cam(BoneClassifier("resnet10t", img_size=32, head_hidden=[8]), _image(32), "magic")
 
 
-def test_mean_fusion_is_the_probability_weighted_mean():
+def test_fused_heatmap_is_the_probability_weighted_mean():
     rng = np.random.default_rng(0)
     a, b = rng.random((32, 32)).astype(np.float32), rng.random((32, 32)).astype(np.float32)
-    fused = fuse_cams([a, b], [0.9, 0.3], rule="mean")
+    fused = fuse_cams([a, b], [0.9, 0.3])
     assert np.allclose(fused, (0.9 * a + 0.3 * b) / 1.2, atol=1e-6)
-    assert np.allclose(fuse_cams([a, b], [0, 0], rule="mean"), (a + b) / 2, atol=1e-6)
+    assert np.allclose(fuse_cams([a, b], [0, 0]), (a + b) / 2, atol=1e-6)
     small = a[::2, ::2]
     assert fuse_cams([small, b], [0.5, 0.5]).shape == (32, 32)  # members of other sizes are resized
-
-
-def test_geometric_fusion_is_the_probability_weighted_geometric_mean():
-    rng = np.random.default_rng(1)
-    a, b = (rng.random((32, 32)) * 0.9 + 0.1).astype(np.float32), (rng.random((32, 32)) * 0.9 + 0.1).astype(np.float32)
-    assert np.allclose(fuse_cams([a, b], [0.9, 0.3], rule="geometric"), a ** 0.75 * b ** 0.25, rtol=1e-5)
-    assert np.allclose(fuse_cams([a, b], [0, 0]), np.sqrt(a * b), rtol=1e-5)  # no probability: equal weights
-    assert np.allclose(fuse_cams([a, b], [0.0, 0.7]), b, rtol=1e-5)  # a member of weight 0 drops out
-    for w in ([0.2, 0.9], [0.5, 0.5], [1.0, 0.01]):  # maps that agree come back unchanged: no sharpening
-        assert np.allclose(fuse_cams([a, a.copy()], w), a, rtol=1e-5)
-    with pytest.raises(ValueError, match="geometric, mean"):
-        fuse_cams([a, b], [0.5, 0.5], rule="max")
-
-
-def _blob(cy: int, cx: int, size: int = 48) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size]
-    return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 18.0)
-
-
-def test_the_default_fused_map_keeps_where_the_members_agree_not_what_one_member_adds():
-    """Two members light the same lesion, each also a region of its own: the default fusion (geometric) puts more of
-    its mass on the shared lesion than the mean, whose map carries both members' extra regions at half strength."""
-    lesion = np.zeros((48, 48), bool)
-    lesion[16:28, 16:28] = True
-    a = np.maximum(_blob(22, 22), 0.8 * _blob(40, 6)).astype(np.float32)
-    b = np.maximum(_blob(22, 22), 0.8 * _blob(6, 40)).astype(np.float32)
-
-    def share(m: np.ndarray) -> float:
-        return float(m[lesion].sum() / m.sum())
-
-    default, mean = fuse_cams([a, b], [0.6, 0.6]), fuse_cams([a, b], [0.6, 0.6], rule="mean")
-    assert share(default) > 1.5 * share(mean) and share(default) > max(share(a), share(b))
-    assert np.unravel_index(np.argmax(default), default.shape) == (22, 22)
-
-
-def test_members_that_agree_nowhere_give_a_faint_map_that_still_points():
-    """Disjoint maps: the fused map is faint (members disagree) but never all 0 (an energy share needs mass), and its
-    maximum is the heavier member's."""
-    a, b = np.zeros((48, 48), np.float32), np.zeros((48, 48), np.float32)
-    a[5:10, 5:10], b[30:40, 30:40] = 1.0, 1.0
-    fused = fuse_cams([a, b], [0.3, 0.9])  # weights 1/4, 3/4: b's region is (1e-6) ** (1/4) = 0.03, a's 3e-5
-    assert 0 < fused.max() < 0.04 and np.isfinite(fused).all()
-    assert b[np.unravel_index(np.argmax(fused), fused.shape)] == 1.0
-
-
-def test_every_fused_map_is_made_with_the_default_rule():
-    from zoo.cam import DEFAULT_FUSION, FUSIONS
-    from zoo.localisation import LocalisationOptions
-
-    assert DEFAULT_FUSION in FUSIONS and LocalisationOptions().fusion == DEFAULT_FUSION
 
 
 def test_overlay_is_rgb_on_the_grayscale_image():

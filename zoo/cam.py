@@ -87,33 +87,11 @@ def resize_cam(cam: np.ndarray, size: int) -> np.ndarray:
                                                                                  Image.Resampling.BILINEAR))
 
 
-# fuse_cams' rules, as reports name them; DEFAULT_FUSION is the one every fused map is made with unless asked
-FUSIONS = {"geometric": "probability-weighted geometric mean: bright where the members agree",
-           "mean": "probability-weighted mean: bright where any member is"}
-DEFAULT_FUSION = "geometric"
-GEOMETRIC_FLOOR = 1e-6
-
-
-def fuse_cams(cams: Sequence[np.ndarray], probs: Sequence[float], size: int | None = None,
-              rule: str = DEFAULT_FUSION) -> np.ndarray:
-    """The ensemble heatmap from members' CAMs (each normalised to [0, 1]) with weights ``w_m = p_m / sum p`` (their
-    probabilities; equal weights when every p_m is 0), at ``size`` (default: the largest member's).
-
-    ``"geometric"`` (default): ``prod_m cam_m ** w_m``, where the members agree. A region stays bright only if every
-    member with weight lights it (a member's 0 is floored at 1e-6), so one member's evidence off the others' does not
-    dilute the map (a product of experts); maps that agree come back unchanged (no sharpening), and where members
-    disagree the fused map is faint.
-    It was chosen over the mean on held-out images of the training split (``bench/boxes_fit.py --fusion``; the
-    comparison is in bench/README.md). ``"mean"``: ``sum_m w_m cam_m``, everything any member lights."""
-    if rule not in FUSIONS:
-        raise ValueError(f"unknown fusion rule {rule!r}: choose one of {', '.join(FUSIONS)}")
+def fuse_cams(cams: Sequence[np.ndarray], probs: Sequence[float], size: int | None = None) -> np.ndarray:
+    """The ensemble heatmap: members' CAMs (each normalised to [0, 1]) averaged with weights = their probabilities,
+    ``sum_m p_m * cam_m / sum_m p_m`` (plain mean when every p_m is 0), at ``size`` (default: the largest)."""
     size = size or max(c.shape[0] for c in cams)
-    stack = np.clip(np.stack([resize_cam(c, size) for c in cams]).astype(np.float64), 0.0, 1.0)
+    stack = np.stack([resize_cam(c, size) for c in cams])
     w = np.asarray(probs, dtype=np.float64)
     w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
-    if rule == "geometric":  # in logs; a member of weight 0 drops out. The floor keeps the members' order where one
-        # is 0 (~1e-6 ** w there, invisible) and the map never all 0, whose energy share would be undefined
-        fused = np.exp(np.tensordot(w, np.log(np.maximum(stack, GEOMETRIC_FLOOR)), axes=1))
-    else:
-        fused = np.tensordot(w, stack, axes=1)
-    return np.clip(fused, 0.0, 1.0).astype(np.float32)
+    return np.clip(np.tensordot(w, stack, axes=1).astype(np.float32), 0.0, 1.0)

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zoo.atomic import atomic_path
-from zoo.cam import DEFAULT_FUSION, compute_cams, fuse_cams, overlay
+from zoo.cam import compute_cams, fuse_cams, overlay
 from zoo.data import ImageArray
 
 
@@ -30,16 +30,15 @@ class StudyExplanation:
     image_probs: pd.DataFrame  # one row per readable image (column ``path``), one probability column per member
     member_probs: pd.Series  # member -> study probability (mean over its readable images)
     cams: dict[str, np.ndarray]  # member -> (n_readable, S_member, S_member) maps in [0, 1]
-    fused: np.ndarray  # (n_readable, S, S) zoo.cam.fuse_cams of the members' maps at the largest member size
+    fused: np.ndarray  # (n_readable, S, S) the probability-weighted fusion at the largest member size
     bases: np.ndarray  # (n_readable, S, S) uint8 preprocessed images at the largest member size, for overlays
     errors: dict[str, str] = field(default_factory=dict)  # unreadable path -> why
 
 
 def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[int, ImageArray] | None = None,
-                  cache_dir: str | None = "", max_gb: float | None = None,
-                  fusion: str = DEFAULT_FUSION) -> StudyExplanation:
+                  cache_dir: str | None = "", max_gb: float | None = None) -> StudyExplanation:
     """Run every member of ``ens`` over the images of one study (decoded once per member size, into ``cache_dir``
-    bounded by ``max_gb``, unless ``arrays`` holds them); ``fusion``: :func:`zoo.cam.fuse_cams`' rule."""
+    bounded by ``max_gb``, unless ``arrays`` holds them)."""
     paths = [str(p) for p in paths]
     arrays = arrays or ens.decode(paths, cache_dir=cache_dir, quiet=True, max_gb=max_gb)
     mine = set(paths)
@@ -57,9 +56,8 @@ def explain_study(ens, paths: list[str], method: str = "gradcam", arrays: dict[i
     show = max(arrays)
     bases = np.asarray(arrays[show].array[readable]) if readable else np.zeros((0, show, show), np.uint8)
     member_probs = image_probs[ens.names].mean(axis=0) if readable else pd.Series(np.nan, index=ens.names)
-    fused = np.stack([fuse_cams([cams[n][j] for n in ens.names], image_probs.loc[j, ens.names].tolist(), show,
-                                rule=fusion) for j in range(len(readable))]
-                     ) if readable else np.zeros((0, show, show), np.float32)
+    fused = np.stack([fuse_cams([cams[n][j] for n in ens.names], image_probs.loc[j, ens.names].tolist(), show)
+                      for j in range(len(readable))]) if readable else np.zeros((0, show, show), np.float32)
     return StudyExplanation(paths, readable, image_probs, member_probs, cams, fused, bases, errors)
 
 

@@ -340,7 +340,6 @@ class LocalisationOptions:
     max_gb: float | None = None  # its bound on disk (None: BONE_ZOO_CACHE_MAX_GB or 20)
     quiet: bool = False  # no progress bar
     seed: int = 0  # the random maps ROAD is compared with
-    fusion: str = "geometric"  # the fused map's rule (zoo.cam.FUSIONS; zoo.cam.DEFAULT_FUSION, kept light here)
 
 
 def road_scores(model, images_u8: np.ndarray, cams: np.ndarray,
@@ -392,7 +391,7 @@ def localise(ens, images: pd.DataFrame, coco, root: str | Path | None = None,
         study = {size: ImageArray([arr.paths[i] for i in idx], size, arr.read(idx), arr.ok[idx], arr.errors)
                  for size, arr in arrays.items()}
         for method in methods:
-            ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study, fusion=opt.fusion)
+            ex = explain_study(ens, [paths[i] for i in idx], method, arrays=study)
             for j, i in enumerate(ex.readable):
                 path = ex.paths[i]
                 b, h, w = boxes[path]
@@ -484,12 +483,8 @@ def _f(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def localisation_lines(summary: pd.DataFrame, tolerance: float = TOLERANCE, figure: str | None = None,
-                       fusion: str = LocalisationOptions.fusion) -> list[str]:
-    """The report section for :func:`summarise` (and the figure grid, when one was drawn); ``fusion``: the rule the
-    fused map was made with."""
-    from zoo.cam import FUSIONS
-
+def localisation_lines(summary: pd.DataFrame, tolerance: float = TOLERANCE, figure: str | None = None) -> list[str]:
+    """The report section for :func:`summarise` (and the figure grid, when one was drawn)."""
     if summary.empty:
         return ["## Localisation against ground truth", "", "No abnormal test image has an annotation matched by "
                 "file name: nothing to score.", ""]
@@ -511,7 +506,7 @@ def localisation_lines(summary: pd.DataFrame, tolerance: float = TOLERANCE, figu
              "over images; **energy chance**: the boxes' share of the image. **ROAD** (ROADCombined, percentiles "
              f"{', '.join(map(str, ROAD_PERCENTILES))}; logit units, higher = more faithful) on the first "
              "images of each member and method, beside a random map's. Boxes are mapped through the model input's "
-             f"resize and pad. `{FUSED}`: the members' CAMs fused by their {FUSIONS[fusion]}.", "",
+             f"resize and pad. `{FUSED}` is the probability-weighted fusion of the members' CAMs.", "",
              show.to_markdown(index=False, disable_numparse=True), ""]
     if figure:
         lines += [f"![Best and worst localisations]({figure})", ""]
@@ -540,7 +535,7 @@ def plot_extremes(ens, records: pd.DataFrame, path: str | Path, boxes: dict[str,
     fig = Figure(figsize=(2.2 * min(len(picks), n), 2.4 * math.ceil(len(picks) / n)), dpi=110)
     axes = np.atleast_1d(fig.subplots(math.ceil(len(picks) / n), min(len(picks), n))).ravel()
     for ax, p in zip(axes, picks, strict=False):
-        ex = explain_study(ens, [p], method, cache_dir=opt.cache_dir, max_gb=opt.max_gb, fusion=opt.fusion)
+        ex = explain_study(ens, [p], method, cache_dir=opt.cache_dir, max_gb=opt.max_gb)
         if not ex.readable:
             continue
         cam = ex.fused[0] if member == FUSED else ex.cams[member][0]
@@ -574,4 +569,4 @@ def localisation_report(ens, images: pd.DataFrame, coco, root, out_dir: str | Pa
     write_csv(summary, out_dir / "localisation.csv")
     boxes = boxes_by_image(coco, records["path"].unique().tolist(), root)
     fig = plot_extremes(ens, records, out_dir / "localisation.png", boxes, opt)
-    return localisation_lines(summary, opt.tolerance, fig.name if fig else None, opt.fusion)
+    return localisation_lines(summary, opt.tolerance, fig.name if fig else None)
