@@ -128,3 +128,22 @@ def test_boxes_fit_says_what_is_missing(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         fit.main()
     assert exit_.value.code == 2 and "no dataset" in capsys.readouterr().err
+
+
+def test_explain_rescore_refuses_runs_never_scored_instead_of_training_them(tmp_path, monkeypatch, capsys):
+    """``bench/explain.py --boxes --rescore`` scores runs already trained; where one is missing it says which and
+    trains nothing (training would take hours and change what the table compares)."""
+    explain = bench_module("explain")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "annotations.coco.json").write_text("{}")
+    scored = tmp_path / "out" / "seed0-plain" / "report"
+    scored.mkdir(parents=True)
+    (scored / "localisation.csv").write_text("member\n")
+    trained = []
+    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--rescore", "--data", str(data), "--out",
+                                     str(tmp_path / "out"), "--seeds", "0"])
+    assert explain.main() == 2
+    err = capsys.readouterr().err
+    assert "seed0-boxes" in err and "seed0-plain" not in err and trained == []
