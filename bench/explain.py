@@ -16,7 +16,8 @@ the CAM grid must resolve FracAtlas' boxes, ``bench/boxes_heldout.py --ceiling``
 
   python bench/explain.py --boxes --models regnetx_002 resnet10t --img-size 384 --epochs 16 --seeds 0 1 2
 
-A run already in ``--out`` is reused as it was scored; ``--rescore`` scores it again with the code as it is now.
+With ``--boxes``, a run already in ``--out`` is reused as it was scored (the table gives each arm's epochs);
+``--rescore`` scores it again with the code as it is now.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> int:
                    "(after a change to how maps are made or scored; nothing is retrained)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
+    if args.rescore and not args.boxes:
+        p.error("--rescore is for --boxes (without it, --run RUN scores a trained run without training)")
     if (folders := data_and_out(args)) is None:
         return 0
     data, out = folders
@@ -146,6 +149,13 @@ def _scores(run: Path, labels) -> tuple:
     return loc, pred.merge(labels, on="id")
 
 
+def _epochs(run: Path) -> str:
+    """The epochs a (possibly reused) run trained, from its members' metrics.json: ``"32"``, or ``"32, 48"`` where
+    they differ, ``"?"`` where none says (so a table that mixes budgets shows it)."""
+    runs = sorted({json.loads(f.read_text()).get("epochs_run") for f in run.glob("*/metrics.json")} - {None})
+    return ", ".join(map(str, runs)) or "?"
+
+
 def compare_boxes(args, data: Path, out: Path) -> int:
     """Both arms for every seed, then one table (a row per seed, arm and map) and the paired AUC differences."""
     import pandas as pd
@@ -171,8 +181,9 @@ def compare_boxes(args, data: Path, out: Path) -> int:
                 score(args, data, run)
             loc, preds[arm] = _scores(run, labels)
             a = auc_ci(preds[arm]["label"], preds[arm]["prob"])
+            epochs = _epochs(run)
             for _, r in loc.iterrows():
-                rows.append({"seed": seed, "arm": arm, "map": r["member"], "images": r["images"],
+                rows.append({"seed": seed, "arm": arm, "epochs": epochs, "map": r["member"], "images": r["images"],
                              "pointing": f"{r['pointing']:.3f} {interval(r['pointing_lo'], r['pointing_hi'])}",
                              "pointing chance": f"{r['pointing_chance']:.3f}",
                              "energy": f"{r['energy']:.3f} {interval(r['energy_lo'], r['energy_hi'])}",

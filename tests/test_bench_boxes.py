@@ -147,3 +147,55 @@ def test_explain_rescore_refuses_runs_never_scored_instead_of_training_them(tmp_
     assert explain.main() == 2
     err = capsys.readouterr().err
     assert "seed0-boxes" in err and "seed0-plain" not in err and trained == []
+
+
+def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkeypatch, capsys):
+    """Both arms there: each is scored again (``zoo evaluate``), none trained, and the table says each arm's epochs
+    (a reused arm may have trained another budget). ``--rescore`` without ``--boxes`` is refused."""
+    explain = bench_module("explain")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "annotations.coco.json").write_text("{}")
+    (data / "test_labels.csv").write_text("id,label\nA,1\nB,0\nC,1\nD,0\n")
+    loc = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
+           "energy_chance\nensemble (fused),gradcam,2,0.5,0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
+    for arm, epochs, probs in (("plain", 32, "0.9,0.2,0.6,0.4"), ("boxes", 48, "0.8,0.3,0.7,0.1")):
+        run = tmp_path / "out" / f"seed0-{arm}"
+        (run / "report").mkdir(parents=True)
+        (run / "report" / "localisation.csv").write_text(loc)
+        rows = "".join(f"{i},{p}\n" for i, p in zip("ABCD", probs.split(","), strict=True))
+        (run / "report" / "predictions.csv").write_text("id,label\n" + rows)
+        (run / "m").mkdir()
+        (run / "m" / "metrics.json").write_text(json.dumps({"epochs_run": epochs}))
+    scored, trained = [], []
+    monkeypatch.setattr(explain, "score", lambda args, data, run: scored.append(run.name))
+    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(explain, "train_split_boxes", lambda data, out: out / "train_boxes.coco.json")
+    argv = ["explain.py", "--boxes", "--rescore", "--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert explain.main() == 0
+    assert scored == ["seed0-plain", "seed0-boxes"] and trained == []
+    table = __import__("pandas").read_csv(tmp_path / "out" / "boxes_comparison.csv")
+    assert dict(zip(table["arm"], table["epochs"].astype(str), strict=True)) == {"without": "32", "with boxes": "48"}
+    monkeypatch.setattr("sys.argv", [a for a in argv if a != "--boxes"])
+    with pytest.raises(SystemExit) as exit_:
+        explain.main()
+    assert exit_.value.code == 2 and "--rescore is for --boxes" in capsys.readouterr().err
+
+
+def test_cam_order_reads_only_the_order_of_a_map():
+    """bench/cam_order.py's measures: a map that is the box scores 1, its inverse 0, a flat map 0.5 (ties), and any
+    increasing transform (squaring, which moves the energy share) leaves both unchanged."""
+    import numpy as np
+
+    order = bench_module("cam_order").order_scores
+    inside = np.zeros((20, 20), bool)
+    inside[2:8, 3:12] = True  # 54 of 400 pixels: the top 2% (8 pixels) can all lie inside
+    assert order(inside.astype(float), inside) == {"auroc": 1.0, "top_share": 1.0}
+    assert order(1.0 - inside, inside)["auroc"] == 0.0 and order(1.0 - inside, inside)["top_share"] == 0.0
+    assert order(np.full((20, 20), 0.3), inside)["auroc"] == 0.5
+    cam = np.random.default_rng(0).random((20, 20)) + inside * 0.4
+    assert order(cam ** 2, inside) == pytest.approx(order(cam, inside))
+    energy = lambda m: m[inside].sum() / m.sum()  # noqa: E731
+    assert energy(cam ** 2) > energy(cam)  # what the energy share does with the same order
+    assert np.isnan(order(cam, np.zeros_like(inside))["auroc"])
