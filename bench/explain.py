@@ -156,6 +156,11 @@ def _epochs(run: Path) -> str:
     return ", ".join(map(str, runs)) or "?"
 
 
+def run_folder(out: Path, seed: int, boxed: bool) -> Path:
+    """One arm's train_all.py output folder: ``OUT/seedS-boxes`` or ``OUT/seedS-plain``."""
+    return out / f"seed{seed}-{'boxes' if boxed else 'plain'}"
+
+
 def compare_boxes(args, data: Path, out: Path) -> int:
     """Both arms for every seed, then one table (a row per seed, arm and map) and the paired AUC differences."""
     import pandas as pd
@@ -163,7 +168,7 @@ def compare_boxes(args, data: Path, out: Path) -> int:
     from zoo.localisation import FUSED
     from zoo.stats import auc_ci, delong_test, describe_difference, interval
 
-    runs = [out / f"seed{seed}-{arm}" for seed in args.seeds for arm in ("plain", "boxes")]
+    runs = [run_folder(out, seed, boxed) for seed in args.seeds for boxed in (False, True)]
     if args.rescore and (missing := [r for r in runs if not (r / "report" / "localisation.csv").is_file()]):
         print(f"--rescore scores runs already trained and scored; not there: {', '.join(map(str, missing))} (run "
               "without --rescore to train them)", file=sys.stderr)
@@ -174,7 +179,7 @@ def compare_boxes(args, data: Path, out: Path) -> int:
     for seed in args.seeds:
         preds = {}
         for arm, file in (("without", None), ("with boxes", boxes)):
-            run = out / f"seed{seed}-{'boxes' if file else 'plain'}"
+            run = run_folder(out, seed, file is not None)
             if not (run / "report" / "localisation.csv").is_file():
                 train_and_score(args, data, run, seed, file)
             elif args.rescore:
