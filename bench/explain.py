@@ -17,7 +17,11 @@ the CAM grid must resolve FracAtlas' boxes, ``bench/boxes_heldout.py --ceiling``
   python bench/explain.py --boxes --models regnetx_002 resnet10t --img-size 384 --epochs 16 --seeds 0 1 2
 
 With ``--boxes``, a run already in ``--out`` is reused as it was scored (the table gives each arm's epochs);
-``--rescore`` scores it again with the code as it is now.
+``--rescore`` scores it again with the code as it is now. ``zoo evaluate`` chooses each arm's combiner and inference
+graph by itself (``auto``: by cross-validation on the validation predictions, and int8 where it passed its check), so
+the two arms of a seed may be scored by different combiners or precisions; ``--backend torch --combiner mean`` scores
+both the same way, into OUT/seedS-*/report-torch-mean/ and OUT/boxes_comparison-torch-mean.csv, beside the shipped
+scoring (a trained run is scored, not retrained).
 """
 
 from __future__ import annotations
@@ -49,10 +53,16 @@ def main() -> int:
                    "instead of --epochs (the boxes arm then plans for its extra cost)")
     p.add_argument("--rescore", action="store_true", help="with --boxes: score runs already trained in --out again "
                    "(after a change to how maps are made or scored; nothing is retrained)")
+    p.add_argument("--backend", default=None, help="with --boxes: zoo evaluate's --backend for both arms (default: "
+                   "its own, auto)")
+    p.add_argument("--combiner", default=None, help="with --boxes: zoo evaluate's --combiner for both arms (default: "
+                   "its own, auto)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
     if args.rescore and not args.boxes:
         p.error("--rescore is for --boxes (without it, --run RUN scores a trained run without training)")
+    if (args.backend or args.combiner) and not args.boxes:
+        p.error("--backend and --combiner are for --boxes")
     if (folders := data_and_out(args)) is None:
         return 0
     data, out = folders
@@ -130,22 +140,35 @@ def train_and_score(args, data: Path, run: Path, seed: int, boxes: Path | None) 
     t0 = time.perf_counter()
     subprocess.run(cmd + (["--boxes", str(boxes)] if boxes else []), check=True)
     print(f"{run.name}: train_all {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    score(args, data, run)
+    score(args, data, run, shipped=True)
 
 
-def score(args, data: Path, run: Path) -> None:
-    """``zoo evaluate`` of a trained run on the test split: Grad-CAM against every test box, no ROAD."""
+def scoring(args) -> str:
+    """The name of the way both arms are scored: ``""`` for ``zoo evaluate``'s own choices, else e.g.
+    ``"-torch-mean"`` (``--backend torch --combiner mean``), the suffix of its report folder and table."""
+    if not (args.backend or args.combiner):
+        return ""
+    return f"-{args.backend or 'auto'}-{args.combiner or 'auto'}"
+
+
+def score(args, data: Path, run: Path, shipped: bool = False) -> None:
+    """``zoo evaluate`` of a trained run on the test split: Grad-CAM against every test box, no ROAD; into RUN/report
+    with zoo evaluate's own choices when ``shipped`` (what marks a run trained and scored), else as ``--backend`` and
+    ``--combiner`` say (:func:`scoring`)."""
+    fixed = [] if shipped else [f for flag, value in (("--backend", args.backend), ("--combiner", args.combiner))
+                                if value for f in (flag, value)]
     subprocess.run([sys.executable, "-m", "zoo", "evaluate", str(run), "--data", str(data), "--report-dir",
-                    str(run / "report"), "--annotations", str(data / "annotations.coco.json"), "--road-samples", "0",
-                    "--loc-methods", *(args.loc_methods or ["gradcam"]), "--quiet"], check=True, cwd=ROOT)
+                    str(run / ("report" if shipped else f"report{scoring(args)}")), "--annotations",
+                    str(data / "annotations.coco.json"), "--road-samples", "0", "--loc-methods",
+                    *(args.loc_methods or ["gradcam"]), *fixed, "--quiet"], check=True, cwd=ROOT)
 
 
-def _scores(run: Path, labels) -> tuple:
-    """(localisation summary rows, study predictions merged with the test labels) of an evaluated run."""
+def _scores(report: Path, labels) -> tuple:
+    """(localisation summary rows, study predictions merged with the test labels) of a run's report folder."""
     import pandas as pd
 
-    loc = pd.read_csv(run / "report" / "localisation.csv")
-    pred = pd.read_csv(run / "report" / "predictions.csv").rename(columns={"label": "prob"})
+    loc = pd.read_csv(report / "localisation.csv")
+    pred = pd.read_csv(report / "predictions.csv").rename(columns={"label": "prob"})
     return loc, pred.merge(labels, on="id")
 
 
@@ -180,11 +203,12 @@ def compare_boxes(args, data: Path, out: Path) -> int:
         preds = {}
         for arm, file in (("without", None), ("with boxes", boxes)):
             run = run_folder(out, seed, file is not None)
+            report = run / f"report{scoring(args)}"
             if not (run / "report" / "localisation.csv").is_file():
                 train_and_score(args, data, run, seed, file)
-            elif args.rescore:
+            if args.rescore or not (report / "localisation.csv").is_file():
                 score(args, data, run)
-            loc, preds[arm] = _scores(run, labels)
+            loc, preds[arm] = _scores(report, labels)
             a = auc_ci(preds[arm]["label"], preds[arm]["prob"])
             epochs = _epochs(run)
             for _, r in loc.iterrows():
@@ -200,13 +224,15 @@ def compare_boxes(args, data: Path, out: Path) -> int:
         diffs.append(f"- seed {seed}: " + describe_difference("the zoo with boxes", "the zoo without", t))
     table = pd.DataFrame(rows)
     write = table.drop(columns=[c for c in table if c.startswith("_")])
+    if scoring(args):
+        print(f"scored with zoo evaluate --backend {args.backend or 'auto'} --combiner {args.combiner or 'auto'}")
     print(write.to_markdown(index=False, disable_numparse=True))
     fused = table[table["map"] == FUSED].groupby("arm", sort=False)[["_pointing", "_energy", "_auc"]].agg(
         ["mean", "std"])
     fused.columns = [f"{c.strip('_')} {s}" for c, s in fused.columns]
     print("\nfused map and ensemble AUC over seeds (mean, sd):\n" + fused.to_markdown(floatfmt=".3f"))
     print("\npaired DeLong, ensemble AUC with boxes - without, test studies:\n" + "\n".join(diffs))
-    table.to_csv(out / "boxes_comparison.csv", index=False)
+    table.to_csv(out / f"boxes_comparison{scoring(args)}.csv", index=False)
     return 0
 
 

@@ -3,6 +3,7 @@ within the pointing game's tolerance of a box, and the reference (energy-share) 
 ``BoxLoss.term`` seam. The numbers themselves come from the bench, never from here."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +182,45 @@ def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_:
         explain.main()
     assert exit_.value.code == 2 and "--rescore is for --boxes" in capsys.readouterr().err
+
+
+def test_explain_scores_both_arms_the_same_way_when_told(tmp_path, monkeypatch, capsys):
+    """``zoo evaluate`` picks each run's combiner and graph by itself, so two arms may be scored differently;
+    ``--backend torch --combiner mean`` scores trained runs (none retrained) with both, into ``report-torch-mean``
+    beside the shipped ``report``, and the table comes from those reports."""
+    explain = bench_module("explain")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "annotations.coco.json").write_text("{}")
+    (data / "test_labels.csv").write_text("id,label\nA,1\nB,0\nC,1\nD,0\n")
+    loc = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
+           "energy_chance\nensemble (fused),gradcam,2,{p},0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
+    for arm in ("plain", "boxes"):
+        (tmp_path / "out" / f"seed0-{arm}" / "report").mkdir(parents=True)
+        (tmp_path / "out" / f"seed0-{arm}" / "report" / "localisation.csv").write_text(loc.format(p=0.1))
+    commands, trained = [], []
+
+    def evaluate(cmd, **kwargs):  # what zoo evaluate would write into --report-dir
+        commands.append(cmd)
+        report = Path(cmd[cmd.index("--report-dir") + 1])
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "localisation.csv").write_text(loc.format(p=0.7))
+        (report / "predictions.csv").write_text("id,label\nA,0.9\nB,0.2\nC,0.6\nD,0.4\n")
+
+    monkeypatch.setattr(explain.subprocess, "run", evaluate)
+    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(explain, "train_split_boxes", lambda data, out: out / "train_boxes.coco.json")
+    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--backend", "torch", "--combiner", "mean", "--data",
+                                     str(data), "--out", str(tmp_path / "out"), "--seeds", "0"])
+    assert explain.main() == 0
+    assert trained == [] and len(commands) == 2
+    for cmd in commands:
+        assert cmd[cmd.index("--backend") + 1] == "torch" and cmd[cmd.index("--combiner") + 1] == "mean"
+        assert Path(cmd[cmd.index("--report-dir") + 1]).name == "report-torch-mean"
+    table = __import__("pandas").read_csv(tmp_path / "out" / "boxes_comparison-torch-mean.csv")
+    assert set(table["_pointing"]) == {0.7}  # read from the new reports, not the shipped ones
+    assert "--combiner mean" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "boxes_comparison.csv").exists()
 
 
 def test_cam_order_reads_only_the_order_of_a_map():
