@@ -19,7 +19,7 @@ the CAM grid must resolve FracAtlas' boxes, ``bench/boxes_heldout.py --ceiling``
 With ``--boxes``, a run already in ``--out`` is reused as it was scored (the table gives each arm's epochs);
 ``--rescore`` scores it again with the code as it is now. ``zoo evaluate`` chooses each arm's combiner and inference
 graph by itself (``auto``: by cross-validation on the validation predictions, and int8 where it passed its check), so
-the two arms of a seed may be scored by different combiners or precisions; ``--backend torch --combiner mean`` scores
+the two arms of a seed may be scored by different combiners or precisions; ``--backend torch --ensemble mean`` scores
 both the same way, into OUT/seedS-*/report-torch-mean/ and OUT/boxes_comparison-torch-mean.csv, beside the shipped
 scoring (a trained run is scored, not retrained).
 """
@@ -55,14 +55,14 @@ def main() -> int:
                    "(after a change to how maps are made or scored; nothing is retrained)")
     p.add_argument("--backend", default=None, help="with --boxes: zoo evaluate's --backend for both arms (default: "
                    "its own, auto)")
-    p.add_argument("--combiner", default=None, help="with --boxes: zoo evaluate's --combiner for both arms (default: "
-                   "its own, auto)")
+    p.add_argument("--ensemble", default=None, help="with --boxes: zoo evaluate's --ensemble (the combiner) for both "
+                   "arms (default: its own, auto)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
     if args.rescore and not args.boxes:
         p.error("--rescore is for --boxes (without it, --run RUN scores a trained run without training)")
-    if (args.backend or args.combiner) and not args.boxes:
-        p.error("--backend and --combiner are for --boxes")
+    if (args.backend or args.ensemble) and not args.boxes:
+        p.error("--backend and --ensemble are for --boxes")
     if (folders := data_and_out(args)) is None:
         return 0
     data, out = folders
@@ -145,17 +145,17 @@ def train_and_score(args, data: Path, run: Path, seed: int, boxes: Path | None) 
 
 def scoring(args) -> str:
     """The name of the way both arms are scored: ``""`` for ``zoo evaluate``'s own choices, else e.g.
-    ``"-torch-mean"`` (``--backend torch --combiner mean``), the suffix of its report folder and table."""
-    if not (args.backend or args.combiner):
+    ``"-torch-mean"`` (``--backend torch --ensemble mean``), the suffix of its report folder and table."""
+    if not (args.backend or args.ensemble):
         return ""
-    return f"-{args.backend or 'auto'}-{args.combiner or 'auto'}"
+    return f"-{args.backend or 'auto'}-{args.ensemble or 'auto'}"
 
 
 def score(args, data: Path, run: Path, shipped: bool = False) -> None:
     """``zoo evaluate`` of a trained run on the test split: Grad-CAM against every test box, no ROAD; into RUN/report
     with zoo evaluate's own choices when ``shipped`` (what marks a run trained and scored), else as ``--backend`` and
-    ``--combiner`` say (:func:`scoring`)."""
-    fixed = [] if shipped else [f for flag, value in (("--backend", args.backend), ("--combiner", args.combiner))
+    ``--ensemble`` say (:func:`scoring`)."""
+    fixed = [] if shipped else [f for flag, value in (("--backend", args.backend), ("--ensemble", args.ensemble))
                                 if value for f in (flag, value)]
     subprocess.run([sys.executable, "-m", "zoo", "evaluate", str(run), "--data", str(data), "--report-dir",
                     str(run / ("report" if shipped else f"report{scoring(args)}")), "--annotations",
@@ -225,7 +225,7 @@ def compare_boxes(args, data: Path, out: Path) -> int:
     table = pd.DataFrame(rows)
     write = table.drop(columns=[c for c in table if c.startswith("_")])
     if scoring(args):
-        print(f"scored with zoo evaluate --backend {args.backend or 'auto'} --combiner {args.combiner or 'auto'}")
+        print(f"scored with zoo evaluate --backend {args.backend or 'auto'} --ensemble {args.ensemble or 'auto'}")
     print(write.to_markdown(index=False, disable_numparse=True))
     fused = table[table["map"] == FUSED].groupby("arm", sort=False)[["_pointing", "_energy", "_auc"]].agg(
         ["mean", "std"])
