@@ -186,7 +186,7 @@ def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkey
 
 def test_explain_scores_both_arms_the_same_way_when_told(tmp_path, monkeypatch, capsys):
     """``zoo evaluate`` picks each run's combiner and graph by itself, so two arms may be scored differently;
-    ``--backend torch --combiner mean`` scores trained runs (none retrained) with both, into ``report-torch-mean``
+    ``--backend torch --ensemble mean`` scores trained runs (none retrained) with both, into ``report-torch-mean``
     beside the shipped ``report``, and the table comes from those reports."""
     explain = bench_module("explain")
     data = tmp_path / "data"
@@ -210,16 +210,16 @@ def test_explain_scores_both_arms_the_same_way_when_told(tmp_path, monkeypatch, 
     monkeypatch.setattr(explain.subprocess, "run", evaluate)
     monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
     monkeypatch.setattr(explain, "train_split_boxes", lambda data, out: out / "train_boxes.coco.json")
-    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--backend", "torch", "--combiner", "mean", "--data",
+    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--backend", "torch", "--ensemble", "mean", "--data",
                                      str(data), "--out", str(tmp_path / "out"), "--seeds", "0"])
     assert explain.main() == 0
     assert trained == [] and len(commands) == 2
     for cmd in commands:
-        assert cmd[cmd.index("--backend") + 1] == "torch" and cmd[cmd.index("--combiner") + 1] == "mean"
+        assert cmd[cmd.index("--backend") + 1] == "torch" and cmd[cmd.index("--ensemble") + 1] == "mean"
         assert Path(cmd[cmd.index("--report-dir") + 1]).name == "report-torch-mean"
     table = __import__("pandas").read_csv(tmp_path / "out" / "boxes_comparison-torch-mean.csv")
     assert set(table["_pointing"]) == {0.7}  # read from the new reports, not the shipped ones
-    assert "--combiner mean" in capsys.readouterr().out
+    assert "--ensemble mean" in capsys.readouterr().out
     assert not (tmp_path / "out" / "boxes_comparison.csv").exists()
 
 
