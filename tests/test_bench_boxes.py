@@ -150,16 +150,26 @@ def test_explain_rescore_refuses_runs_never_scored_instead_of_training_them(tmp_
     assert "seed0-boxes" in err and "seed0-plain" not in err and trained == []
 
 
-def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkeypatch, capsys):
-    """Both arms there: each is scored again (``zoo evaluate``), none trained, and the table says each arm's epochs
-    (a reused arm may have trained another budget). ``--rescore`` without ``--boxes`` is refused."""
-    explain = bench_module("explain")
+# a localisation.csv as zoo evaluate writes it: the fused map's row, its pointing game given
+LOCALISATION = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
+                "energy_chance\nensemble (fused),gradcam,2,{pointing},0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
+
+
+def explain_data(tmp_path) -> Path:
+    """A dataset folder as ``bench/explain.py --boxes`` reads it: annotations and four labelled test studies A-D."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "annotations.coco.json").write_text("{}")
     (data / "test_labels.csv").write_text("id,label\nA,1\nB,0\nC,1\nD,0\n")
-    loc = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
-           "energy_chance\nensemble (fused),gradcam,2,0.5,0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
+    return data
+
+
+def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkeypatch, capsys):
+    """Both arms there: each is scored again (``zoo evaluate``), none trained, and the table says each arm's epochs
+    (a reused arm may have trained another budget). ``--rescore`` without ``--boxes`` is refused."""
+    explain = bench_module("explain")
+    data = explain_data(tmp_path)
+    loc = LOCALISATION.format(pointing=0.5)
     for arm, epochs, probs in (("plain", 32, "0.9,0.2,0.6,0.4"), ("boxes", 48, "0.8,0.3,0.7,0.1")):
         run = tmp_path / "out" / f"seed0-{arm}"
         (run / "report").mkdir(parents=True)
@@ -189,22 +199,17 @@ def test_explain_scores_both_arms_the_same_way_when_told(tmp_path, monkeypatch, 
     ``--backend torch --ensemble mean`` scores trained runs (none retrained) with both, into ``report-torch-mean``
     beside the shipped ``report``, and the table comes from those reports."""
     explain = bench_module("explain")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "annotations.coco.json").write_text("{}")
-    (data / "test_labels.csv").write_text("id,label\nA,1\nB,0\nC,1\nD,0\n")
-    loc = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
-           "energy_chance\nensemble (fused),gradcam,2,{p},0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
-    for arm in ("plain", "boxes"):
-        (tmp_path / "out" / f"seed0-{arm}" / "report").mkdir(parents=True)
-        (tmp_path / "out" / f"seed0-{arm}" / "report" / "localisation.csv").write_text(loc.format(p=0.1))
+    data = explain_data(tmp_path)
+    for arm in ("plain", "boxes"):  # trained and scored the shipped way
+        (shipped := tmp_path / "out" / f"seed0-{arm}" / "report").mkdir(parents=True)
+        (shipped / "localisation.csv").write_text(LOCALISATION.format(pointing=0.1))
     commands, trained = [], []
 
     def evaluate(cmd, **kwargs):  # what zoo evaluate would write into --report-dir
         commands.append(cmd)
         report = Path(cmd[cmd.index("--report-dir") + 1])
         report.mkdir(parents=True, exist_ok=True)
-        (report / "localisation.csv").write_text(loc.format(p=0.7))
+        (report / "localisation.csv").write_text(LOCALISATION.format(pointing=0.7))
         (report / "predictions.csv").write_text("id,label\nA,0.9\nB,0.2\nC,0.6\nD,0.4\n")
 
     monkeypatch.setattr(explain.subprocess, "run", evaluate)
