@@ -21,7 +21,8 @@ With ``--boxes``, a run already in ``--out`` is reused as it was scored (the tab
 graph by itself (``auto``: by cross-validation on the validation predictions, and int8 where it passed its check), so
 the two arms of a seed may be scored by different combiners or precisions; ``--backend torch --ensemble mean`` scores
 both the same way, into OUT/seedS-*/report-torch-mean/ and OUT/boxes_comparison-torch-mean.csv, beside the shipped
-scoring (a trained run is scored, not retrained).
+scoring (a trained run is scored, not retrained; with ``--rescore`` only the report of that way is scored again, and a
+report older than the run's shipped one is scored again without it).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ DATA = ROOT.parent / "shared" / "data" / "fracatlas-hand"
 
 
 def main() -> int:
+    from zoo.combiners import list_combiners
+    from zoo.ensemble import BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DATA), help="dataset folder with annotations.coco.json (default %(default)s)")
     p.add_argument("--models", nargs="+", default=["regnetx_002", "resnet10t"])
@@ -53,10 +57,10 @@ def main() -> int:
                    "instead of --epochs (the boxes arm then plans for its extra cost)")
     p.add_argument("--rescore", action="store_true", help="with --boxes: score runs already trained in --out again "
                    "(after a change to how maps are made or scored; nothing is retrained)")
-    p.add_argument("--backend", default=None, help="with --boxes: zoo evaluate's --backend for both arms (default: "
-                   "its own, auto)")
-    p.add_argument("--ensemble", default=None, help="with --boxes: zoo evaluate's --ensemble (the combiner) for both "
-                   "arms (default: its own, auto)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="with --boxes: zoo evaluate's --backend for both arms (default: its own, auto)")
+    p.add_argument("--ensemble", choices=list_combiners(), default=None,
+                   help="with --boxes: zoo evaluate's --ensemble (the combiner) for both arms (default: its own, auto)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="more train_all.py flags, last")
     args = p.parse_args()
     if args.rescore and not args.boxes:
@@ -203,12 +207,13 @@ def compare_boxes(args, data: Path, out: Path) -> int:
         preds = {}
         for arm, file in (("without", None), ("with boxes", boxes)):
             run = run_folder(out, seed, file is not None)
-            report = run / f"report{scoring(args)}"
-            if not (run / "report" / "localisation.csv").is_file():
+            shipped, report = run / "report" / "localisation.csv", run / f"report{scoring(args)}" / "localisation.csv"
+            if not shipped.is_file():
                 train_and_score(args, data, run, seed, file)
-            if args.rescore or not (report / "localisation.csv").is_file():
+            # a report scored another way before the run was (re)trained or rescored is stale
+            if args.rescore or not report.is_file() or report.stat().st_mtime < shipped.stat().st_mtime:
                 score(args, data, run)
-            loc, preds[arm] = _scores(report, labels)
+            loc, preds[arm] = _scores(report.parent, labels)
             a = auc_ci(preds[arm]["label"], preds[arm]["prob"])
             epochs = _epochs(run)
             for _, r in loc.iterrows():

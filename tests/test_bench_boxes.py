@@ -196,36 +196,55 @@ def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkey
 
 def test_explain_scores_both_arms_the_same_way_when_told(tmp_path, monkeypatch, capsys):
     """``zoo evaluate`` picks each run's combiner and graph by itself, so two arms may be scored differently;
-    ``--backend torch --ensemble mean`` scores trained runs (none retrained) with both, into ``report-torch-mean``
-    beside the shipped ``report``, and the table comes from those reports."""
+    ``--backend torch --ensemble mean`` scores both arms with those, into ``report-torch-mean`` beside the shipped
+    ``report``, and the table comes from those reports. A trained run is scored, not retrained; a run not yet trained
+    is trained and scored the shipped way first; a report of that way older than the shipped one (the run was
+    retrained or rescored since) is scored again. Every command is one ``zoo evaluate`` accepts."""
+    import os
+
+    from zoo.cli.evaluate import get_args_parser
+
     explain = bench_module("explain")
     data = explain_data(tmp_path)
-    for arm in ("plain", "boxes"):  # trained and scored the shipped way
-        (shipped := tmp_path / "out" / f"seed0-{arm}" / "report").mkdir(parents=True)
-        (shipped / "localisation.csv").write_text(LOCALISATION.format(pointing=0.1))
-    commands, trained = [], []
+    plain = tmp_path / "out" / "seed0-plain"  # trained and scored, with a stale report of the fixed way
+    for folder, pointing in (("report-torch-mean", 0.9), ("report", 0.1)):
+        (plain / folder).mkdir(parents=True)
+        (plain / folder / "localisation.csv").write_text(LOCALISATION.format(pointing=pointing))
+    os.utime(plain / "report-torch-mean" / "localisation.csv", (1, 1))
+    calls = []
 
-    def evaluate(cmd, **kwargs):  # what zoo evaluate would write into --report-dir
-        commands.append(cmd)
-        report = Path(cmd[cmd.index("--report-dir") + 1])
+    def run(cmd, **kwargs):  # train_all.py, or zoo evaluate writing into --report-dir
+        if cmd[1].endswith("train_all.py"):
+            calls.append(("train", Path(cmd[cmd.index("--out") + 1]).name))
+            return
+        args = get_args_parser().parse_args(cmd[4:])
+        fixed = (args.backend, args.ensemble) == ("torch", "mean")
+        assert fixed or (args.backend, args.ensemble) == ("auto", "auto")  # the shipped scoring: zoo's own choices
+        report = Path(args.report_dir)
+        assert report.name == ("report-torch-mean" if fixed else "report")
+        calls.append((report.name, Path(args.run).name))
         report.mkdir(parents=True, exist_ok=True)
-        (report / "localisation.csv").write_text(LOCALISATION.format(pointing=0.7))
+        (report / "localisation.csv").write_text(LOCALISATION.format(pointing=0.7 if fixed else 0.1))
         (report / "predictions.csv").write_text("id,label\nA,0.9\nB,0.2\nC,0.6\nD,0.4\n")
 
-    monkeypatch.setattr(explain.subprocess, "run", evaluate)
-    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(explain.subprocess, "run", run)
     monkeypatch.setattr(explain, "train_split_boxes", lambda data, out: out / "train_boxes.coco.json")
-    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--backend", "torch", "--ensemble", "mean", "--data",
-                                     str(data), "--out", str(tmp_path / "out"), "--seeds", "0"])
+    argv = ["explain.py", "--boxes", "--backend", "torch", "--ensemble", "mean", "--data", str(data), "--out",
+            str(tmp_path / "out"), "--seeds", "0"]
+    monkeypatch.setattr("sys.argv", argv)
     assert explain.main() == 0
-    assert trained == [] and len(commands) == 2
-    for cmd in commands:
-        assert cmd[cmd.index("--backend") + 1] == "torch" and cmd[cmd.index("--ensemble") + 1] == "mean"
-        assert Path(cmd[cmd.index("--report-dir") + 1]).name == "report-torch-mean"
+    assert calls == [("report-torch-mean", "seed0-plain"), ("train", "seed0-boxes"), ("report", "seed0-boxes"),
+                     ("report-torch-mean", "seed0-boxes")]
     table = __import__("pandas").read_csv(tmp_path / "out" / "boxes_comparison-torch-mean.csv")
-    assert set(table["_pointing"]) == {0.7}  # read from the new reports, not the shipped ones
+    assert set(table["_pointing"]) == {0.7}  # read from the reports of the fixed way, none stale
     assert "--ensemble mean" in capsys.readouterr().out
     assert not (tmp_path / "out" / "boxes_comparison.csv").exists()
+    calls.clear()
+    assert explain.main() == 0 and calls == []  # all scored that way since: nothing runs again
+    monkeypatch.setattr("sys.argv", [a for a in argv if a != "--boxes"])
+    with pytest.raises(SystemExit) as exit_:
+        explain.main()
+    assert exit_.value.code == 2 and "--backend and --ensemble are for --boxes" in capsys.readouterr().err
 
 
 def test_cam_order_reads_only_the_order_of_a_map():
