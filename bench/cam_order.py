@@ -29,18 +29,15 @@ TOP = 0.02
 def order_scores(cam: np.ndarray, inside: np.ndarray, top: float = TOP) -> dict:
     """``{"auroc", "top_share"}`` of one map against a boolean mask of its pixels (NaN where the mask is empty or
     full: no order to judge)."""
-    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
     cam, inside = np.asarray(cam, float).ravel(), np.asarray(inside, bool).ravel()
-    n1 = int(inside.sum())
-    n0 = inside.size - n1
-    if n1 == 0 or n0 == 0:
+    if inside.all() or not inside.any():
         return {"auroc": float("nan"), "top_share": float("nan")}
-    ranks = rankdata(cam)  # ties share their mean rank: a flat map scores 0.5
-    auroc = (ranks[inside].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
     k = max(1, int(round(top * cam.size)))
     first = np.argsort(-cam, kind="stable")[:k]
-    return {"auroc": float(auroc), "top_share": float(inside[first].mean())}
+    # ties count half, so a flat map scores 0.5
+    return {"auroc": float(roc_auc_score(inside, cam)), "top_share": float(inside[first].mean())}
 
 
 def main() -> int:
@@ -55,12 +52,11 @@ def main() -> int:
         print(f"skip: {data / 'annotations.coco.json'} not present")
         return 0
     import pandas as pd
-    from scipy.stats import bootstrap
 
     from zoo.data.layouts import load_dataset
     from zoo.ensemble import Ensemble
     from zoo.explain import explain_study
-    from zoo.localisation import FUSED, _box_mask, boxes_by_image, load_annotations, pad_geometry
+    from zoo.localisation import FUSED, _box_mask, _mean_ci, boxes_by_image, load_annotations, pad_geometry
     from zoo.members import members_in
 
     test = load_dataset(data).test
@@ -86,10 +82,8 @@ def main() -> int:
     table = pd.DataFrame(rows)
 
     def mean_ci(x: pd.Series) -> str:
-        x = x.dropna().to_numpy()
-        ci = bootstrap((x,), np.mean, n_resamples=2000, method="percentile",
-                       random_state=np.random.default_rng(0)).confidence_interval
-        return f"{x.mean():.3f} ({ci.low:.3f}–{ci.high:.3f})"
+        mean, lo, hi = _mean_ci(x.to_numpy())
+        return f"{mean:.3f} ({lo:.3f}–{hi:.3f})"
 
     out = table.groupby(["run", "map"], sort=False).agg(
         images=("auroc", "count"), **{"pixel AUROC (95% CI)": ("auroc", mean_ci),
