@@ -155,6 +155,12 @@ def scoring(args) -> str:
     return f"-{args.backend or 'auto'}-{args.ensemble or 'auto'}"
 
 
+def report_dir(args, run: Path, shipped: bool = False) -> Path:
+    """Where a run's scores go: RUN/report for ``zoo evaluate``'s own choices (``shipped``: what marks a run trained
+    and scored), else RUN/report{:func:`scoring`}."""
+    return run / ("report" if shipped else f"report{scoring(args)}")
+
+
 def score(args, data: Path, run: Path, shipped: bool = False) -> None:
     """``zoo evaluate`` of a trained run on the test split: Grad-CAM against every test box, no ROAD; into RUN/report
     with zoo evaluate's own choices when ``shipped`` (what marks a run trained and scored), else as ``--backend`` and
@@ -162,7 +168,7 @@ def score(args, data: Path, run: Path, shipped: bool = False) -> None:
     fixed = [] if shipped else [f for flag, value in (("--backend", args.backend), ("--ensemble", args.ensemble))
                                 if value for f in (flag, value)]
     subprocess.run([sys.executable, "-m", "zoo", "evaluate", str(run), "--data", str(data), "--report-dir",
-                    str(run / ("report" if shipped else f"report{scoring(args)}")), "--annotations",
+                    str(report_dir(args, run, shipped)), "--annotations",
                     str(data / "annotations.coco.json"), "--road-samples", "0", "--loc-methods",
                     *(args.loc_methods or ["gradcam"]), *fixed, "--quiet"], check=True, cwd=ROOT)
 
@@ -196,7 +202,8 @@ def compare_boxes(args, data: Path, out: Path) -> int:
     from zoo.stats import auc_ci, delong_test, describe_difference, interval
 
     runs = [run_folder(out, seed, boxed) for seed in args.seeds for boxed in (False, True)]
-    if args.rescore and (missing := [r for r in runs if not (r / "report" / "localisation.csv").is_file()]):
+    missing = [r for r in runs if not (report_dir(args, r, shipped=True) / "localisation.csv").is_file()]
+    if args.rescore and missing:
         print(f"--rescore scores runs already trained and scored; not there: {', '.join(map(str, missing))} (run "
               "without --rescore to train them)", file=sys.stderr)
         return 2
@@ -207,7 +214,7 @@ def compare_boxes(args, data: Path, out: Path) -> int:
         preds = {}
         for arm, file in (("without", None), ("with boxes", boxes)):
             run = run_folder(out, seed, file is not None)
-            shipped, report = run / "report" / "localisation.csv", run / f"report{scoring(args)}" / "localisation.csv"
+            shipped, report = (report_dir(args, run, shipped=s) / "localisation.csv" for s in (True, False))
             if not shipped.is_file():
                 train_and_score(args, data, run, seed, file)
             # a report scored another way before the run was (re)trained or rescored is stale

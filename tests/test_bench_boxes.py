@@ -131,25 +131,6 @@ def test_boxes_fit_says_what_is_missing(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 2 and "no dataset" in capsys.readouterr().err
 
 
-def test_explain_rescore_refuses_runs_never_scored_instead_of_training_them(tmp_path, monkeypatch, capsys):
-    """``bench/explain.py --boxes --rescore`` scores runs already trained; where one is missing it says which and
-    trains nothing (training would take hours and change what the table compares)."""
-    explain = bench_module("explain")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "annotations.coco.json").write_text("{}")
-    scored = tmp_path / "out" / "seed0-plain" / "report"
-    scored.mkdir(parents=True)
-    (scored / "localisation.csv").write_text("member\n")
-    trained = []
-    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
-    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--rescore", "--data", str(data), "--out",
-                                     str(tmp_path / "out"), "--seeds", "0"])
-    assert explain.main() == 2
-    err = capsys.readouterr().err
-    assert "seed0-boxes" in err and "seed0-plain" not in err and trained == []
-
-
 # a localisation.csv as zoo evaluate writes it: the fused map's row, its pointing game given
 LOCALISATION = ("member,method,images,pointing,pointing_lo,pointing_hi,pointing_chance,energy,energy_lo,energy_hi,"
                 "energy_chance\nensemble (fused),gradcam,2,{pointing},0.1,0.9,0.02,0.05,0.04,0.06,0.005\n")
@@ -162,6 +143,23 @@ def explain_data(tmp_path) -> Path:
     (data / "annotations.coco.json").write_text("{}")
     (data / "test_labels.csv").write_text("id,label\nA,1\nB,0\nC,1\nD,0\n")
     return data
+
+
+def test_explain_rescore_refuses_runs_never_scored_instead_of_training_them(tmp_path, monkeypatch, capsys):
+    """``bench/explain.py --boxes --rescore`` scores runs already trained; where one is missing it says which and
+    trains nothing (training would take hours and change what the table compares)."""
+    explain = bench_module("explain")
+    data = explain_data(tmp_path)
+    scored = tmp_path / "out" / "seed0-plain" / "report"
+    scored.mkdir(parents=True)
+    (scored / "localisation.csv").write_text("member\n")
+    trained = []
+    monkeypatch.setattr(explain, "train_and_score", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("sys.argv", ["explain.py", "--boxes", "--rescore", "--data", str(data), "--out",
+                                     str(tmp_path / "out"), "--seeds", "0"])
+    assert explain.main() == 2
+    err = capsys.readouterr().err
+    assert "seed0-boxes" in err and "seed0-plain" not in err and trained == []
 
 
 def test_explain_rescore_scores_every_run_again_and_trains_none(tmp_path, monkeypatch, capsys):
