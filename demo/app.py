@@ -14,6 +14,8 @@ The command line is demo/cli.py (``python -m demo`` runs it); this module builds
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import warnings
 from collections import OrderedDict
@@ -24,6 +26,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from zoo.atomic import write_bytes
 from zoo.cam import LABELS, overlay
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import ensure_synthetic, read_label_csv
@@ -403,6 +406,26 @@ class DemoBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
+def cache_panels(panels: list[tuple[np.ndarray, str]], cache_dir: str | Path) -> list[tuple[str, str]]:
+    """The gallery's panels as PNG files in Gradio's cache (``CACHE/panels/SHA256/panel.png``), each written to a
+    temporary name and renamed into place (:func:`zoo.atomic.write_bytes`).
+
+    Gradio saves an array by rewriting its content-addressed file in place, so while one user was still downloading a
+    panel, another user's identical panel (the same upload) truncated it under them: a torn image ("Too little data
+    for declared Content-Length"). A renamed file leaves a reader's open copy whole."""
+    from PIL import Image
+
+    files = []
+    for array, caption in panels:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="png")
+        data = buf.getvalue()
+        # written again even when there: a new file for Gradio's delete_cache (which ages by ctime) to keep
+        path = write_bytes(Path(cache_dir) / "panels" / hashlib.sha256(data).hexdigest() / "panel.png", data)
+        files.append((str(path), caption))
+    return files
+
+
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     choices = pool.choices()
 
@@ -414,7 +437,7 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
         except Exception as exc:  # never a stack trace in the UI
             raise gr.Error(f"Analysis failed: {type(exc).__name__}: {exc}") from None
         label = {"abnormal": a.probability, "normal": 1 - a.probability}
-        return summary_markdown(a), label, a.members, a.panels
+        return summary_markdown(a), label, a.members, cache_panels(a.panels, gallery.GRADIO_CACHE)
 
     with DemoBlocks(title="bone-zoo: X-ray ensemble with Grad-CAM", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# bone-zoo\nUpload the radiographs of **one study**, pick ensemble members and a CAM method. "

@@ -1,5 +1,7 @@
 """The Gradio demo: the pure analyse() function, the app over HTTP with gradio_client, and a real browser."""
 
+import io
+import os
 import shutil
 import time
 from pathlib import Path
@@ -260,3 +262,32 @@ def test_voters_fold_members_are_one_choice_and_all_are_ticked(trained_run, tmp_
     image = str(next(iter(sorted((trained_run["data"] / "test").glob("*_image1.png")))))
     a = analyse([image], ["resnet10t"], "Grad-CAM", fold_pool, combiner="mean")
     assert a.members["member"].tolist() == ["resnet10t-fold0", "resnet10t-fold1"]
+
+
+def test_a_panel_being_downloaded_is_never_rewritten_under_its_reader(pool, xray, tmp_path, monkeypatch):
+    """Two users analysing the same image get the same panels. The second user's result must not rewrite the file
+    the first is still downloading: Gradio's own saving of an array rewrote its content-addressed file in place, and
+    a download under way came out torn ("Too little data for declared Content-Length" in the ten-user test). The
+    panels are written to a new file and renamed into place, so the reader's open file keeps its whole image."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    app = build_demo(pool, examples=False)
+    fn = next(f for f in app.fns.values() if f.api_name == "analyse")
+    gallery = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "heatmaps")
+
+    def served() -> list[str]:  # the files the gallery's result would be served from, as Gradio postprocesses it
+        panels = fn.fn([str(xray[0])], TINY, "Grad-CAM")[3]
+        return [item.image.path for item in gallery.postprocess(panels).root]
+
+    first = served()
+    assert len(first) == len(TINY) + 2 and all(Path(p).is_relative_to(gallery.GRADIO_CACHE) for p in first)
+    readers = [open(p, "rb") for p in first]  # downloads under way  # noqa: SIM115
+    try:
+        whole = [Path(p).read_bytes() for p in first]
+        second = served()
+        assert second == first  # the same image: the same content-addressed files
+        for reader, path, data in zip(readers, first, whole, strict=True):
+            assert os.fstat(reader.fileno()).st_ino != os.stat(path).st_ino  # a new file, not the reader's rewritten
+            assert reader.read() == data and Image.open(path).size == Image.open(io.BytesIO(data)).size
+    finally:
+        for reader in readers:
+            reader.close()
