@@ -14,8 +14,6 @@ The command line is demo/cli.py (``python -m demo`` runs it); this module builds
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
 import os
 import warnings
 from collections import OrderedDict
@@ -26,7 +24,6 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from zoo.atomic import write_bytes
 from zoo.cam import LABELS, overlay
 from zoo.combiners import describe_combiners, list_combiners
 from zoo.data import ensure_synthetic, read_label_csv
@@ -406,24 +403,40 @@ class DemoBlocks(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def cache_panels(panels: list[tuple[np.ndarray, str]], cache_dir: str | Path) -> list[tuple[str, str]]:
-    """The gallery's panels as PNG files in Gradio's cache (``CACHE/panels/SHA256/panel.png``), each written to a
-    temporary name and renamed into place (:func:`zoo.atomic.write_bytes`).
+def cache_panels(panels: list[tuple[np.ndarray, str]], cache_dir: str | Path,
+                 fmt: str = "png") -> list[tuple[str, str]]:
+    """The gallery's panels as image files in Gradio's cache (``CACHE/panels/HASH.FMT``, HASH Gradio's seeded content
+    hash, so a panel's address cannot be derived from a radiograph someone holds), each written to a temporary name of
+    its own and renamed into place; encoded in threads, as Gradio's gallery encodes them.
 
     Gradio saves an array by rewriting its content-addressed file in place, so while one user was still downloading a
     panel, another user's identical panel (the same upload) truncated it under them: a torn image ("Too little data
-    for declared Content-Length"). A renamed file leaves a reader's open copy whole."""
+    for declared Content-Length"). A renamed file leaves a reader's open copy whole. The file is written again even
+    when there, so Gradio's ``delete_cache`` (which ages its files by ctime) keeps it while it is in use."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio.processing_utils import encode_pil_to_bytes, hash_bytes
     from PIL import Image
 
-    files = []
-    for array, caption in panels:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="png")
-        data = buf.getvalue()
-        # written again even when there: a new file for Gradio's delete_cache (which ages by ctime) to keep
-        path = write_bytes(Path(cache_dir) / "panels" / hashlib.sha256(data).hexdigest() / "panel.png", data)
-        files.append((str(path), caption))
-    return files
+    folder = Path(cache_dir) / "panels"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(array: np.ndarray) -> str:
+        data = encode_pil_to_bytes(Image.fromarray(array), fmt)
+        path = folder / f"{hash_bytes(data)}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")  # a cache: no fsync
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return str(path)
+
+    with ThreadPoolExecutor() as workers:
+        paths = list(workers.map(save, [array for array, _ in panels]))
+    return list(zip(paths, [caption for _, caption in panels], strict=True))
 
 
 def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
@@ -432,12 +445,13 @@ def build_demo(pool: MemberPool, examples: bool = True) -> gr.Blocks:
     def run(files, members, method, combiner="auto", triage=0.05):
         try:
             a = analyse(files, members, method, pool, combiner, triage)
+            panels = cache_panels(a.panels, gallery.GRADIO_CACHE, gallery.format)
         except AnalysisError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:  # never a stack trace in the UI
             raise gr.Error(f"Analysis failed: {type(exc).__name__}: {exc}") from None
         label = {"abnormal": a.probability, "normal": 1 - a.probability}
-        return summary_markdown(a), label, a.members, cache_panels(a.panels, gallery.GRADIO_CACHE)
+        return summary_markdown(a), label, a.members, panels
 
     with DemoBlocks(title="bone-zoo: X-ray ensemble with Grad-CAM", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# bone-zoo\nUpload the radiographs of **one study**, pick ensemble members and a CAM method. "

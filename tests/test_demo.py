@@ -280,6 +280,10 @@ def test_a_panel_being_downloaded_is_never_rewritten_under_its_reader(pool, xray
 
     first = served()
     assert len(first) == len(TINY) + 2 and all(Path(p).is_relative_to(gallery.GRADIO_CACHE) for p in first)
+    panels = analyse([str(xray[0])], TINY, "Grad-CAM", pool).panels  # what the gallery shows, in its order
+    captions = [caption for _, caption in fn.fn([str(xray[0])], TINY, "Grad-CAM")[3]]
+    assert captions == [caption for _, caption in panels]
+    assert [np.asarray(Image.open(p).convert("RGB")).tolist() for p in first] == [a.tolist() for a, _ in panels]
     readers = [open(p, "rb") for p in first]  # downloads under way  # noqa: SIM115
     try:
         whole = [Path(p).read_bytes() for p in first]
@@ -291,3 +295,4 @@ def test_a_panel_being_downloaded_is_never_rewritten_under_its_reader(pool, xray
     finally:
         for reader in readers:
             reader.close()
+    assert not [f for f in Path(first[0]).parent.iterdir() if f.suffix == ".tmp"]  # no temporary file left behind
